@@ -1,0 +1,2 @@
+#include "csv.h"
+typedef int scim_csv_placeholder;

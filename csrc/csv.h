@@ -1,0 +1,3 @@
+#ifndef SCIM_CSV_H
+#define SCIM_CSV_H
+#endif
