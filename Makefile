@@ -7,8 +7,6 @@ CURL_LIBDIR  ?= /usr/lib/x86_64-linux-gnu
 LIBFLAG      ?= -shared
 CC           ?= cc
 CFLAGS       ?= -O2 -g
-INST_LIBDIR  ?= /usr/local/lib/lua/5.4
-INST_LUADIR  ?= /usr/local/share/lua/5.4
 BUSTED       ?= busted --lua=$(LUA)
 
 WARN = -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -pedantic -Wshadow \
@@ -26,7 +24,7 @@ SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
 # Debian packages the build and the tests need; `deps` installs only the
 # missing ones, so it is a no-op on a prepared machine.
 DEB_PKGS = lua5.4 liblua5.4-dev lua-cjson libcurl4-openssl-dev lua-busted \
-           luarocks lua-check clang valgrind wrk
+           luarocks lua-check clang valgrind wrk curl
 
 .PHONY: all build deps test check busted server-deps sanitize asan test-gc \
         lint fuzz bench demo install clean
@@ -99,10 +97,10 @@ bench: deps build server-deps
 demo: deps build server-deps
 	$(LUA) tests/demo.lua
 
-install: build
-	install -d $(DESTDIR)$(INST_LIBDIR)/scim $(DESTDIR)$(INST_LUADIR)/scim
-	install -m 0755 $(CORE) $(DESTDIR)$(INST_LIBDIR)/scim/core.so
-	cd lua && find scim -name '*.lua' -exec install -D -m 0644 {} $(DESTDIR)$(INST_LUADIR)/{} \;
+# Installs the rock (C module, Lua modules, the scim-agent command) into the
+# system tree; `LUAROCKS_FLAGS=--local` installs for the current user only.
+install: deps
+	luarocks --lua-version=5.4 make --deps-mode=none $(LUAROCKS_FLAGS) scim-agent-scm-1.rockspec
 
 clean:
 	rm -rf build

@@ -1,0 +1,45 @@
+rockspec_format = "3.0"
+package = "scim-agent"
+version = "scm-1"
+source = {
+  url = "git+https://github.com/scim-agent/scim-agent.git",
+}
+description = {
+  summary = "Keep a SCIM service provider's user accounts in step with a CSV file",
+  detailed = [[
+A streaming RFC 4180 CSV reader/writer and an HTTP engine on libcurl's multi
+interface (the C module scim.core), with Lua modules that compose them into
+create, update, export, delete and sync jobs for SCIM 2.0, Meta's SCIM 2.0
+account-management API and the legacy Workplace SCIM 1.0 API.]],
+  license = "MIT",
+  labels = { "scim", "provisioning", "csv", "curl" },
+}
+dependencies = {
+  "lua >= 5.4, < 5.5",
+  "lua-cjson",
+}
+external_dependencies = {
+  -- Only the library is probed: Debian keeps curl/curl.h under a multiarch
+  -- include directory that LuaRocks does not search, but the compiler does.
+  CURL = { library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["scim.core"] = {
+      sources = { "csrc/lscim.c", "csrc/csv.c", "csrc/lcsv.c", "csrc/lhttp.c" },
+      libraries = { "curl" },
+      incdirs = { "$(CURL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)" },
+    },
+    ["scim"] = "lua/scim/init.lua",
+    ["scim.cli"] = "lua/scim/cli.lua",
+  },
+  install = {
+    bin = { ["scim-agent"] = "lua/scim_agent.lua" },
+  },
+  copy_directories = { "examples" },
+}
+test = {
+  type = "busted",
+}
