@@ -27,7 +27,7 @@ DEB_PKGS = lua5.4 liblua5.4-dev lua-cjson libcurl4-openssl-dev lua-busted \
            luarocks lua-check clang valgrind wrk curl
 
 .PHONY: all build deps test check busted server-deps sanitize asan test-gc \
-        lint fuzz bench demo install clean
+        lint fuzz bench demo install clean valgrind
 
 all: build
 build: $(CORE)
@@ -73,6 +73,14 @@ sanitize asan: deps server-deps
 	  -o build/asan/scim/core.so $(SRCS) -L$(CURL_LIBDIR) -lcurl
 	ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) \
 	  SCIM_CPATH=build/asan/?.so $(BUSTED) --cpath='build/asan/?.so'
+
+# The CSV and HTTP specs under valgrind's leak checker. --ignore-lua keeps
+# busted in this process (.busted names lua5.4, which would re-exec it).
+VALGRIND_SPECS ?= tests/csv_spec.lua
+valgrind: build
+	valgrind --quiet --suppressions=tests/valgrind-curl.supp --leak-check=full \
+	  --errors-for-leak-kinds=definite,indirect --error-exitcode=1 \
+	  $(LUA) /usr/bin/busted --ignore-lua $(VALGRIND_SPECS)
 
 # Every spec again with the collector running after each allocation step.
 test-gc: build

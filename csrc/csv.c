@@ -1,2 +1,648 @@
+/*
+** csv.c - scim-agent's streaming RFC 4180 tokenizer (see csv.h).
+**
+** The scanner looks at 64 bytes at a time (SSE2 where the compiler offers
+** it, a table-driven loop elsewhere), turns them into a bit mask of the only
+** bytes that matter (delimiter, quote, CR, LF) and walks the set bits, so the
+** bytes inside fields are never looked at one by one. Fields are recorded
+** straight into the view array while a record is scanned (their pointers
+** are rebased when the buffer moves to take more input); the few fields
+** that need it (doubled quotes, lenient text after a closing quote) are
+** unescaped in place once the record is complete, so a record split across
+** feeds is never re-scanned.
+*/
 #include "csv.h"
-typedef int scim_csv_placeholder;
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef uint64_t mask_t;  /* one bit per byte of a 64-byte block */
+
+#if defined(__SSE2__) && !defined(SCIM_CSV_NO_SIMD)
+#include <emmintrin.h>
+#define SCIM_CSV_SSE2 1
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define CTZ(x) ((unsigned)__builtin_ctzll(x))
+#else
+static unsigned ctz_portable(uint64_t x) {
+  unsigned n = 0;
+  while (!(x & 1u)) { x >>= 1; n++; }
+  return n;
+}
+#define CTZ(x) ctz_portable(x)
+#endif
+
+#define DEFAULT_MAX_FIELD ((size_t)1 << 20)
+#define DEFAULT_MAX_ROW ((size_t)16 << 20)
+#define DEFAULT_MAX_FIELDS ((size_t)16384)
+#define NOPOS ((size_t)-1)
+#define BLANK 3                  /* internal: a blank line was skipped */
+
+enum { S_UNQ, S_QUOTED, S_QSEEN };          /* scanner states */
+/* Field flags, kept in scim_csv_field.quoted while a record is scanned and
+** reduced to 0/1 when it is complete. */
+enum { F_QUOTED = 1, F_DOUBLED = 2, F_TRAIL = 4 };
+
+struct scim_csv {
+  scim_csv_opts o;
+  char *buf;
+  size_t cap, len;           /* buffer size; bytes [0, len) hold input */
+  size_t pos;                /* next byte to scan */
+  size_t row_start;          /* first byte of the record being scanned */
+  size_t field_start;        /* first content byte of the current field */
+  size_t qpos;               /* S_QSEEN: the quote just seen */
+  size_t ndoubled;           /* doubled quotes in the current field */
+  unsigned fflags;           /* flags of the current field */
+  int state;
+  int eof, begun, bom_done, skip_lf, done;
+  /* UTF-8 validation runs on the bytes >= 0x80 of each scanned block, in
+  ** order, each once: u_done is where it stopped; a sequence in progress
+  ** needs u_need more continuation bytes, the next one at u_next within
+  ** [u_lo, u_hi]; u_err is the first invalid sequence (NOPOS: none), which
+  ** fails its record when that record is complete. */
+  size_t u_done, u_next, u_lead, u_err;
+  unsigned u_need, u_lo, u_hi;
+  size_t line;               /* line of the next byte to scan */
+  size_t row_line;           /* line where the record being scanned began */
+  size_t out_line;           /* line of the record last returned */
+  size_t expect;             /* expected field count, 0: any */
+  scim_csv_field *v;         /* fields of the record being scanned, or of
+                                the record last returned (nv of them); a
+                                quoted field's len runs to its closing quote
+                                until the record is complete */
+  size_t *tend;              /* F_TRAIL fields: offset of their end (same
+                                block as v) */
+  size_t nf, nv, fcap;
+  size_t nspecial;           /* fields needing unescaping in this record */
+  char delim;
+  unsigned char cls[256];    /* 1 for the bytes the scanner stops at */
+  size_t det_pos, det_count[4];  /* delimiter detection progress */
+  int det_state;
+  scim_csv_error_info err;
+};
+
+static void *default_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud; (void)osize;
+  if (nsize == 0) { free(ptr); return NULL; }
+  return realloc(ptr, nsize);
+}
+
+/* {====================================================== errors */
+
+const char *scim_csv_strerror(int status) {
+  switch (status) {
+    case SCIM_CSV_ROW: return "row";
+    case SCIM_CSV_NEED_MORE: return "need more input";
+    case SCIM_CSV_END: return "end of input";
+    case SCIM_CSV_ENOMEM: return "not enough memory";
+    case SCIM_CSV_EQUOTE: return "quote inside unquoted field";
+    case SCIM_CSV_EAFTERQUOTE: return "unexpected character after closing quote";
+    case SCIM_CSV_EUNTERMINATED: return "unterminated quoted field";
+    case SCIM_CSV_EFIELDSIZE: return "field too large";
+    case SCIM_CSV_EROWSIZE: return "record too large";
+    case SCIM_CSV_ETOOMANY: return "too many fields";
+    case SCIM_CSV_EFIELDCOUNT: return "wrong number of fields";
+    case SCIM_CSV_EUTF8: return "invalid UTF-8";
+    case SCIM_CSV_EMISUSE: return "API misuse";
+    default: return "unknown status";
+  }
+}
+
+/*
+** Line and column of buffer offset `off` in the record being scanned: counts
+** the line breaks (only ever inside quoted fields) from the record start,
+** then the characters from the last one. Called before any unescaping.
+*/
+static void locate(const scim_csv *p, size_t off, size_t *line, size_t *col) {
+  const unsigned char *b = (const unsigned char *)p->buf;
+  size_t i, ls = p->row_start, ln = p->row_line, c = 1;
+  for (i = p->row_start; i < off; i++) {
+    if (b[i] == '\r' || (b[i] == '\n' && !(i > p->row_start && b[i - 1] == '\r'))) {
+      ln++;
+      ls = i + 1;
+    } else if (b[i] == '\n') {
+      ls = i + 1;
+    }
+  }
+  for (i = ls; i < off; i++)
+    if ((b[i] & 0xC0) != 0x80) c++;
+  *line = ln;
+  *col = c;
+}
+
+/* Makes `status` the sticky error, at buffer offset `off`. */
+static int fail(scim_csv *p, int status, size_t off) {
+  p->err.status = status;
+  if (off != NOPOS) locate(p, off, &p->err.line, &p->err.column);
+  return status;
+}
+
+/* }====================================================== */
+
+scim_csv *scim_csv_new(const scim_csv_opts *opts) {
+  scim_csv_opts o;
+  scim_csv *p;
+  if (opts) o = *opts; else memset(&o, 0, sizeof o);
+  if (o.delimiter == '"' || o.delimiter == '\r' || o.delimiter == '\n')
+    return NULL;
+  if (!o.alloc) o.alloc = default_alloc;
+  if (!o.max_field) o.max_field = DEFAULT_MAX_FIELD;
+  if (!o.max_row) o.max_row = DEFAULT_MAX_ROW;
+  if (!o.max_fields) o.max_fields = DEFAULT_MAX_FIELDS;
+  p = (scim_csv *)o.alloc(o.alloc_ud, NULL, 0, sizeof *p);
+  if (!p) return NULL;
+  memset(p, 0, sizeof *p);
+  p->o = o;
+  p->delim = o.delimiter;
+  p->line = p->row_line = 1;
+  p->u_err = NOPOS;
+  p->expect = o.fields == SCIM_CSV_FIELDS_FIRST ? 0 : o.fields;
+  return p;
+}
+
+void scim_csv_free(scim_csv *p) {
+  if (!p) return;
+  if (p->buf) p->o.alloc(p->o.alloc_ud, p->buf, p->cap, 0);
+  if (p->v)
+    p->o.alloc(p->o.alloc_ud, p->v,
+               p->fcap * (sizeof(scim_csv_field) + sizeof(size_t)), 0);
+  p->o.alloc(p->o.alloc_ud, p, sizeof *p, 0);
+}
+
+/* {====================================================== input */
+
+char *scim_csv_reserve(scim_csv *p, size_t want, size_t *avail) {
+  if (p->err.status) return NULL;
+  if (p->eof) { p->err.status = SCIM_CSV_EMISUSE; return NULL; }
+  if (p->cap - p->len < want) {
+    size_t drop = p->row_start, i;
+    if (drop) {  /* everything before the current record is consumed */
+      memmove(p->buf, p->buf + drop, p->len - drop);
+      p->len -= drop; p->pos -= drop; p->row_start = 0;
+      p->field_start -= drop; p->qpos -= drop; p->det_pos -= drop;
+      p->u_done -= drop; p->u_next -= drop; p->u_lead -= drop;
+      if (p->u_err != NOPOS) p->u_err -= drop;
+      for (i = 0; i < p->nf; i++) {
+        p->v[i].data -= drop;
+        if (p->v[i].quoted & F_TRAIL) p->tend[i] -= drop;
+      }
+    }
+    if (p->cap - p->len < want) {
+      /* a new block rather than realloc, so the pending views can be
+      ** rebased while the old block is still valid */
+      size_t ncap = p->cap ? p->cap * 2 : 4096;
+      char *nb;
+      if (ncap < p->len + want) ncap = p->len + want;
+      nb = (char *)p->o.alloc(p->o.alloc_ud, NULL, 0, ncap);
+      if (!nb) { p->err.status = SCIM_CSV_ENOMEM; return NULL; }
+      if (p->buf) {
+        if (p->len) memcpy(nb, p->buf, p->len);
+        for (i = 0; i < p->nf; i++)
+          p->v[i].data = nb + (p->v[i].data - p->buf);
+        p->o.alloc(p->o.alloc_ud, p->buf, p->cap, 0);
+      }
+      p->buf = nb;
+      p->cap = ncap;
+    }
+  }
+  *avail = p->cap - p->len;
+  return p->buf + p->len;
+}
+
+void scim_csv_commit(scim_csv *p, size_t n) {
+  if (n <= p->cap - p->len) p->len += n;
+}
+
+int scim_csv_feed(scim_csv *p, const void *data, size_t len) {
+  size_t avail;
+  char *dst = scim_csv_reserve(p, len, &avail);
+  if (!dst) return p->err.status;
+  if (len) memcpy(dst, data, len);
+  p->len += len;
+  return SCIM_CSV_NEED_MORE;
+}
+
+void scim_csv_finish(scim_csv *p) {
+  p->eof = 1;
+}
+
+/* }====================================================== */
+
+/* {====================================================== scanning */
+
+/*
+** Grows the field arrays, up to max_fields. Both live in one block (the
+** views, then the trail ends), so a failed allocation leaves the old block
+** intact; `at` is where an error is reported.
+*/
+static int grow_fields(scim_csv *p, size_t at) {
+  const size_t each = sizeof(scim_csv_field) + sizeof(size_t);
+  size_t n = p->fcap ? p->fcap * 2 : 32;
+  scim_csv_field *nv;
+  size_t *nt;
+  if (p->fcap >= p->o.max_fields) return fail(p, SCIM_CSV_ETOOMANY, at);
+  if (n > p->o.max_fields) n = p->o.max_fields;
+  nv = (scim_csv_field *)p->o.alloc(p->o.alloc_ud, NULL, 0, n * each);
+  if (!nv) return fail(p, SCIM_CSV_ENOMEM, NOPOS);
+  nt = (size_t *)(void *)(nv + n);
+  if (p->v) {
+    if (p->nf) {
+      memcpy(nv, p->v, p->nf * sizeof *nv);
+      memcpy(nt, p->tend, p->nf * sizeof *nt);
+    }
+    p->o.alloc(p->o.alloc_ud, p->v, p->fcap * each, 0);
+  }
+  p->v = nv;
+  p->tend = nt;
+  p->fcap = n;
+  return 0;
+}
+
+/* Records the field from p->field_start to `end` (the general case; scan
+** inlines the common one). 0 or an error status. */
+static int push_field(scim_csv *p, size_t end, unsigned flags, size_t nd) {
+  scim_csv_field *v;
+  size_t len;
+  if (p->nf == p->fcap) {
+    int st = grow_fields(p, p->field_start - (flags & F_QUOTED));
+    if (st) return st;
+  }
+  v = &p->v[p->nf];
+  v->data = p->buf + p->field_start;
+  v->quoted = (int)flags;
+  if (flags & F_QUOTED) {
+    v->len = p->qpos - p->field_start;    /* raw, up to the closing quote */
+    len = v->len - nd;
+    if (flags & F_TRAIL) {
+      p->tend[p->nf] = end;
+      len += end - p->qpos - 1;
+    }
+    if (flags & (F_DOUBLED | F_TRAIL)) p->nspecial++;
+  } else {
+    v->len = len = end - p->field_start;
+  }
+  p->nf++;
+  if (len > p->o.max_field)
+    return fail(p, SCIM_CSV_EFIELDSIZE, p->field_start - (flags & F_QUOTED));
+  return 0;
+}
+
+/*
+** Validates the bytes >= 0x80 of the block at `base` (bit i of `hm` for
+** b[base + i]) not seen yet, continuing the sequence in progress. ASCII
+** bytes need no check: a sequence is broken by one exactly when its next
+** continuation byte is not at u_next.
+*/
+static void utf8_block(scim_csv *p, const unsigned char *b, size_t base,
+                       mask_t hm, size_t n) {
+  if (p->u_done > base)
+    hm = p->u_done - base >= n ? 0 : hm & ~(((mask_t)1 << (p->u_done - base)) - 1);
+  if (p->u_done < base + n) p->u_done = base + n;
+  while (hm && p->u_err == NOPOS) {
+    size_t at = base + CTZ(hm);
+    unsigned c = b[at];
+    hm &= hm - 1;
+    if (p->u_need) {
+      if (at != p->u_next || c < p->u_lo || c > p->u_hi) {
+        p->u_err = p->u_lead;
+        break;
+      }
+      p->u_need--;
+      p->u_next = at + 1;
+      p->u_lo = 0x80;
+      p->u_hi = 0xBF;
+      continue;
+    }
+    p->u_lead = at;
+    p->u_next = at + 1;
+    p->u_lo = 0x80;
+    p->u_hi = 0xBF;
+    if (c < 0xC2 || c > 0xF4) { p->u_err = at; break; }
+    if (c < 0xE0) p->u_need = 1;
+    else if (c < 0xF0) {
+      p->u_need = 2;
+      if (c == 0xE0) p->u_lo = 0xA0;       /* overlong */
+      else if (c == 0xED) p->u_hi = 0x9F;  /* UTF-16 surrogates */
+    } else {
+      p->u_need = 3;
+      if (c == 0xF0) p->u_lo = 0x90;       /* overlong */
+      else if (c == 0xF4) p->u_hi = 0x8F;  /* beyond U+10FFFF */
+    }
+  }
+}
+
+/*
+** The record [row_start, rec_end) is complete and its fields recorded:
+** checks it, turns the fields into views (unescaping quoted ones in place)
+** and starts the next record at p->pos.
+*/
+static int finish_record(scim_csv *p, size_t rec_end) {
+  size_t i;
+  if (rec_end - p->row_start > p->o.max_row)
+    return fail(p, SCIM_CSV_EROWSIZE, p->row_start);
+  if (p->expect == 0 && p->o.fields == SCIM_CSV_FIELDS_FIRST)
+    p->expect = p->nf;
+  if (p->expect && p->nf != p->expect) {
+    p->err.fields = p->nf;
+    p->err.expected = p->expect;
+    if (p->nf > p->expect) {
+      const scim_csv_field *x = &p->v[p->expect];
+      return fail(p, SCIM_CSV_EFIELDCOUNT,
+                  (size_t)(x->data - p->buf) - (size_t)(x->quoted & F_QUOTED));
+    }
+    return fail(p, SCIM_CSV_EFIELDCOUNT, rec_end);
+  }
+  if (p->o.check_utf8) {
+    if (p->u_err < rec_end) return fail(p, SCIM_CSV_EUTF8, p->u_err);
+    if (p->u_need && p->u_lead < rec_end)  /* cut short by ASCII or the end */
+      return fail(p, SCIM_CSV_EUTF8, p->u_lead);
+  }
+  for (i = 0; p->nspecial && i < p->nf; i++) {
+    scim_csv_field *v = &p->v[i];
+    char *w, *s, *e;
+    if (!(v->quoted & (F_DOUBLED | F_TRAIL))) continue;
+    w = s = p->buf + (v->data - p->buf);
+    e = s + v->len;                        /* the closing quote */
+    if (v->quoted & F_DOUBLED) {           /* "" -> " up to the closing quote */
+      while (s < e) {
+        const char *q = (const char *)memchr(s, '"', (size_t)(e - s));
+        size_t n = q ? (size_t)(q - s) + 1 : (size_t)(e - s);
+        if (w != s) memmove(w, s, n);
+        w += n;
+        s += n + (q != NULL);              /* skip the second quote of the pair */
+      }
+    } else {
+      w = e;
+    }
+    if (v->quoted & F_TRAIL) {             /* lenient: text after the quote */
+      size_t n = p->tend[i] - (size_t)(e - p->buf) - 1;
+      memmove(w, e + 1, n);
+      w += n;
+    }
+    v->len = (size_t)(w - v->data);
+    v->quoted = 1;
+    p->nspecial--;
+  }
+  p->nspecial = 0;
+  p->nv = p->nf;
+  p->nf = 0;
+  p->out_line = p->row_line;
+  p->row_line = p->line;
+  p->row_start = p->field_start = p->pos;
+  return SCIM_CSV_ROW;
+}
+
+/* Delimiter detection and the BOM: 0 when done, else a status. */
+static int begin(scim_csv *p) {
+  static const char bom[3] = { '\xEF', '\xBB', '\xBF' };
+  static const char cand[4] = { ',', ';', '\t', '|' };
+  int i;
+  if (!p->bom_done) {
+    size_t n = p->len - p->pos;
+    if (n < 3 && !p->eof && memcmp(p->buf ? p->buf + p->pos : bom, bom, n) == 0)
+      return SCIM_CSV_NEED_MORE;
+    if (n >= 3 && memcmp(p->buf + p->pos, bom, 3) == 0) p->pos += 3;
+    p->row_start = p->field_start = p->det_pos = p->pos;
+    p->bom_done = 1;
+  }
+  if (!p->delim) {
+    /* The first line, read with the scanner's quoting rules for every
+    ** candidate at once: det_state 0 field start, 1 inside an unquoted
+    ** field, 2 quoted, 3 quote seen inside quotes. */
+    const unsigned char *b = (const unsigned char *)p->buf;
+    size_t j = p->det_pos;
+    int best = 0, found = 0, ds = p->det_state;
+    for (; j < p->len && !found; j++) {
+      unsigned c = b[j];
+      if (ds == 2) { if (c == '"') ds = 3; continue; }
+      if (c == '"') { ds = ds == 0 ? 2 : ds == 3 ? 2 : 1; continue; }
+      if (c == '\r' || c == '\n') { found = 1; break; }
+      ds = 1;
+      for (i = 0; i < 4; i++)
+        if (c == (unsigned char)cand[i]) { p->det_count[i]++; ds = 0; }
+    }
+    p->det_pos = j;
+    p->det_state = ds;
+    /* the same limit as the record will have, wherever the input is cut */
+    if (j - p->row_start > p->o.max_row)
+      return fail(p, SCIM_CSV_EROWSIZE, p->row_start);
+    if (!found && !p->eof) return SCIM_CSV_NEED_MORE;
+    for (i = 1; i < 4; i++)
+      if (p->det_count[i] > p->det_count[best]) best = i;
+    p->delim = cand[best];
+  }
+  memset(p->cls, 0, sizeof p->cls);
+  p->cls[(unsigned char)p->delim] = p->cls['"'] = 1;
+  p->cls['\r'] = p->cls['\n'] = 1;
+  p->begun = 1;
+  return 0;
+}
+
+/* Content bytes of the unfinished current field scanned so far. */
+static size_t partial_field(const scim_csv *p) {
+  if (!(p->fflags & F_QUOTED)) return p->len - p->field_start;
+  if (p->state == S_QUOTED) return p->len - p->field_start - p->ndoubled;
+  if (p->state == S_QSEEN) return p->qpos - p->field_start - p->ndoubled;
+  return p->qpos - p->field_start - p->ndoubled + (p->len - p->qpos - 1);
+}
+
+/*
+** Scans from p->pos to the end of the record or of the buffered input.
+** The state lives in locals in the hot loop and is written back before any
+** call that reads it and on exit. An unquoted field ended by the delimiter
+** (most fields) is recorded inline; everything else goes to push_field.
+*/
+static int scan(scim_csv *p) {
+  const unsigned char *b = (const unsigned char *)p->buf;
+  const unsigned d = (unsigned char)p->delim;
+  const int lenient = p->o.lenient;
+  const size_t maxf = p->o.max_field;
+  const int check_utf8 = p->o.check_utf8;
+  size_t pos = p->pos, end = p->len, nd = p->ndoubled, fs = p->field_start;
+  size_t nf = p->nf, fcap = p->fcap;
+  scim_csv_field *v = p->v;
+  unsigned fflags = p->fflags;
+  int state = p->state, st;
+#ifdef SCIM_CSV_SSE2
+  const __m128i vd = _mm_set1_epi8((char)d), vq = _mm_set1_epi8('"');
+  const __m128i vcr = _mm_set1_epi8('\r'), vlf = _mm_set1_epi8('\n');
+#endif
+#define SYNC() (p->nf = nf, p->field_start = fs)
+#define RELOAD() (nf = p->nf, fcap = p->fcap, v = p->v)
+  while (pos < end) {
+    size_t base = pos;
+    mask_t mask;
+#ifdef SCIM_CSV_SSE2
+    if (end - pos >= 64) {  /* four 16-byte quarters make one 64-bit mask */
+      mask_t hm = 0;
+      int k;
+      mask = 0;
+      for (k = 0; k < 4; k++) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(b + pos + 16 * k));
+        __m128i m = _mm_or_si128(
+            _mm_or_si128(_mm_cmpeq_epi8(x, vd), _mm_cmpeq_epi8(x, vq)),
+            _mm_or_si128(_mm_cmpeq_epi8(x, vcr), _mm_cmpeq_epi8(x, vlf)));
+        mask |= (mask_t)(unsigned)_mm_movemask_epi8(m) << (16 * k);
+        hm |= (mask_t)(unsigned)_mm_movemask_epi8(x) << (16 * k);
+      }
+      if (hm && check_utf8) utf8_block(p, b, pos, hm, 64);
+      pos += 64;
+    } else
+#endif
+    {
+      size_t i, n = end - pos < 64 ? end - pos : 64;
+      mask_t hm = 0;
+      mask = 0;
+      for (i = 0; i < n; i++) {
+        unsigned c = b[pos + i];
+        mask |= (mask_t)p->cls[c] << i;
+        hm |= (mask_t)(c >> 7) << i;
+      }
+      if (hm && check_utf8) utf8_block(p, b, pos, hm, n);
+      pos += n;
+    }
+    while (mask) {
+      size_t at = base + CTZ(mask);
+      unsigned c = b[at];
+      mask &= mask - 1;
+      if (state == S_UNQ && c == d && !fflags && nf < fcap && at - fs <= maxf) {
+        v[nf].data = (const char *)b + fs;   /* the common case, inline */
+        v[nf].len = at - fs;
+        v[nf].quoted = 0;
+        nf++;
+        fs = at + 1;
+        continue;
+      }
+      switch (state) {
+        case S_QUOTED:
+          if (c == '"') {
+            state = S_QSEEN;
+            p->qpos = at;
+          } else if (c == '\r' || (c == '\n' && b[at - 1] != '\r')) {
+            p->line++;
+          }
+          continue;
+        case S_QSEEN:
+          if (at == p->qpos + 1) {
+            if (c == '"') { state = S_QUOTED; fflags |= F_DOUBLED; nd++; continue; }
+          } else {  /* a byte that is none of ", delimiter, CR, LF */
+            if (!lenient) { SYNC(); return fail(p, SCIM_CSV_EAFTERQUOTE, p->qpos + 1); }
+            fflags |= F_TRAIL;
+          }
+          state = S_UNQ;
+          /* fall through - c ends the field or is a literal quote */
+        default:
+          if (c == d) {
+            SYNC();
+            if ((st = push_field(p, at, fflags, nd)) != 0) return st;
+            RELOAD();
+            fs = at + 1;
+            fflags = 0;
+            continue;
+          }
+          if (c == '"') {
+            if (at == fs && !fflags) {
+              state = S_QUOTED;
+              fflags = F_QUOTED;
+              nd = 0;
+              fs = at + 1;
+            } else if (!lenient) {
+              SYNC();
+              return fail(p, SCIM_CSV_EQUOTE, at);
+            }
+            continue;
+          }
+          /* CR or LF: the record ends */
+          if (nf == 0 && at == p->row_start) {  /* blank line */
+            p->pos = at + 1;
+            p->skip_lf = c == '\r';
+            p->line++;
+            p->row_line = p->line;
+            p->row_start = p->field_start = at + 1;
+            return BLANK;
+          }
+          SYNC();
+          if ((st = push_field(p, at, fflags, nd)) != 0) return st;
+          p->pos = at + 1;
+          p->skip_lf = c == '\r';
+          p->line++;
+          p->state = S_UNQ;
+          p->fflags = 0;
+          p->ndoubled = 0;
+          return finish_record(p, at);
+      }
+    }
+  }
+  SYNC();
+#undef SYNC
+#undef RELOAD
+  p->pos = end;
+  p->state = state;
+  p->fflags = fflags;
+  p->ndoubled = nd;
+  if (!p->eof) {  /* bound the memory a record can hold */
+    if (end - p->row_start > p->o.max_row)
+      return fail(p, SCIM_CSV_EROWSIZE, p->row_start);
+    if (partial_field(p) > p->o.max_field)
+      return fail(p, SCIM_CSV_EFIELDSIZE, p->field_start - (fflags & F_QUOTED));
+    return SCIM_CSV_NEED_MORE;
+  }
+  if (state == S_QUOTED)
+    return fail(p, SCIM_CSV_EUNTERMINATED, p->field_start - 1);
+  if (state == S_QSEEN && end > p->qpos + 1) {
+    if (!lenient) return fail(p, SCIM_CSV_EAFTERQUOTE, p->qpos + 1);
+    fflags |= F_TRAIL;
+  }
+  if (p->row_start == end && p->nf == 0) {
+    p->done = 1;
+    return SCIM_CSV_END;
+  }
+  if ((st = push_field(p, end, fflags, nd)) != 0) return st;
+  p->state = S_UNQ;
+  p->fflags = 0;
+  p->ndoubled = 0;
+  return finish_record(p, end);
+}
+
+int scim_csv_next_row(scim_csv *p) {
+  int st;
+  if (p->err.status) return p->err.status;
+  if (p->done) return SCIM_CSV_END;
+  if (!p->begun && (st = begin(p)) != 0) return st;
+  for (;;) {
+    if (p->skip_lf) {  /* the LF of a CR LF pair, possibly in the next block */
+      if (p->pos < p->len) {
+        if (p->buf[p->pos] == '\n') p->row_start = p->field_start = ++p->pos;
+        p->skip_lf = 0;
+      } else if (!p->eof) {
+        return SCIM_CSV_NEED_MORE;
+      } else {
+        p->skip_lf = 0;
+      }
+    }
+    st = scan(p);
+    if (st != BLANK) return st;
+  }
+}
+
+/* }====================================================== */
+
+const scim_csv_field *scim_csv_row(const scim_csv *p, size_t *nfields) {
+  *nfields = p->nv;
+  return p->v;
+}
+
+size_t scim_csv_row_line(const scim_csv *p) {
+  return p->out_line;
+}
+
+char scim_csv_delimiter(const scim_csv *p) {
+  return p->begun || p->o.delimiter ? p->delim : 0;
+}
+
+const scim_csv_error_info *scim_csv_error(const scim_csv *p) {
+  return &p->err;
+}

@@ -1,0 +1,601 @@
+-- scim.csv: the streaming reader (C tokenizer + binding) and the writer.
+local csv = require "scim.csv"
+
+local FIX = "tests/fixtures/csv/"
+local BLOCK = 256 * 1024   -- the binding's read size (lcsv.c BLOCK)
+
+local function tmpname()
+  local p = os.tmpname()
+  os.remove(p)
+  return p
+end
+
+local function write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  assert(f:write(data))
+  assert(f:close())
+end
+
+local function read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- All rows of a string as arrays, with their lines.
+local function parse(text, opts)
+  opts = opts or {}
+  local o = { header = false }
+  for k, v in pairs(opts) do o[k] = v end
+  local r <close> = assert(csv.from_string(text, o))
+  local rows, lines = {}, {}
+  for row, line in r:rows() do
+    rows[#rows + 1] = row
+    lines[#lines + 1] = line
+  end
+  return rows, lines
+end
+
+-- The error a full read of `text` raises (header mode unless opts say otherwise).
+local function parse_error(text, opts)
+  local ok, err = pcall(function()
+    local r <close> = assert(csv.from_string(text, opts))
+    for _ in r:rows() do end
+  end)
+  assert.is_false(ok)
+  return err
+end
+
+-- Files in a directory, for checking that no temporary file is left behind.
+local function listdir(dir)
+  local p = assert(io.popen("ls -A '" .. dir .. "'"))
+  local t = {}
+  for l in p:lines() do t[#t + 1] = l end
+  p:close()
+  return t
+end
+
+-- Open descriptors of this process (the shell's parent).
+local function open_fds()
+  local d = assert(io.popen("ls /proc/$PPID/fd"))
+  local n = 0
+  for _ in d:lines() do n = n + 1 end
+  d:close()
+  return n
+end
+
+describe("scim.csv reader", function()
+  after_each(function()
+    collectgarbage()
+    collectgarbage()
+  end)
+
+  describe("RFC 4180", function()
+    it("reads quoted fields, doubled quotes, delimiters and line breaks inside quotes", function()
+      local rows, lines = parse('a,"b,c","say ""hi""","x\ny\r\nz"\n1,2,3,4\n')
+      assert.same({ { "a", "b,c", 'say "hi"', "x\ny\r\nz" }, { "1", "2", "3", "4" } }, rows)
+      assert.same({ 1, 4 }, lines)
+    end)
+
+    it("keeps empty fields, quoted and unquoted", function()
+      assert.same({ { "", "", "" }, { "a", "", "" } }, parse(',"",\na,,""\n'))
+    end)
+
+    it("reads a last record without a line break", function()
+      assert.same({ { "a", "b" }, { "c", "d" } }, parse("a,b\nc,d"))
+      assert.same({ { "a", "b" }, { "c", "d" } }, parse('a,b\r\nc,"d"'))
+    end)
+
+    it("skips blank lines but not a quoted empty record", function()
+      local rows, lines = parse('\n\na\n\r\n\r\n""\n\nb\n\n')
+      assert.same({ { "a" }, { "" }, { "b" } }, rows)
+      assert.same({ 3, 6, 8 }, lines)
+    end)
+  end)
+
+  describe("line ends", function()
+    it("accepts LF, CRLF and CR-only, mixed in one file", function()
+      local rows, lines = parse("a\nb\r\nc\rd\r\ne")
+      assert.same({ { "a" }, { "b" }, { "c" }, { "d" }, { "e" } }, rows)
+      assert.same({ 1, 2, 3, 4, 5 }, lines)
+    end)
+
+    it("reads the original sample's CR-only upload.csv", function()
+      local r <close> = assert(csv.open(FIX .. "upload_cr.csv"))
+      assert.equal(9, #r.header)
+      local got = {}
+      for row, line in r:rows() do got[#got + 1] = { row.email, row["job title"], line } end
+      assert.same({ { "jane@example.com", "Engineer", 2 },
+                    { "john@example.com", "Manager, Sales", 3 },
+                    { "boss@example.com", "CEO", 4 } }, got)
+    end)
+
+    it("reads a file mixing all three with a CRLF inside quotes", function()
+      local rows = {}
+      for row, line in csv.rows(FIX .. "mixed_endings.csv") do rows[#rows + 1] = { row, line } end
+      assert.equal(3, #rows)
+      assert.equal("Cy\r\nLine 2", rows[3][1]["first name"])
+      assert.same({ 2, 3, 4 }, { rows[1][2], rows[2][2], rows[3][2] })
+    end)
+
+    -- The binding reads 256 KiB blocks: put a CR LF pair across that boundary (every split
+    -- point of every case is covered by the C test, tests/csv_test.c).
+    for _, source in ipairs({ "string", "file" }) do
+      it("treats a CR LF pair split across read blocks as one line end (" .. source .. ")",
+        function()
+          local head = "h1,h2\r\n"
+          local filler = string.rep("x", BLOCK - #head - 2 - 1)
+          local text = head .. "1," .. filler .. "\r\n2,b\r\n3,c\r\n"
+          assert.equal("\r", text:sub(BLOCK, BLOCK))
+          assert.equal("\n", text:sub(BLOCK + 1, BLOCK + 1))
+          local r
+          if source == "string" then
+            r = assert(csv.from_string(text))
+          else
+            local path = tmpname()
+            write_file(path, text)
+            r = assert(csv.open(path))
+            os.remove(path)
+          end
+          local got = {}
+          for row, line in r:rows() do got[#got + 1] = { row.h1, #row.h2, line } end
+          r:close()
+          assert.same({ { "1", #filler, 2 }, { "2", 1, 3 }, { "3", 1, 4 } }, got)
+        end)
+    end
+  end)
+
+  describe("encoding and delimiters", function()
+    it("skips a UTF-8 byte-order mark and detects ';' from the header", function()
+      local r <close> = assert(csv.open(FIX .. "hr_bom_semicolon.csv"))
+      assert.equal(";", r.delimiter)
+      assert.same({ "Email", "First Name", "Last Name", "Notes" }, r.header)
+      local a = assert(r:read())
+      assert.equal("Zoë", a["First Name"])
+      assert.equal('likes "quotes"; and\r\nline breaks', a.notes)
+      local b, line = assert(r:read())
+      assert.equal("王", b["first name"])
+      assert.equal("", b.Notes)
+      assert.equal(5, line)
+      assert.is_nil(r:read())
+    end)
+
+    it("detects tab and pipe", function()
+      local r <close> = assert(csv.open(FIX .. "tab.tsv"))
+      assert.equal("\t", r.delimiter)
+      local rows = {}
+      for row in r:rows() do rows[#rows + 1] = row["last name"] end
+      assert.same({ "Aa", "B\tb" }, rows)
+      local p <close> = assert(csv.open(FIX .. "pipe.csv"))
+      assert.equal("|", p.delimiter)
+      assert.same({ "email", "first name" }, p.header)
+    end)
+
+    it("uses a given delimiter instead of detecting", function()
+      assert.same({ { "a;b", "c" } }, parse("a;b,c\n", { delimiter = "," }))
+      assert.same({ { "a", "b,c" } }, parse("a;b,c\n", { delimiter = ";" }))
+    end)
+
+    it("rejects invalid UTF-8 with line and column, or accepts it by option", function()
+      local err = parse_error("name,x\nZoë,\xC3(\n", { name = "u.csv" })
+      assert.equal("u.csv:2:5: invalid UTF-8 (check_utf8 = false accepts it)", err)
+      local rows = parse("\xFF,\xC3\n", { check_utf8 = false })
+      assert.same({ { "\xFF", "\xC3" } }, rows)
+    end)
+  end)
+
+  describe("header", function()
+    it("trims names and looks them up in any case", function()
+      local r <close> = assert(csv.from_string(" Email ,\tFirst Name\n a@b , x \n"))
+      assert.same({ "Email", "First Name" }, r.header)
+      local row = r:read()
+      assert.equal(" a@b ", row.Email)         -- values are not trimmed
+      assert.equal(" a@b ", row.email)
+      assert.equal(" a@b ", row.EMAIL)
+      assert.equal(" x ", row["first name"])
+      assert.is_nil(row.missing)
+      assert.is_nil(rawget(row, "email"))       -- stored under the name as written
+      assert.equal(2, r:field_index("FIRST NAME"))
+      assert.is_nil(r:field_index("nope"))
+    end)
+
+    it("rejects duplicate names, naming both columns", function()
+      local r, err, code = csv.from_string("email,name,Email\n", { name = "u.csv" })
+      assert.is_nil(r)
+      assert.equal("DUPLICATE_HEADER", code)
+      assert.equal("u.csv:1: duplicate column name: column 1 'email' and column 3 'Email'"
+        .. " (names compare case-insensitively)", err)
+    end)
+
+    it("rejects empty names, naming the neighbouring column", function()
+      local _, err, code = csv.from_string("email, ,name\n")
+      assert.equal("EMPTY_HEADER", code)
+      assert.equal("<string>:1: empty name for column 2 (after column 1 'email')", err)
+      _, err = csv.from_string("email,name,\n")
+      assert.equal("<string>:1: empty name for column 3 of 3", err)
+    end)
+
+    it("fails on an empty file", function()
+      local r, err, code = csv.from_string("\xEF\xBB\xBF\n\n")
+      assert.is_nil(r)
+      assert.equal("NO_HEADER", code)
+      assert.equal("<string>: no header line (empty file)", err)
+    end)
+  end)
+
+  describe("errors", function()
+    it("reports an unterminated quote at the line where it opened", function()
+      local err = parse_error('a,b\n1,"x\ny\nz\n', { name = "users.csv" })
+      assert.equal("users.csv:2:3: quoted field opened here is never closed"
+        .. " (unterminated quote)", err)
+    end)
+
+    it("rejects a quote inside an unquoted field in strict mode", function()
+      local err = parse_error('a,b\n1,x"y\n', { name = "users.csv" })
+      assert.equal("users.csv:2:4: quote inside unquoted field (strict = false reads it as"
+        .. " text)", err)
+      assert.matches("users.csv:2:6: unexpected character after closing quote",
+        parse_error('a,b\n1,"x"y\n', { name = "users.csv" }))
+    end)
+
+    it("reads stray quotes as text in lenient mode (as Python's csv does)", function()
+      assert.same({ { "a", 'x"y' }, { 'xy', "b" } },
+        parse('a,x"y\n"x"y,b\n', { strict = false }))
+    end)
+
+    it("reports a row whose field count differs from the header", function()
+      local err = parse_error("a,b,c\n1,2,3\n1,2\n", { name = "u.csv" })
+      assert.equal("u.csv:3:4: row has 2 fields, the header has 3", err)
+      err = parse_error("a,b\n1,2,3\n", { name = "u.csv" })
+      assert.equal("u.csv:2:5: row has 3 fields, the header has 2", err)
+    end)
+
+    it("limits a field to 1 MiB by default, and by option", function()
+      local big = string.rep("x", 1024 * 1024)
+      local r <close> = assert(csv.from_string("a\n" .. big .. "\n" .. big .. "y\n"))
+      assert.equal(#big, #r:read().a)
+      local row, err, code = r:read()
+      assert.is_nil(row)
+      assert.equal("FIELD_TOO_LARGE", code)
+      assert.equal("<string>:3:1: field too large (max_field)", err)
+      assert.matches("<string>:2:3: field too large",
+        parse_error('a,b\nx,"12345"\n', { max_field = 4 }))
+    end)
+
+    it("keeps an unterminated quote from growing memory past the limits", function()
+      local text = 'a\n"' .. string.rep("y", 3 * 1024 * 1024)
+      collectgarbage()
+      local before = collectgarbage("count")
+      local err = parse_error(text, { max_field = 1000 })
+      assert.matches("<string>:2:1: field too large", err)
+      assert.is_true(collectgarbage("count") - before < 8 * 1024)
+    end)
+
+    it("read() returns the fail triple and keeps returning it", function()
+      local r <close> = assert(csv.from_string('a\n1\n"2\n'))
+      assert.equal("1", r:read().a)
+      local row, err, code = r:read()
+      assert.is_nil(row)
+      assert.equal("UNTERMINATED", code)
+      assert.matches("^<string>:3:1: ", err)
+      local _, err2, code2 = r:read()
+      assert.equal(err, err2)
+      assert.equal(code, code2)
+    end)
+
+    it("names a missing file with its errno", function()
+      local r, err, code = csv.open("/nonexistent/users.csv")
+      assert.is_nil(r)
+      assert.equal("ENOENT", code)
+      assert.equal("/nonexistent/users.csv: No such file or directory", err)
+      local _, _, dcode = csv.open("tests")
+      assert.equal("EISDIR", dcode)
+    end)
+
+    it("raises on misuse", function()
+      assert.has_error(function() csv.open("x.csv", { bogus = 1 }) end, "unknown option 'bogus'")
+      assert.has_error(function() csv.open("x.csv", { delimiter = '"' }) end)
+      assert.has_error(function() csv.open("x.csv", { max_field = 0 }) end,
+        "option 'max_field' must be a positive integer")
+      assert.has_error(function() csv.open(42) end)
+      assert.has_error(function() csv.rows("/nonexistent.csv") end,
+        "/nonexistent.csv: No such file or directory")
+      local r = assert(csv.from_string("a\n1\n"))
+      r:close()
+      r:close()   -- idempotent
+      assert.has_error(function() r:read() end, "attempt to use a closed scim.csv.reader")
+    end)
+  end)
+
+  describe("rows", function()
+    local TEXT = "Email,First,Last,Manager\na@x,Ann,Lee,b@x\nb@x,Bob,,\n"
+
+    it("yields keyed rows by default and arrays with opts.array", function()
+      local r <close> = assert(csv.from_string(TEXT, { array = true }))
+      assert.same({ "a@x", "Ann", "Lee", "b@x" }, r:read())
+      assert.same({ "b@x", "Bob", "", "" }, r:read())
+    end)
+
+    it("makes strings only for opts.columns", function()
+      local r <close> = assert(csv.from_string(TEXT, { columns = { "email", "MANAGER", "x" } }))
+      local row = r:read()
+      local keys = {}
+      for k in pairs(row) do keys[#keys + 1] = k end
+      table.sort(keys)
+      assert.same({ "Email", "Manager" }, keys)
+      assert.equal("b@x", row.manager)
+      local a <close> = assert(csv.from_string(TEXT,
+        { array = true, columns = { "last", "email" } }))
+      assert.same({ "Lee", "a@x" }, a:read())
+    end)
+
+    it("leaves unquoted empty fields out with empty_is_nil", function()
+      local r <close> = assert(csv.from_string('a,b,c\n,"",x\n', { empty_is_nil = true }))
+      local row = r:read()
+      assert.is_nil(row.a)
+      assert.equal("", row.b)
+      assert.equal("x", row.c)
+    end)
+
+    it("reads without a header", function()
+      local r <close> = assert(csv.from_string("a,b\n1,2\n", { header = false }))
+      assert.is_nil(r.header)
+      assert.same({ "a", "b" }, r:read())
+      assert.same({ "1", "2" }, r:read())
+    end)
+
+    it("reads an open file handle and leaves it open", function()
+      local f = assert(io.open(FIX .. "pipe.csv", "rb"))
+      local n = 0
+      for row in csv.rows(f) do n = n + 1; assert.is_string(row.email) end
+      assert.equal(2, n)
+      assert.equal("file", io.type(f))
+      f:close()
+    end)
+
+    it("fails cleanly when the file handle is closed under the reader", function()
+      local path = tmpname()
+      write_file(path, "a\n" .. string.rep("x\n", 300000))   -- more than one read block
+      local f = assert(io.open(path, "rb"))
+      local r <close> = assert(csv.open(f))
+      assert.equal("x", r:read().a)
+      f:close()
+      local n, row, err, code = 0, true, nil, nil
+      while row do
+        row, err, code = r:read()
+        n = n + 1
+      end
+      os.remove(path)
+      assert.is_true(n < 300000)
+      assert.equal("IO", code)
+      assert.equal("<file>: read error: Bad file descriptor", err)
+    end)
+
+    it("reads stdin with '-'", function()
+      local cmd = "lua5.4 -e 'package.path=\"lua/?.lua;\"..package.path;"
+        .. " package.cpath=\"" .. package.cpath:gsub('"', '\\"') .. "\";"
+        .. " local csv = require \"scim.csv\";"
+        .. " for row, line in csv.rows(\"-\") do io.write(line, \":\", row.EMAIL, \" \") end'"
+        .. " < " .. FIX .. "upload_cr.csv"
+      local p = assert(io.popen(cmd))
+      local out = p:read("a")
+      p:close()
+      assert.equal("2:jane@example.com 3:john@example.com 4:boss@example.com ", out)
+    end)
+
+    it("csv.rows closes its reader when the loop breaks", function()
+      local before = open_fds()
+      for _ = 1, 3 do
+        for _ in csv.rows(FIX .. "upload_cr.csv") do break end -- luacheck: ignore 512
+      end
+      assert.equal(before, open_fds())
+    end)
+
+    it("closes a to-be-closed reader at the end of its block", function()
+      local keep
+      do
+        local r <close> = assert(csv.from_string("a\n1\n"))
+        keep = r
+      end
+      assert.has_error(function() keep:read() end, "attempt to use a closed scim.csv.reader")
+      assert.matches("closed", tostring(keep))
+    end)
+
+    it("counts parser memory in the Lua heap", function()
+      local before = collectgarbage("count")
+      local r = assert(csv.from_string("a\n" .. string.rep("1\n", 100000)))
+      assert.is_true(collectgarbage("count") - before > 190)   -- its buffer
+      r:close()
+    end)
+  end)
+
+  describe("constant memory", function()
+    -- A separate process reads a generated stream from stdin, so the peak resident size
+    -- (VmHWM) is the reader's alone. SCIM_CSV_STREAM_MB sets the size (default 1024).
+    -- Skipped under valgrind or ASan (LD_PRELOAD), whose own memory use is what it would see.
+    local mb = tonumber(os.getenv("SCIM_CSV_STREAM_MB") or "1024")
+    local preload = os.getenv("LD_PRELOAD") or ""
+    local instrumented = preload:find("vgpreload") or preload:find("asan")
+    local run = (instrumented or mb == 0) and pending or it
+    run("reads a " .. mb .. " MB stream with resident memory under 32 MB", function()
+      local line = "jane.doe@example.com,Jane,Doe,Engineer,R&D,+1 555 0100,"
+        .. '"London, UK",en_GB,boss@example.com,Zoë\n'
+      local n = math.floor(mb * 1024 * 1024 / #line)
+      local script = "package.path=\"lua/?.lua;\"..package.path;"
+        .. " package.cpath=\"" .. package.cpath:gsub('"', '\\"') .. "\";"
+        .. " local csv = require \"scim.csv\"; local n = 0;"
+        .. " for row in csv.rows(\"-\", { columns = { \"email\", \"manager\" } }) do"
+        .. " if row.email then n = n + 1 end end;"
+        .. " local s = io.open(\"/proc/self/status\"):read(\"a\");"
+        .. " io.write(n, \" \", s:match(\"VmHWM:%s*(%d+)\"))"
+      local cmd = "{ printf 'email,first,last,title,dept,phone,location,locale,manager,name\\n';"
+        .. " yes '" .. line:sub(1, -2) .. "' | head -n " .. n .. "; } | lua5.4 -e '"
+        .. script:gsub("'", "'\\''") .. "'"
+      local p = assert(io.popen(cmd))
+      local out = p:read("a")
+      p:close()
+      local rows, hwm = out:match("^(%d+) (%d+)$")
+      assert.equal(n, tonumber(rows), out)
+      assert.is_true(tonumber(hwm) < 32 * 1024, "VmHWM " .. tostring(hwm) .. " kB")
+    end)
+  end)
+end)
+
+describe("scim.csv writer", function()
+  local dir
+
+  before_each(function()
+    dir = tmpname()
+    assert(os.execute("mkdir -p '" .. dir .. "'"))
+  end)
+
+  after_each(function()
+    os.execute("rm -rf '" .. dir .. "'")
+    collectgarbage()
+    collectgarbage()
+  end)
+
+  it("quotes minimally and writes the header first", function()
+    local path = dir .. "/out.csv"
+    local w = assert(csv.writer(path, { header = { "email", "note" } }))
+    assert.is_true(w:write({ "a@x", 'say "hi", twice' }))
+    assert.is_true(w:write({ email = "b@x", note = "two\nlines" }))
+    assert.is_true(w:write({ email = "c@x" }))
+    assert.is_true(w:write({ 12, true }))
+    assert.is_true(w:close())
+    assert.equal('email,note\na@x,"say ""hi"", twice"\nb@x,"two\nlines"\nc@x,\n12,true\n',
+      read_file(path))
+    assert.same({ "out.csv" }, listdir(dir))
+  end)
+
+  it("writes CRLF and another delimiter by option", function()
+    local path = dir .. "/out.csv"
+    local w = assert(csv.writer(path, { crlf = true, delimiter = ";" }))
+    w:write({ "a;b", "c,d", "" })
+    assert(w:close())
+    assert.equal('"a;b";c,d;\r\n', read_file(path))
+  end)
+
+  it("guards against formula injection by default, and not when told", function()
+    local path = dir .. "/out.csv"
+    local w = assert(csv.writer(path))
+    w:write({ "=1+2", "+1 555", "-x", "@SUM(A1)", "\tx", "ok", -5 })
+    assert(w:close())
+    assert.equal("'=1+2,'+1 555,'-x,'@SUM(A1),'\tx,ok,-5\n", read_file(path))
+    local w2 = assert(csv.writer(path, { formula_guard = false }))
+    w2:write({ "=1+2", "\rx" })
+    assert(w2:close())
+    assert.equal('=1+2,"\rx"\n', read_file(path))
+  end)
+
+  it("writes a lone empty field as \"\" so it is not read back as a blank line", function()
+    local path = dir .. "/out.csv"
+    local w = assert(csv.writer(path))
+    w:write({ "" })
+    w:write({ "a" })
+    assert(w:close())
+    assert.same({ { "" }, { "a" } }, parse(read_file(path)))
+  end)
+
+  it("never touches the target until a successful close", function()
+    local path = dir .. "/users.csv"
+    write_file(path, "previous good file\n")
+    local w = assert(csv.writer(path))
+    w:write({ "new" })
+    assert.equal("previous good file\n", read_file(path))
+    assert.equal(2, #listdir(dir))            -- the target and the temporary file
+    w:abort()
+    assert.equal("previous good file\n", read_file(path))
+    assert.same({ "users.csv" }, listdir(dir))
+    assert.is_true(w:close())                 -- closed already: nothing to do
+    assert.has_error(function() w:write({ "x" }) end, "attempt to use a closed scim.csv.writer")
+  end)
+
+  it("aborts when a to-be-closed block raises, and commits when it ends", function()
+    local path = dir .. "/users.csv"
+    write_file(path, "old\n")
+    local ok = pcall(function()
+      local w <close> = assert(csv.writer(path))
+      w:write({ "new" })
+      w:write({ {} })                         -- not text: raises
+    end)
+    assert.is_false(ok)
+    assert.equal("old\n", read_file(path))
+    assert.same({ "users.csv" }, listdir(dir))
+    do
+      local w <close> = assert(csv.writer(path))
+      w:write({ "new" })
+    end
+    assert.equal("new\n", read_file(path))
+  end)
+
+  it("removes the temporary file of a writer collected without close", function()
+    local path = dir .. "/users.csv"
+    write_file(path, "old\n")
+    do
+      local w = assert(csv.writer(path))
+      w:write({ "new" })
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.equal("old\n", read_file(path))
+    assert.same({ "users.csv" }, listdir(dir))
+  end)
+
+  it("fails with the errno code when the directory does not exist", function()
+    local w, err, code = csv.writer(dir .. "/no/such/dir/out.csv")
+    assert.is_nil(w)
+    assert.equal("ENOENT", code)
+    assert.equal(dir .. "/no/such/dir/out.csv: No such file or directory", err)
+  end)
+
+  it("reports a failed write and keeps the target", function()
+    if not io.open("/dev/full", "wb") then return pending("no /dev/full") end
+    local f = assert(io.open("/dev/full", "wb"))
+    f:setvbuf("no")
+    local w = assert(csv.writer(f, { name = "full" }))
+    local ok, err, code = w:write({ "x" })
+    assert.is_nil(ok)
+    assert.matches("^full: ", err)
+    assert.equal("ENOSPC", code)
+    assert.is_nil((w:close()))
+    f:close()
+  end)
+
+  it("round-trips random rows (quotes, delimiters, line breaks, UTF-8)", function()
+    local pieces = { "a", "Z", "0", " ", ",", ";", '"', "\r", "\n", "\r\n", "é", "王", "😀",
+                     "\t", "|", "=", "x@example.com", "''" }
+    local seed = 42
+    local function rnd(n)   -- deterministic LCG, independent of math.random
+      seed = (seed * 1103515245 + 12345) % 2147483648
+      return seed % n + 1
+    end
+    for trial = 1, 40 do
+      local delim = ({ ",", ";", "\t", "|" })[rnd(4)]
+      local ncols, nrows = rnd(6), rnd(30)
+      local header, rows = {}, {}
+      for c = 1, ncols do header[c] = "col" .. c .. ({ "", " name", "é" })[rnd(3)] end
+      for r = 1, nrows do
+        local row = {}
+        for c = 1, ncols do
+          local t = {}
+          for i = 1, rnd(12) - 1 do t[i] = pieces[rnd(#pieces)] end
+          row[c] = table.concat(t)
+        end
+        rows[r] = row
+      end
+      local path = dir .. "/rt.csv"
+      local w = assert(csv.writer(path, { header = header, delimiter = delim,
+        crlf = rnd(2) == 1, formula_guard = false }))
+      for _, row in ipairs(rows) do assert(w:write(row)) end
+      assert(w:close())
+      local r <close> = assert(csv.open(path, { array = true,
+        delimiter = (trial % 2 == 0 or ncols == 1) and delim or nil }))
+      assert.same(header, r.header)
+      local back = {}
+      for row in r:rows() do back[#back + 1] = row end
+      assert.same(rows, back)
+    end
+  end)
+end)
