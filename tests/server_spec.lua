@@ -1,0 +1,733 @@
+-- The test SCIM server (tests/server/) and its harness (tests/support/server.lua).
+-- Requests go through the harness's curl-based `request`, never scim.http, so
+-- these specs prove the server on its own.
+local server = require "support.server"
+local cjson = require "cjson"
+
+local CURL = server.CLEAN_ENV .. "curl "   -- never under make asan's LD_PRELOAD
+
+local CORE = "urn:ietf:params:scim:schemas:core:2.0:User"
+local ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+local PATCHOP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+local ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
+local V1_CORE = "urn:scim:schemas:core:1.0"
+local V1_ENTERPRISE = "urn:scim:schemas:extension:enterprise:1.0"
+local V1_DATES = "urn:scim:schemas:extension:facebook:starttermdates:1.0"
+local V1_STATUS = "urn:scim:schemas:extension:facebook:accountstatusdetails:1.0"
+
+local function user(name, extra)
+  local u = { schemas = { CORE }, userName = name, name = { givenName = "G", familyName = "F" },
+              emails = { { value = name, type = "work", primary = true } } }
+  for k, v in pairs(extra or {}) do u[k] = v end
+  return u
+end
+
+local function v1_user(name, extra)
+  local u = { schemas = { V1_CORE }, userName = name,
+              name = { givenName = "G", familyName = "F", formatted = "G F" }, active = true }
+  for k, v in pairs(extra or {}) do u[k] = v end
+  return u
+end
+
+local function escape(s)
+  return (s:gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
+end
+
+-- Wall-clock milliseconds, from the shell (os.clock is CPU time).
+local function now_ms()
+  local p = io.popen("date +%s%3N")
+  local v = tonumber(p:read("l"))
+  p:close()
+  return v
+end
+
+after_each(function()
+  collectgarbage()
+  collectgarbage()
+end)
+
+describe("support.server harness", function()
+  it("starts quickly on a free loopback port and stops, reaping node", function()
+    local t0 = now_ms()
+    local s = server.start{}
+    local took = now_ms() - t0
+    assert.matches("^http://127%.0%.0%.1:%d+/scim/v2/$", s.url)
+    assert.equal("test-token", s.token)
+    assert.is_true(took < 10000, "start took " .. took .. " ms")
+    local res = s:request{ path = "ServiceProviderConfig" }
+    assert.equal(200, res.status)
+    local origin = s.origin
+    s:stop()
+    s:stop()   -- idempotent
+    assert.matches("stopped", tostring(s))
+    -- Nothing listens there any more.
+    local p = io.popen(CURL .. "-s -o /dev/null -w '%{http_code}' --max-time 2 "
+      .. origin .. "/_control/ping")
+    local code = p:read("a")
+    p:close()
+    assert.equal("000", code)
+  end)
+
+  it("runs two servers side by side on different ports", function()
+    local a = server.start{}
+    local b = server.start{ mode = "v1" }
+    assert.are_not.equal(a.port, b.port)
+    assert.matches("/scim/v1/$", b.url)
+    a:stop()
+    b:stop()
+  end)
+
+  it("rejects unknown options and bad modes", function()
+    assert.has_error(function() server.start{ prot = 1 } end,
+      "server.start: unknown option 'prot'")
+    assert.has_error(function() server.start{ mode = "v3" } end,
+      'server.start: mode must be "scim2" or "v1", got v3')
+    assert.has_error(function() server.start{ page_size = 0 } end,
+      "server.start: page_size must be an integer >= 1, got 0")
+  end)
+
+  it("keeps a quiet log, and the server refuses a non-loopback address", function()
+    local s = server.start{}
+    s:request{ path = "Users" }
+    assert.equal("", s:log())
+    s:stop()
+    local p = io.popen(server.CLEAN_ENV
+      .. "node tests/server/server.js --host 0.0.0.0 --port 0 2>&1; echo rc=$?")
+    local out = p:read("a")
+    p:close()
+    assert.matches("--host must be a loopback address", out, 1, true)
+    assert.matches("rc=2", out, 1, true)
+  end)
+
+  it("server exits when the Lua process that started it dies", function()
+    -- A child Lua starts a server, prints its origin and exits without stop().
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+      package.path = "tests/?.lua;" .. package.path
+      local s = require("support.server").start{}
+      io.write(s.origin, "\n")
+      io.stdout:flush()
+      os.exit(0, false)   -- no close, no finalizers: as if busted crashed
+    ]])
+    f:close()
+    local p = io.popen("lua5.4 " .. script)
+    local origin = p:read("l")
+    p:close()
+    os.remove(script)
+    assert.matches("^http://127%.0%.0%.1:%d+$", origin)
+    -- Bounded wait (at most 5 s) for it to go away.
+    local q = io.popen("for i in $(seq 1 100); do " .. CURL .. "-s -o /dev/null --max-time 1 "
+      .. origin .. "/_control/ping || { echo gone; exit; }; sleep 0.05; done; echo alive")
+    local state = q:read("l")
+    q:close()
+    assert.equal("gone", state)
+  end)
+end)
+
+describe("scim2 mode", function()
+  local s
+  setup(function()
+    s = server.start{ page_size = 10 }
+  end)
+  teardown(function()
+    s:stop()
+  end)
+  before_each(function()
+    s:reset()
+  end)
+
+  describe("authentication", function()
+    it("answers 401 with a SCIM error without the token", function()
+      local res = s:request{ path = "Users", token = false }
+      assert.equal(401, res.status)
+      assert.same({ ERROR }, res.json.schemas)
+      assert.equal("401", res.json.status)
+      assert.equal('Bearer realm="scim"', res.headers["www-authenticate"])
+    end)
+
+    it("answers 401 to a wrong token, and never echoes it", function()
+      local res = s:request{ path = "Users", token = "wrong-secret-123" }
+      assert.equal(401, res.status)
+      assert.is_nil(res.body:find("wrong-secret-123", 1, true))
+      assert.is_nil(res.body:find(s.token, 1, true))
+    end)
+
+    it("accepts the scheme name in any case", function()
+      local res = s:request{ path = "Users", token = false,
+                             headers = { Authorization = "bearer " .. s.token } }
+      assert.equal(200, res.status)
+    end)
+  end)
+
+  describe("users", function()
+    it("creates a user: 201, id, Location, ETag, enterprise extension", function()
+      local u = user("ada@example.com", { schemas = { CORE, ENTERPRISE },
+        [ENTERPRISE] = { department = "R&D", manager = { value = "boss-id" } } })
+      local res = s:request{ method = "POST", path = "Users", body = u }
+      assert.equal(201, res.status)
+      assert.matches("application/scim%+json", res.headers["content-type"])
+      local id = res.json.id
+      assert.is_string(id)
+      assert.equal(s.url .. "Users/" .. id, res.headers.location)
+      assert.equal(res.json.meta.version, res.headers.etag)
+      assert.equal(s.url .. "Users/" .. id, res.json.meta.location)
+      assert.equal("R&D", res.json[ENTERPRISE].department)
+      assert.equal("boss-id", res.json[ENTERPRISE].manager.value)
+      local got = s:request{ path = "Users/" .. id }
+      assert.equal(200, got.status)
+      assert.equal("ada@example.com", got.json.userName)
+    end)
+
+    it("enforces userName uniqueness case-insensitively with 409 uniqueness", function()
+      assert.equal(201, s:request{ method = "POST", path = "Users",
+                                   body = user("Bob@Example.com") }.status)
+      local res = s:request{ method = "POST", path = "Users", body = user("bob@example.COM") }
+      assert.equal(409, res.status)
+      assert.equal("uniqueness", res.json.scimType)
+      assert.equal(1, #s:users())
+    end)
+
+    it("rejects a body that is not a user, and malformed JSON, with 400", function()
+      local res = s:request{ method = "POST", path = "Users", body = { schemas = { CORE } } }
+      assert.equal(400, res.status)
+      assert.same({ ERROR }, res.json.schemas)
+      res = s:request{ method = "POST", path = "Users", body = '{"userName": ' }
+      assert.equal(400, res.status)
+      assert.equal("invalidSyntax", res.json.scimType)
+    end)
+
+    it("finds by userName eq, case-insensitively, and escapes cannot inject", function()
+      s:seed(3)
+      local res = s:request{ path = "Users?filter="
+        .. escape('userName eq "USER00002@example.com"') }
+      assert.equal(200, res.status)
+      assert.equal(1, res.json.totalResults)
+      assert.equal("user00002@example.com", res.json.Resources[1].userName)
+      -- A JSON-escaped quote stays inside the string: matches nothing.
+      res = s:request{ path = "Users?filter=" .. escape('userName eq "a\\" or userName pr \\""') }
+      assert.equal(200, res.status)
+      assert.equal(0, res.json.totalResults)
+      -- A value with an escaped quote is found exactly.
+      s:seed{ user('we"ird@example.com') }
+      res = s:request{ path = "Users?filter=" .. escape('userName eq "WE\\"IRD@example.com"') }
+      assert.equal(1, res.json.totalResults)
+    end)
+
+    it("evaluates other filters with SCIMMY, and rejects bad ones", function()
+      s:seed(4)
+      local res = s:request{ path = "Users?filter="
+        .. escape('title eq "Designer" or title eq "Manager"') }
+      assert.equal(200, res.status)
+      assert.equal(3, res.json.totalResults)
+      res = s:request{ path = "Users?filter=" .. escape('userName sw "user0000"') }
+      assert.equal(4, res.json.totalResults)
+      res = s:request{ path = "Users?filter=" .. escape('userName eq "x" and (') }
+      assert.equal(400, res.status)
+      assert.equal("invalidFilter", res.json.scimType)
+    end)
+
+    it("pages honestly: count capped at the page size, itemsPerPage as returned", function()
+      s:seed(25)
+      local res = s:request{ path = "Users?startIndex=1&count=100" }
+      assert.equal(25, res.json.totalResults)
+      assert.equal(10, res.json.itemsPerPage)
+      assert.equal(10, #res.json.Resources)
+      res = s:request{ path = "Users?startIndex=21&count=10" }
+      assert.equal(21, res.json.startIndex)
+      assert.equal(5, res.json.itemsPerPage)
+      assert.equal(5, #res.json.Resources)
+      assert.equal("user00021@example.com", res.json.Resources[1].userName)
+      res = s:request{ path = "Users?startIndex=26" }
+      assert.equal(0, res.json.itemsPerPage)
+      assert.equal(0, #res.json.Resources)
+      res = s:request{ path = "Users?count=0" }
+      assert.equal(25, res.json.totalResults)
+      assert.equal(0, #res.json.Resources)
+      res = s:request{ path = "Users?count=abc" }
+      assert.equal(400, res.status)
+      -- Pages in order cover every user exactly once.
+      local seen, start = {}, 1
+      for _ = 1, 10 do
+        local page = s:request{ path = "Users?count=7&startIndex=" .. start }.json
+        if #page.Resources == 0 then break end
+        for _, u in ipairs(page.Resources) do
+          assert.is_nil(seen[u.id])
+          seen[u.id] = true
+        end
+        start = start + math.tointeger(page.itemsPerPage)
+      end
+      local n = 0
+      for _ in pairs(seen) do n = n + 1 end
+      assert.equal(25, n)
+    end)
+
+    it("publishes its capabilities and a live page size", function()
+      local spc = s:request{ path = "ServiceProviderConfig" }.json
+      assert.is_true(spc.patch.supported)
+      assert.is_true(spc.filter.supported)
+      assert.equal(10, spc.filter.maxResults)
+      assert.is_true(spc.etag.supported)
+      s:configure{ page_size = 3 }
+      assert.equal(3, s:request{ path = "ServiceProviderConfig" }.json.filter.maxResults)
+      s:seed(5)
+      assert.equal(3, s:request{ path = "Users" }.json.itemsPerPage)
+      s:configure{ page_size = 10 }
+    end)
+
+    it("applies PatchOp, with If-Match checked against the ETag", function()
+      local u = s:seed{ user("pat@example.com", { title = "Old" }) }[1]
+      local res = s:request{ method = "PATCH", path = "Users/" .. u.id, body = {
+        schemas = { PATCHOP },
+        Operations = { { op = "replace", path = "title", value = "New" },
+                       { op = "add", path = "displayName", value = "Pat" } } } }
+      assert.equal(200, res.status)
+      assert.equal("New", res.json.title)
+      assert.equal("Pat", res.json.displayName)
+      assert.are_not.equal(u.meta.version, res.headers.etag)
+      -- The old ETag is stale now.
+      local stale = s:request{ method = "PATCH", path = "Users/" .. u.id,
+        headers = { ["If-Match"] = u.meta.version },
+        body = { schemas = { PATCHOP },
+                 Operations = { { op = "replace", path = "title", value = "X" } } } }
+      assert.equal(412, stale.status)
+      local fresh = s:request{ method = "PATCH", path = "Users/" .. u.id,
+        headers = { ["If-Match"] = res.headers.etag },
+        body = { schemas = { PATCHOP },
+                 Operations = { { op = "replace", path = "title", value = "Y" } } } }
+      assert.equal(200, fresh.status)
+      assert.equal("Y", fresh.json.title)
+      local bad = s:request{ method = "PATCH", path = "Users/" .. u.id,
+        body = { schemas = { PATCHOP }, Operations = { { op = "frob", path = "title" } } } }
+      assert.equal(400, bad.status)
+    end)
+
+    it("patches a sub-attribute of an absent extension value, as RFC 7644 says", function()
+      local u = s:seed{ user("m@example.com") }[1]
+      local path = "Users/" .. u.id
+      local res = s:request{ method = "PATCH", path = path, body = { schemas = { PATCHOP },
+        Operations = {
+          { op = "replace", path = ENTERPRISE .. ":manager.value", value = "boss-1" },
+          { op = "add", path = ENTERPRISE .. ":manager.displayName", value = "Boss" },
+          { op = "replace", path = ENTERPRISE .. ":department", value = "Ops" } } } }
+      assert.equal(200, res.status, res.body)
+      assert.same({ value = "boss-1", displayName = "Boss" }, res.json[ENTERPRISE].manager)
+      assert.equal("Ops", res.json[ENTERPRISE].department)
+      res = s:request{ method = "PATCH", path = path, body = { schemas = { PATCHOP },
+        Operations = { { op = "remove", path = ENTERPRISE .. ":manager.displayName" } } } }
+      assert.same({ value = "boss-1" }, res.json[ENTERPRISE].manager)
+      res = s:request{ method = "PATCH", path = path, body = { schemas = { PATCHOP },
+        Operations = { { op = "remove", path = ENTERPRISE .. ":manager.value" } } } }
+      assert.equal(200, res.status, res.body)
+      assert.is_nil(res.json[ENTERPRISE].manager)
+      assert.equal("Ops", s:request{ path = path }.json[ENTERPRISE].department)
+      -- A value filter that matches nothing is noTarget (RFC 7644 3.5.2.3).
+      res = s:request{ method = "PATCH", path = path, body = { schemas = { PATCHOP },
+        Operations = { { op = "replace", path = 'phoneNumbers[type eq "work"].value',
+                         value = "1" } } } }
+      assert.equal(400, res.status)
+      assert.equal("noTarget", res.json.scimType)
+    end)
+
+    it("replaces with PUT, keeping uniqueness", function()
+      local a, b = table.unpack(s:seed{ user("a@example.com"), user("b@example.com") })
+      local res = s:request{ method = "PUT", path = "Users/" .. a.id,
+                             body = user("a@example.com", { title = "Boss" }) }
+      assert.equal(200, res.status)
+      assert.equal("Boss", res.json.title)
+      assert.equal(a.id, res.json.id)
+      assert.equal(a.meta.created, res.json.meta.created)
+      res = s:request{ method = "PUT", path = "Users/" .. b.id, body = user("A@example.com") }
+      assert.equal(409, res.status)
+      assert.equal("uniqueness", res.json.scimType)
+      res = s:request{ method = "PUT", path = "Users/nope", body = user("c@example.com") }
+      assert.equal(404, res.status)
+    end)
+
+    it("deletes with 204, then 404", function()
+      local u = s:seed{ user("gone@example.com") }[1]
+      assert.equal(204, s:request{ method = "DELETE", path = "Users/" .. u.id }.status)
+      local res = s:request{ path = "Users/" .. u.id }
+      assert.equal(404, res.status)
+      assert.same({ ERROR }, res.json.schemas)
+      assert.equal(404, s:request{ method = "DELETE", path = "Users/" .. u.id }.status)
+      -- The userName is free again.
+      assert.equal(201, s:request{ method = "POST", path = "Users",
+                                   body = user("gone@example.com") }.status)
+    end)
+
+    it("gzips answers when configured and asked", function()
+      s:seed(20)
+      local plain = s:request{ path = "Users", compressed = true }
+      assert.is_nil(plain.headers["content-encoding"])
+      s:configure{ compress = true }
+      local res = s:request{ path = "Users", compressed = true }
+      s:configure{ compress = false }
+      assert.equal("gzip", res.headers["content-encoding"])
+      assert.is_true(tonumber(res.headers["content-length"]) < #plain.body)
+      assert.equal(plain.body, res.body)
+      assert.matches("application/scim%+json", res.headers["content-type"])
+    end)
+
+    it("serves Groups with displayName uniqueness", function()
+      local g = { schemas = { "urn:ietf:params:scim:schemas:core:2.0:Group" }, displayName = "Ops" }
+      local res = s:request{ method = "POST", path = "Groups", body = g }
+      assert.equal(201, res.status)
+      assert.equal(409, s:request{ method = "POST", path = "Groups", body = g }.status)
+      assert.equal(1, s:request{ path = "Groups" }.json.totalResults)
+    end)
+
+    it("lands 200 concurrent creates exactly once each, and one of 50 duplicates", function()
+      -- curl --parallel sends them all at once over 200 connections.
+      local cfg = os.tmpname()
+      local f = assert(io.open(cfg, "w"))
+      local body = os.tmpname()
+      for i = 1, 250 do
+        local name = i <= 200 and string.format("c%03d@example.com", i) or "same@example.com"
+        local file = body .. "." .. i
+        local bf = assert(io.open(file, "w"))
+        bf:write(cjson.encode(user(name)))
+        bf:close()
+        f:write(string.format('url = "%sUsers"\nrequest = "POST"\n'
+          .. 'header = "Authorization: Bearer %s"\nheader = "Content-Type: application/scim+json"\n'
+          .. 'data-binary = "@%s"\noutput = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n%s',
+          s.url, s.token, file, i < 250 and "next\n" or ""))
+      end
+      f:close()
+      local p = io.popen(CURL .. "-s --parallel --parallel-max 250 --max-time 30 -K " .. cfg
+        .. " 2>/dev/null")
+      local codes = {}
+      for line in p:lines() do codes[line] = (codes[line] or 0) + 1 end
+      p:close()
+      os.remove(cfg)
+      for i = 1, 250 do os.remove(body .. "." .. i) end
+      os.remove(body)
+      assert.same({ ["201"] = 201, ["409"] = 49 }, codes)
+      assert.equal(201, #s:users())
+      local st = s:stats{ requests = false }
+      assert.equal(250, st.by_method.POST)
+    end)
+  end)
+
+  describe("statistics", function()
+    it("counts requests by method and status; control calls and seeding are not counted", function()
+      s:seed(2)
+      s:request{ path = "Users" }
+      s:request{ path = "Users/missing" }
+      s:request{ method = "POST", path = "Users", body = user("x@example.com") }
+      s:request{ path = "Users", token = false }
+      s:users()
+      local st = s:stats()
+      assert.equal(4, st.total)
+      assert.same({ GET = 3, POST = 1 }, st.by_method)
+      assert.same({ ["200"] = 1, ["404"] = 1, ["201"] = 1, ["401"] = 1 }, st.by_status)
+      assert.equal(4, #st.requests)
+      local r1, r2 = st.requests[1], st.requests[3]
+      assert.equal("GET", r1.method)
+      assert.equal("/scim/v2/Users", r1.path)
+      assert.equal(200, r1.status)
+      assert.equal("POST", r2.method)
+      assert.is_true(r2.t >= r1.t)
+      s:reset_stats()
+      assert.equal(0, s:stats().total)
+      assert.equal(3, #s:users())   -- users survive a stats reset
+    end)
+
+    it("can leave out the per-request list", function()
+      s:request{ path = "Users" }
+      local st = s:stats{ requests = false }
+      assert.equal(1, st.total)
+      assert.same({}, st.requests or {})
+    end)
+  end)
+
+  describe("faults", function()
+    it("answers 429 with Retry-After seconds for the next n matching requests", function()
+      s:faults{ status = 429, retry_after = 2, count = 2, match = "POST /Users" }
+      assert.equal(200, s:request{ path = "Users" }.status)   -- GET does not match
+      local r1 = s:request{ method = "POST", path = "Users", body = user("r@example.com") }
+      assert.equal(429, r1.status)
+      assert.equal("2", r1.headers["retry-after"])
+      assert.same({ ERROR }, r1.json.schemas)
+      local post = { method = "POST", path = "Users", body = user("r@example.com") }
+      assert.equal(429, s:request(post).status)
+      assert.equal(201, s:request(post).status)
+      local st = s:stats()
+      assert.same({ ["200"] = 1, ["429"] = 2, ["201"] = 1 }, st.by_status)
+      assert.equal(2, st.by_fault["429"])
+      assert.equal("429", st.requests[2].fault)
+      assert.equal(2, st.faults[1].applied)
+      assert.equal(0, #s:users() - 1)   -- the 429s created nothing
+    end)
+
+    it("lets a test measure a client's Retry-After wait on the server's side", function()
+      -- curl's own --retry honours Retry-After: the gap between the two arrivals is it.
+      s:faults{ status = 429, retry_after = 1, count = 1 }
+      -- (No -o /dev/null: curl cannot truncate it to retry.)
+      local p = io.popen(CURL .. "-s -w '\\n%{http_code}' --retry 2 --max-time 20 -H "
+        .. "'Authorization: Bearer " .. s.token .. "' " .. s.url .. "Users")
+      local code = p:read("a"):match("(%d+)$")
+      p:close()
+      assert.equal("200", code)
+      local r = s:stats().requests
+      assert.equal(2, #r)
+      assert.same({ 429, 200 }, { r[1].status, r[2].status })
+      local gap = r[2].t - r[1].t
+      assert.is_true(gap >= 990 and gap < 15000, "gap " .. gap .. " ms")
+    end)
+
+    it("sends Retry-After as an HTTP-date", function()
+      s:faults{ status = 429, retry_after_date = 30, count = 1 }
+      local res = s:request{ path = "Users" }
+      assert.equal(429, res.status)
+      local date = res.headers["retry-after"]
+      assert.matches("^%a%a%a, %d%d %a%a%a %d%d%d%d %d%d:%d%d:%d%d GMT$", date)
+    end)
+
+    it("applies a fraction evenly: 503 on every 2nd request", function()
+      s:faults{ status = 503, fraction = 0.5 }
+      local got = {}
+      for i = 1, 6 do got[i] = s:request{ path = "Users" }.status end
+      assert.same({ 200, 503, 200, 503, 200, 503 }, got)
+    end)
+
+    it("drops the connection without a response", function()
+      s:faults{ drop = true, count = 1, match = "GET /Users" }
+      local res = s:request{ path = "Users" }
+      assert.equal(0, res.status)
+      assert.equal(52, res.curl_exit)            -- CURLE_GOT_NOTHING
+      assert.equal(200, s:request{ path = "Users" }.status)
+      local st = s:stats()
+      assert.equal(1, st.by_status["0"])
+      assert.equal("drop", st.requests[1].fault)
+    end)
+
+    it("stalls longer than the client's timeout, then drops without serving", function()
+      s:faults{ stall_ms = 3000, count = 1, match = "POST" }
+      local t0 = now_ms()
+      local res = s:request{ method = "POST", path = "Users", body = user("st@example.com"),
+                             max_time = 1 }
+      local waited = now_ms() - t0
+      assert.equal(28, res.curl_exit)            -- CURLE_OPERATION_TIMEDOUT
+      assert.is_true(waited >= 900 and waited < 2900, "waited " .. waited .. " ms")
+      assert.equal(0, #s:users())                -- the stalled create never landed
+      assert.equal(201, s:request{ method = "POST", path = "Users",
+                                   body = user("st@example.com") }.status)
+    end)
+
+    it("stalls and then serves when asked", function()
+      s:faults{ stall_ms = 300, stall_then = "serve", count = 1 }
+      local res = s:request{ path = "Users" }
+      assert.equal(200, res.status)
+      local rec = s:stats().requests[1]
+      assert.is_true(rec.ms >= 290, "took " .. rec.ms .. " ms")
+    end)
+
+    it("stalls after the headers and part of the body", function()
+      s:faults{ stall_ms = 3000, stall_at = "body", count = 1 }
+      local res = s:request{ path = "Users", max_time = 1 }
+      assert.equal(28, res.curl_exit)
+      assert.equal(200, res.status)
+      assert.matches("^{\"schemas\"", res.body)
+      assert.equal(200, s:request{ path = "Users" }.status)
+    end)
+
+    it("enforces a rate limit with 429 and Retry-After over it", function()
+      -- A burst of 3, refilled at one per 10 s: the 4th to 7th requests are over
+      -- the limit however slowly this machine runs them (well under 10 s).
+      s:faults{ rate_limit = 0.1, burst = 3, retry_after = 1, match = "GET /Users" }
+      local got = {}
+      for i = 1, 6 do got[i] = s:request{ path = "Users" }.status end
+      assert.same({ 200, 200, 200, 429, 429, 429 }, got)
+      assert.equal("1", s:request{ path = "Users" }.headers["retry-after"])
+      assert.equal(4, s:stats().by_fault["429"])
+    end)
+
+    it("adds latency, measured on the server side", function()
+      s:faults{ latency_ms = 500, count = 1 }
+      assert.equal(200, s:request{ path = "Users" }.status)
+      assert.equal(200, s:request{ path = "Users" }.status)
+      local st = s:stats()
+      assert.is_true(st.requests[1].ms >= 495, "took " .. st.requests[1].ms)
+      assert.is_true(st.requests[2].ms < 450, "took " .. st.requests[2].ms)
+    end)
+
+    it("sends malformed JSON", function()
+      s:faults{ malformed = true, count = 1 }
+      local res = s:request{ path = "Users" }
+      assert.equal(200, res.status)
+      assert.is_nil(res.json)
+      assert.is_false((pcall(cjson.decode, res.body)))
+    end)
+
+    it("sends an oversized body of exactly n bytes, with or without Content-Length", function()
+      s:faults{ oversize_bytes = 3 * 1024 * 1024 + 5, count = 1 }
+      local res = s:request{ path = "Users" }
+      assert.equal(200, res.status)
+      assert.equal(3 * 1024 * 1024 + 5, #res.body)
+      assert.equal(tostring(3 * 1024 * 1024 + 5), res.headers["content-length"])
+      assert.is_table(res.json)
+      s:faults{ oversize_bytes = 100000, chunked = true, count = 1 }
+      res = s:request{ path = "Users" }
+      assert.equal(100000, #res.body)
+      assert.is_nil(res.headers["content-length"])
+      assert.equal("chunked", res.headers["transfer-encoding"])
+    end)
+
+    it("takes a list of rules, the first matching one wins, and clears", function()
+      local rules = s:faults{
+        { status = 503, count = 1, match = "DELETE" },
+        { status = 429, retry_after = 1, match = "GET /Users/" },
+      }
+      assert.equal(2, #rules)
+      assert.equal(200, s:request{ path = "Users" }.status)   -- "/Users" is not "/Users/"
+      assert.equal(429, s:request{ path = "Users/x" }.status)
+      assert.equal(503, s:request{ method = "DELETE", path = "Users/x" }.status)
+      assert.equal(404, s:request{ method = "DELETE", path = "Users/x" }.status)
+      s:faults()
+      assert.equal(404, s:request{ path = "Users/x" }.status)
+    end)
+
+    it("refuses a bad rule with a clear message", function()
+      assert.has_error(function() s:faults{ status = 429, drop = true } end,
+        "support.server: control POST faults: 400 fault rule 1: choose one of status, drop")
+      assert.has_error(function() s:faults{ stauts = 429 } end,
+        "support.server: control POST faults: 400 fault rule 1: unknown key 'stauts'")
+    end)
+  end)
+end)
+
+describe("v1 mode (Workplace SCIM 1.0)", function()
+  local s
+  setup(function()
+    s = server.start{ mode = "v1", page_size = 5 }
+  end)
+  teardown(function()
+    s:stop()
+  end)
+  before_each(function()
+    s:reset()
+  end)
+
+  local function ua() return { ["User-Agent"] = "scim-agent-test/1" } end
+
+  it("creates with numeric ids, 1.0 schemas and server-set account status", function()
+    local res = s:request{ method = "POST", path = "Users", headers = ua(), body = v1_user(
+      "ann@example.com", { schemas = { V1_CORE, V1_ENTERPRISE, V1_DATES },
+        [V1_ENTERPRISE] = { department = "Sales" }, [V1_DATES] = { startDate = 1700000000 } }) }
+    assert.equal(201, res.status)
+    assert.matches("application/json", res.headers["content-type"])
+    assert.equal("number", type(res.json.id))
+    local id = server.id_string(res.json.id)
+    assert.matches("^%d+$", id)
+    assert.matches('"id":' .. id .. ",", res.body)   -- a JSON number, not a string
+    assert.equal(s.url .. "Users/" .. id, res.headers.location)
+    assert.equal(false, res.json[V1_STATUS].claimed)
+    assert.equal(1700000000, res.json[V1_DATES].startDate)
+    local got = s:request{ path = "Users/" .. id, headers = ua() }
+    assert.equal(200, got.status)
+    assert.equal("Sales", got.json[V1_ENTERPRISE].department)
+  end)
+
+  it("requires a User-Agent", function()
+    local res = s:request{ path = "Users", headers = { ["User-Agent"] = "" } }
+    assert.equal(400, res.status)
+    assert.matches("User%-Agent", res.json.Errors[1].description)
+  end)
+
+  it("answers errors in the 1.1 shape: 401, 404, 409", function()
+    local res = s:request{ path = "Users", token = false, headers = ua() }
+    assert.equal(401, res.status)
+    assert.equal(401, res.json.Errors[1].code)
+    res = s:request{ path = "Users/123", headers = ua() }
+    assert.equal(404, res.status)
+    assert.equal(404, res.json.Errors[1].code)
+    s:seed{ v1_user("dup@example.com") }
+    res = s:request{ method = "POST", path = "Users", headers = ua(),
+                     body = v1_user("DUP@example.com") }
+    assert.equal(409, res.status)
+  end)
+
+  it("lists in the SCIM 1.1 shape, pages and filters userName eq", function()
+    s:seed(7)
+    local res = s:request{ path = "Users?count=100", headers = ua() }
+    assert.same({ V1_CORE }, res.json.schemas)
+    assert.equal(7, res.json.totalResults)
+    assert.equal(5, res.json.itemsPerPage)
+    assert.equal(5, #res.json.Resources)
+    res = s:request{ path = "Users?startIndex=6", headers = ua() }
+    assert.equal(2, #res.json.Resources)
+    res = s:request{ path = "Users?filter=" .. escape('userName eq "USER00003@EXAMPLE.COM"'),
+                     headers = ua() }
+    assert.equal(1, res.json.totalResults)
+    assert.equal("user00003@example.com", res.json.Resources[1].userName)
+    res = s:request{ path = "Users?filter=" .. escape('title eq "x"'), headers = ua() }
+    assert.equal(400, res.status)
+  end)
+
+  it("has no PATCH: 405 with Allow", function()
+    local u = s:seed{ v1_user("p@example.com") }[1]
+    local res = s:request{ method = "PATCH", path = "Users/" .. server.id_string(u.id),
+                           headers = ua(), body = { active = false } }
+    assert.equal(405, res.status)
+    assert.equal("GET, PUT, DELETE", res.headers.allow)
+  end)
+
+  it("replaces with PUT; read-only attributes and unknown ones are refused", function()
+    local boss, u = table.unpack(s:seed{ v1_user("boss@example.com"), v1_user("e@example.com") })
+    local id, boss_id = server.id_string(u.id), server.id_string(boss.id)
+    local body = v1_user("e@example.com", { schemas = { V1_CORE, V1_ENTERPRISE }, title = "Dev",
+      -- A digit string: lua-cjson cannot encode a 15-digit number exactly.
+      [V1_ENTERPRISE] = { manager = { managerId = boss_id } } })
+    local res = s:request{ method = "PUT", path = "Users/" .. id, headers = ua(), body = body }
+    assert.equal(200, res.status)
+    assert.equal("Dev", res.json.title)
+    assert.equal(boss_id, server.id_string(res.json[V1_ENTERPRISE].manager.managerId))
+    -- Echoing the GET back (with meta and account status) is a client bug.
+    local echo = s:request{ path = "Users/" .. id, headers = ua() }.json
+    res = s:request{ method = "PUT", path = "Users/" .. id, headers = ua(), body = echo }
+    assert.equal(400, res.status)
+    assert.matches("read%-only", res.json.Errors[1].description)
+    -- The original sample's misspelling.
+    res = s:request{ method = "PUT", path = "Users/" .. id, headers = ua(),
+                     body = v1_user("e@example.com", { externalID = "42" }) }
+    assert.equal(400, res.status)
+    assert.matches("Unknown attribute 'externalID'", res.json.Errors[1].description)
+    -- A manager id that is no user (e.g. one mangled by float formatting).
+    res = s:request{ method = "PUT", path = "Users/" .. id, headers = ua(),
+      body = v1_user("e@example.com", { schemas = { V1_CORE, V1_ENTERPRISE },
+        [V1_ENTERPRISE] = { manager = { managerId = "1" } } }) }
+    assert.equal(400, res.status)
+    -- Dates must be integers.
+    res = s:request{ method = "PUT", path = "Users/" .. id, headers = ua(),
+      body = v1_user("e@example.com", { schemas = { V1_CORE, V1_DATES },
+        [V1_DATES] = { startDate = "2024-01-01" } }) }
+    assert.equal(400, res.status)
+  end)
+
+  it("deletes with 204, then 404", function()
+    local u = s:seed{ v1_user("d@example.com") }[1]
+    local id = server.id_string(u.id)
+    assert.equal(204, s:request{ method = "DELETE", path = "Users/" .. id, headers = ua() }.status)
+    assert.equal(404, s:request{ method = "DELETE", path = "Users/" .. id, headers = ua() }.status)
+  end)
+
+  it("injects faults and counts them in v1 too", function()
+    s:faults{ status = 503, count = 1, match = "GET /Users" }
+    local res = s:request{ path = "Users", headers = ua() }
+    assert.equal(503, res.status)
+    assert.equal(503, res.json.Errors[1].code)
+    assert.equal(200, s:request{ path = "Users", headers = ua() }.status)
+    assert.same({ ["503"] = 1, ["200"] = 1 }, s:stats().by_status)
+  end)
+
+  it("can use string ids and lenient validation when asked", function()
+    local t = server.start{ mode = "v1", numeric_ids = false, strict = false,
+                            require_user_agent = false }
+    local res = t:request{ method = "POST", path = "Users",
+                           body = v1_user("x@example.com", { externalID = "1" }) }
+    assert.equal(201, res.status)
+    assert.equal("string", type(res.json.id))
+    t:stop()
+  end)
+end)
