@@ -76,7 +76,7 @@ sanitize asan: deps server-deps
 
 # The CSV and HTTP specs under valgrind's leak checker. --ignore-lua keeps
 # busted in this process (.busted names lua5.4, which would re-exec it).
-VALGRIND_SPECS ?= tests/csv_spec.lua
+VALGRIND_SPECS ?= tests/csv_spec.lua tests/core_http_spec.lua tests/http_spec.lua
 valgrind: build
 	valgrind --quiet --suppressions=tests/valgrind-curl.supp --leak-check=full \
 	  --errors-for-leak-kinds=definite,indirect --error-exitcode=1 \

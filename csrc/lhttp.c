@@ -1,8 +1,1142 @@
 /*
-** lhttp.c - scim.core HTTP binding over libcurl's multi interface.
+** lhttp.c - scim.core HTTP binding: a thin layer over libcurl's multi
+** interface.  C owns the curl handles and the response buffers; every
+** decision (window, retries, backoff, rate) is made in lua/scim/http.lua.
+**
+** Objects:
+**   scim.multi    a CURLM*; its user value 1 is the anchor table
+**                 { [lightuserdata(CURL*)] = request } of transfers in flight.
+**   scim.request  a CURL* plus its header list, errbuf and response buffers;
+**                 its user value 1 is the multi it is added to (or nil).
+** No curl callback calls Lua: they only append to C buffers.
 */
+#include <limits.h>
+#include <sys/select.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
 #include "lscim.h"
 
+#define MULTI_T "scim.multi"
+#define REQUEST_T "scim.request"
+#define URLBOX_T "scim.urlbox"
+
+/* Default response size cap (64 MiB) and the per-transfer trace cap. */
+#define DEFAULT_MAX_BODY ((lua_Integer)64 * 1024 * 1024)
+#define TRACE_MAX ((size_t)256 * 1024)
+
+
+/*
+** {======================================================
+** Growable byte buffers (malloc'd, owned by a request userdata)
+** =======================================================
+*/
+
+typedef struct Buf {
+  char *p;
+  size_t len, cap;
+} Buf;
+
+/* Appends n bytes; returns 0 when out of memory (the buffer is unchanged). */
+static int buf_add(Buf *b, const char *s, size_t n) {
+  if (n > b->cap - b->len) {
+    size_t cap = b->cap ? b->cap : 256;
+    char *p;
+    while (cap - b->len < n) {
+      if (cap > ((size_t)-1) / 2) return 0;
+      cap *= 2;
+    }
+    p = (char *)realloc(b->p, cap);
+    if (p == NULL) return 0;
+    b->p = p;
+    b->cap = cap;
+  }
+  if (n > 0) memcpy(b->p + b->len, s, n);
+  b->len += n;
+  return 1;
+}
+
+static void buf_free(Buf *b) {
+  free(b->p);
+  b->p = NULL;
+  b->len = b->cap = 0;
+}
+
+/* }====================================================== */
+
+
+typedef struct Multi {
+  CURLM *multi;   /* NULL once closed */
+  int count;      /* requests anchored (added and not yet finished) */
+} Multi;
+
+typedef struct Request {
+  CURL *easy;                    /* NULL once closed */
+  struct curl_slist *headers;
+  Multi *multi;                  /* the multi it is added to, or NULL */
+  Buf body;                      /* response body */
+  Buf head;                      /* raw header lines of the last response */
+  Buf trace;                     /* redacted trace lines, '\n'-terminated */
+  curl_off_t max_body;           /* < 0: no cap */
+  int too_large;                 /* the write callback hit max_body */
+  int oom;                       /* a callback ran out of memory */
+  int tracing;
+  char errbuf[CURL_ERROR_SIZE];
+} Request;
+
+
+/*
+** {======================================================
+** CURLcode names (the `code` of the fail triple)
+** =======================================================
+*/
+
+#define CE(name) case CURLE_##name: return #name;
+
+static const char *curlcode_name(CURLcode rc) {
+  switch (rc) {
+    CE(OK) CE(UNSUPPORTED_PROTOCOL) CE(FAILED_INIT) CE(URL_MALFORMAT)
+    CE(NOT_BUILT_IN) CE(COULDNT_RESOLVE_PROXY) CE(COULDNT_RESOLVE_HOST)
+    CE(COULDNT_CONNECT) CE(WEIRD_SERVER_REPLY) CE(REMOTE_ACCESS_DENIED)
+    CE(HTTP2) CE(PARTIAL_FILE) CE(HTTP_RETURNED_ERROR) CE(WRITE_ERROR)
+    CE(UPLOAD_FAILED) CE(READ_ERROR) CE(OUT_OF_MEMORY) CE(OPERATION_TIMEDOUT)
+    CE(RANGE_ERROR) CE(HTTP_POST_ERROR) CE(SSL_CONNECT_ERROR)
+    CE(BAD_DOWNLOAD_RESUME) CE(FILE_COULDNT_READ_FILE) CE(FUNCTION_NOT_FOUND)
+    CE(ABORTED_BY_CALLBACK) CE(BAD_FUNCTION_ARGUMENT) CE(INTERFACE_FAILED)
+    CE(TOO_MANY_REDIRECTS) CE(UNKNOWN_OPTION) CE(GOT_NOTHING)
+    CE(SSL_ENGINE_NOTFOUND) CE(SSL_ENGINE_SETFAILED) CE(SEND_ERROR)
+    CE(RECV_ERROR) CE(SSL_CERTPROBLEM) CE(SSL_CIPHER)
+    CE(PEER_FAILED_VERIFICATION) CE(BAD_CONTENT_ENCODING)
+    CE(FILESIZE_EXCEEDED) CE(USE_SSL_FAILED) CE(SEND_FAIL_REWIND)
+    CE(SSL_ENGINE_INITFAILED) CE(LOGIN_DENIED) CE(SSL_CACERT_BADFILE)
+    CE(SSL_SHUTDOWN_FAILED) CE(AGAIN) CE(SSL_CRL_BADFILE) CE(SSL_ISSUER_ERROR)
+    CE(CHUNK_FAILED) CE(NO_CONNECTION_AVAILABLE) CE(SSL_PINNEDPUBKEYNOTMATCH)
+    CE(SSL_INVALIDCERTSTATUS) CE(HTTP2_STREAM) CE(RECURSIVE_API_CALL)
+    CE(AUTH_ERROR)
+#if LIBCURL_VERSION_NUM >= 0x074900
+    CE(HTTP3) CE(QUIC_CONNECT_ERROR)
+#endif
+#if LIBCURL_VERSION_NUM >= 0x074900
+    CE(PROXY)
+#endif
+#if LIBCURL_VERSION_NUM >= 0x074d00
+    CE(SSL_CLIENTCERT)
+#endif
+#if LIBCURL_VERSION_NUM >= 0x075400
+    CE(UNRECOVERABLE_POLL)
+#endif
+    default: return "CURL_ERROR";
+  }
+}
+
+#undef CE
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** curl callbacks: no Lua in here, only C buffers
+** =======================================================
+*/
+
+/* Returning less than n fails the transfer (CURLE_WRITE_ERROR); the flags
+** say why.  n > 0 here: curl never delivers empty chunks. */
+static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
+  Request *r = (Request *)ud;
+  size_t n = size * nmemb;
+  if (r->max_body >= 0 && (curl_off_t)(r->body.len + n) > r->max_body) {
+    r->too_large = 1;  /* fail the transfer cleanly instead of growing */
+    return 0;
+  }
+  if (!buf_add(&r->body, data, n)) {
+    r->oom = 1;
+    return 0;
+  }
+  return n;
+}
+
+/* One call per header line.  A status line starts a new response (after a
+** 100 Continue or a proxy's CONNECT reply), so only the last one is kept. */
+static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
+  Request *r = (Request *)ud;
+  size_t n = size * nmemb;
+  if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) r->head.len = 0;
+  if (!buf_add(&r->head, data, n)) {
+    r->oom = 1;
+    return 0;
+  }
+  return n;
+}
+
+static int prefix_ci(const char *s, size_t len, const char *prefix) {
+  size_t i, n = strlen(prefix);
+  if (len < n) return 0;
+  for (i = 0; i < n; i++) {
+    char c = s[i];
+    if (c >= 'A' && c <= 'Z') c = (char)(c - 'A' + 'a');
+    if (c != prefix[i]) return 0;
+  }
+  return 1;
+}
+
+/* Header names whose values are secrets: the value becomes "[redacted]". */
+static const char *const secret_headers[] = {
+  "authorization:", "proxy-authorization:", "cookie:", "set-cookie:", NULL
+};
+
+static void trace_add(Request *r, const char *s, size_t n) {
+  if (r->trace.len + n > TRACE_MAX) return;  /* cap: drop, never grow */
+  if (!buf_add(&r->trace, s, n)) r->oom = 1;
+}
+
+/* Splits a block into lines, prefixes each with `mark` and redacts secret
+** header values when `headers` is set. */
+static void trace_lines(Request *r, const char *mark, const char *data,
+                        size_t size, int headers) {
+  size_t i = 0;
+  while (i < size) {
+    size_t j = i, len;
+    while (j < size && data[j] != '\n' && data[j] != '\r') j++;
+    len = j - i;
+    if (len > 0) {
+      int k, secret = 0;
+      trace_add(r, mark, strlen(mark));
+      for (k = 0; headers && secret_headers[k] != NULL; k++) {
+        if (prefix_ci(data + i, len, secret_headers[k])) {
+          size_t nlen = strlen(secret_headers[k]);
+          trace_add(r, data + i, nlen);
+          trace_add(r, " [redacted]", 11);
+          secret = 1;
+          break;
+        }
+      }
+      if (!secret) trace_add(r, data + i, len);
+      trace_add(r, "\n", 1);
+    }
+    i = j + 1;
+  }
+}
+
+static int on_debug(CURL *h, curl_infotype type, char *data, size_t size,
+                    void *ud) {
+  Request *r = (Request *)ud;
+  char line[64];
+  (void)h;
+  switch (type) {
+    case CURLINFO_TEXT:
+      trace_lines(r, "* ", data, size, 1);
+      break;
+    case CURLINFO_HEADER_OUT:
+      trace_lines(r, "> ", data, size, 1);
+      break;
+    case CURLINFO_HEADER_IN:
+      trace_lines(r, "< ", data, size, 1);
+      break;
+    case CURLINFO_DATA_OUT:
+    case CURLINFO_DATA_IN:  /* bodies hold personal data: sizes only */
+      snprintf(line, sizeof(line), "%s [%lu bytes data]\n",
+               type == CURLINFO_DATA_OUT ? ">" : "<", (unsigned long)size);
+      trace_add(r, line, strlen(line));
+      break;
+    default:  /* TLS records: noise */
+      break;
+  }
+  return 0;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** scim.request
+** =======================================================
+*/
+
+static Request *checkrequest(lua_State *L, int idx) {
+  Request *r = (Request *)luaL_checkudata(L, idx, REQUEST_T);
+  if (r->easy == NULL) luaL_error(L, "attempt to use a closed " REQUEST_T);
+  return r;
+}
+
+/*
+** Takes request `idx` out of its multi, if any, and drops the anchor.
+** Never raises and calls no Lua code, so __gc can use it.  [-0, +0, -]
+*/
+static void request_detach(lua_State *L, Request *r, int idx) {
+  idx = lua_absindex(L, idx);
+  if (r->multi == NULL) return;
+  if (r->multi->multi != NULL && r->easy != NULL)
+    curl_multi_remove_handle(r->multi->multi, r->easy);
+  r->multi->count--;
+  r->multi = NULL;
+  if (lua_getiuservalue(L, idx, 1) == LUA_TUSERDATA) {  /* the multi */
+    if (lua_getiuservalue(L, -1, 1) == LUA_TTABLE) {    /* its anchors */
+      lua_pushnil(L);
+      lua_rawsetp(L, -2, (void *)r->easy);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  lua_pushnil(L);
+  lua_setiuservalue(L, idx, 1);
+}
+
+/* The one close for :close(), __close and __gc.  Idempotent. */
+static int request_close(lua_State *L) {
+  Request *r = (Request *)luaL_checkudata(L, 1, REQUEST_T);
+  request_detach(L, r, 1);
+  if (r->easy != NULL) {
+    curl_easy_cleanup(r->easy);
+    r->easy = NULL;
+  }
+  curl_slist_free_all(r->headers);
+  r->headers = NULL;
+  buf_free(&r->body);
+  buf_free(&r->head);
+  buf_free(&r->trace);
+  return 0;
+}
+
+#define SETOPT(L, r, opt, val) \
+  setopt_check(L, curl_easy_setopt((r)->easy, opt, val), #opt)
+
+static void setopt_check(lua_State *L, CURLcode rc, const char *name) {
+  if (rc == CURLE_OUT_OF_MEMORY) luaL_error(L, "not enough memory");
+  if (rc != CURLE_OK)
+    luaL_error(L, "cannot set %s: %s", name, curl_easy_strerror(rc));
+}
+
+/* Field `key` of the options table at 1 as a duration in ms, or -1. */
+static long opt_ms(lua_State *L, const char *key) {
+  long ms = -1;
+  if (lua_getfield(L, 1, key) != LUA_TNIL) {
+    int ok;
+    lua_Number s = lua_tonumberx(L, -1, &ok);
+    if (!ok || !(s >= 0) || s > 86400 * 365)
+      luaL_error(L, "bad option '%s' (non-negative number of seconds expected)", key);
+    ms = (long)(s * 1000 + 0.5);
+    if (ms == 0 && s > 0) ms = 1;  /* 0 means "no timeout" to curl */
+  }
+  lua_pop(L, 1);
+  return ms;
+}
+
+static const char *opt_string(lua_State *L, const char *key, size_t *len) {
+  const char *s = NULL;
+  int t = lua_getfield(L, 1, key);
+  if (t != LUA_TNIL) {
+    if (t != LUA_TSTRING)
+      luaL_error(L, "bad option '%s' (string expected, got %s)", key, luaL_typename(L, -1));
+    s = lua_tolstring(L, -1, len);
+  }
+  lua_pop(L, 1);  /* the string stays alive in the options table */
+  return s;
+}
+
+static int opt_bool(lua_State *L, const char *key) {
+  int t = lua_getfield(L, 1, key), v;
+  if (t != LUA_TNIL && t != LUA_TBOOLEAN)
+    luaL_error(L, "bad option '%s' (boolean expected, got %s)", key, luaL_typename(L, -1));
+  v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static void check_keys(lua_State *L, int idx, const char *const keys[],
+                       const char *what) {
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    int i, found = 0;
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      const char *k = lua_tostring(L, -2);
+      for (i = 0; keys[i] != NULL; i++)
+        if (strcmp(keys[i], k) == 0) { found = 1; break; }
+      if (!found) luaL_error(L, "%s: unknown option '%s'", what, k);
+    }
+    else
+      luaL_error(L, "%s: option names must be strings", what);
+    lua_pop(L, 1);
+  }
+}
+
+/* A header name is an RFC 9110 token; a value has no CR, LF or NUL. */
+static int valid_name(const char *s, size_t n) {
+  size_t i;
+  if (n == 0) return 0;
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c <= 32 || c >= 127 || strchr("\"(),/:;<=>?@[\\]{}", c) != NULL) return 0;
+  }
+  return 1;
+}
+
+static int valid_value(const char *s, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++)
+    if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0') return 0;
+  return 1;
+}
+
+/* Builds the header list from options.headers = { Name = value, ... }.
+** The list lives in the request, so a raise here leaks nothing. */
+static void set_headers(lua_State *L, Request *r) {
+  struct curl_slist *l;
+  if (lua_getfield(L, 1, "headers") == LUA_TNIL) {
+    lua_pop(L, 1);
+  }
+  else {
+    int t = lua_absindex(L, -1);
+    luaL_argexpected(L, lua_istable(L, t), 1, "table as option 'headers'");
+    lua_pushnil(L);
+    while (lua_next(L, t) != 0) {
+      size_t nl, vl;
+      const char *name, *value;
+      if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
+        luaL_error(L, "bad option 'headers' (name = string value pairs expected)");
+      name = lua_tolstring(L, -2, &nl);
+      value = lua_tolstring(L, -1, &vl);  /* numbers convert in place */
+      if (!valid_name(name, nl))
+        luaL_error(L, "bad header name '%s'", name);
+      if (!valid_value(value, vl))  /* the value may be a secret: not shown */
+        luaL_error(L, "bad value for header '%s' (contains CR, LF or NUL)", name);
+      if (vl == 0)
+        lua_pushfstring(L, "%s;", name);  /* curl's way to send it empty */
+      else
+        lua_pushfstring(L, "%s: %s", name, value);
+      l = curl_slist_append(r->headers, lua_tostring(L, -1));
+      if (l == NULL) luaL_error(L, "not enough memory");
+      r->headers = l;
+      lua_pop(L, 2);  /* line, value */
+    }
+    lua_pop(L, 1);  /* headers table */
+  }
+  /* Never wait for a 100 Continue: bodies are small. */
+  l = curl_slist_append(r->headers, "Expect:");
+  if (l == NULL) luaL_error(L, "not enough memory");
+  r->headers = l;
+  SETOPT(L, r, CURLOPT_HTTPHEADER, r->headers);
+}
+
+static const char *const request_keys[] = {
+  "method", "url", "headers", "body", "timeout", "connect_timeout",
+  "low_speed_limit", "low_speed_time", "ca_file", "insecure", "proxy",
+  "noproxy", "max_body", "user_agent", "accept_encoding", "trace",
+  "verbose", "forbid_reuse", NULL
+};
+
+static void set_method(lua_State *L, Request *r) {
+  size_t blen = 0;
+  const char *method = opt_string(L, "method", NULL);
+  const char *body = opt_string(L, "body", &blen);
+  if (method == NULL) method = body ? "POST" : "GET";
+  if (!valid_name(method, strlen(method)))
+    luaL_error(L, "bad option 'method' ('%s' is not an HTTP method)", method);
+  if (strcmp(method, "HEAD") == 0) {
+    SETOPT(L, r, CURLOPT_NOBODY, 1L);
+  }
+  else if (strcmp(method, "GET") == 0 && body == NULL) {
+    SETOPT(L, r, CURLOPT_HTTPGET, 1L);
+  }
+  else {
+    if (body != NULL) {
+      /* size first, so COPYPOSTFIELDS copies exactly blen bytes */
+      SETOPT(L, r, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+      SETOPT(L, r, CURLOPT_COPYPOSTFIELDS, body);
+    }
+    if (strcmp(method, "POST") != 0)
+      SETOPT(L, r, CURLOPT_CUSTOMREQUEST, method);
+  }
+}
+
+/*
+** core.request{ method=, url=, headers=, body=, ... } -> request
+** [-0, +1, e]
+*/
+static int core_request(lua_State *L) {
+  Request *r;
+  const char *s;
+  long ms;
+  lua_Integer max_body = DEFAULT_MAX_BODY;
+  int t;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  check_keys(L, 1, request_keys, "request");
+  r = (Request *)lua_newuserdatauv(L, sizeof(Request), 1);
+  memset(r, 0, sizeof(Request));
+  luaL_setmetatable(L, REQUEST_T);  /* from now on __gc owns what we acquire */
+  r->easy = curl_easy_init();
+  if (r->easy == NULL) return luaL_error(L, "cannot create a curl handle");
+  SETOPT(L, r, CURLOPT_PRIVATE, (void *)r);
+  SETOPT(L, r, CURLOPT_NOSIGNAL, 1L);
+  SETOPT(L, r, CURLOPT_ERRORBUFFER, r->errbuf);
+  SETOPT(L, r, CURLOPT_WRITEFUNCTION, on_write);
+  SETOPT(L, r, CURLOPT_WRITEDATA, (void *)r);
+  SETOPT(L, r, CURLOPT_HEADERFUNCTION, on_header);
+  SETOPT(L, r, CURLOPT_HEADERDATA, (void *)r);
+#if LIBCURL_VERSION_NUM >= 0x075500
+  SETOPT(L, r, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+  SETOPT(L, r, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+  SETOPT(L, r, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+  SETOPT(L, r, CURLOPT_TCP_KEEPALIVE, 1L);
+
+  s = opt_string(L, "url", NULL);
+  if (s == NULL) return luaL_error(L, "request: option 'url' is required");
+  SETOPT(L, r, CURLOPT_URL, s);
+  if (strncmp(s, "https:", 6) == 0)  /* let a new transfer wait to share an h2 connection */
+    SETOPT(L, r, CURLOPT_PIPEWAIT, 1L);
+  set_method(L, r);
+  set_headers(L, r);
+
+  if ((ms = opt_ms(L, "timeout")) >= 0) SETOPT(L, r, CURLOPT_TIMEOUT_MS, ms);
+  if ((ms = opt_ms(L, "connect_timeout")) >= 0)
+    SETOPT(L, r, CURLOPT_CONNECTTIMEOUT_MS, ms);
+  if (lua_getfield(L, 1, "low_speed_limit") != LUA_TNIL)
+    SETOPT(L, r, CURLOPT_LOW_SPEED_LIMIT, (long)luaL_checkinteger(L, -1));
+  lua_pop(L, 1);
+  if (lua_getfield(L, 1, "low_speed_time") != LUA_TNIL)
+    SETOPT(L, r, CURLOPT_LOW_SPEED_TIME, (long)luaL_checkinteger(L, -1));
+  lua_pop(L, 1);
+
+  if ((s = opt_string(L, "ca_file", NULL)) != NULL) SETOPT(L, r, CURLOPT_CAINFO, s);
+  if (opt_bool(L, "insecure")) {  /* explicit switch only */
+    SETOPT(L, r, CURLOPT_SSL_VERIFYPEER, 0L);
+    SETOPT(L, r, CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+  if ((s = opt_string(L, "proxy", NULL)) != NULL) SETOPT(L, r, CURLOPT_PROXY, s);
+  if ((s = opt_string(L, "noproxy", NULL)) != NULL) SETOPT(L, r, CURLOPT_NOPROXY, s);
+  if ((s = opt_string(L, "user_agent", NULL)) != NULL) SETOPT(L, r, CURLOPT_USERAGENT, s);
+
+  t = lua_getfield(L, 1, "accept_encoding");
+  if (t == LUA_TNIL || (t == LUA_TBOOLEAN && lua_toboolean(L, -1)))
+    SETOPT(L, r, CURLOPT_ACCEPT_ENCODING, "");  /* every encoding curl decodes */
+  else if (t == LUA_TSTRING)
+    SETOPT(L, r, CURLOPT_ACCEPT_ENCODING, lua_tostring(L, -1));
+  else if (t != LUA_TBOOLEAN)
+    return luaL_error(L, "bad option 'accept_encoding' (string or boolean expected)");
+  lua_pop(L, 1);
+
+  if (lua_getfield(L, 1, "max_body") != LUA_TNIL) {
+    int ok;
+    max_body = lua_tointegerx(L, -1, &ok);
+    if (!ok) return luaL_error(L, "bad option 'max_body' (integer expected)");
+  }
+  lua_pop(L, 1);
+  r->max_body = max_body < 0 ? -1 : (curl_off_t)max_body;
+  if (r->max_body >= 0)  /* refuse early when Content-Length says too big */
+    SETOPT(L, r, CURLOPT_MAXFILESIZE_LARGE, r->max_body);
+
+  if (opt_bool(L, "forbid_reuse")) {  /* one connection per request */
+    SETOPT(L, r, CURLOPT_FRESH_CONNECT, 1L);
+    SETOPT(L, r, CURLOPT_FORBID_REUSE, 1L);
+  }
+  if (opt_bool(L, "trace") || opt_bool(L, "verbose")) {
+    r->tracing = 1;
+    SETOPT(L, r, CURLOPT_DEBUGFUNCTION, on_debug);
+    SETOPT(L, r, CURLOPT_DEBUGDATA, (void *)r);
+    SETOPT(L, r, CURLOPT_VERBOSE, 1L);
+  }
+  return 1;
+}
+
+/* req:status() -> HTTP status of the last response (0 before one). */
+static int request_status(lua_State *L) {
+  Request *r = checkrequest(L, 1);
+  long code = 0;
+  curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
+  lua_pushinteger(L, code);
+  return 1;
+}
+
+/* req:body() -> the response body received so far. */
+static int request_body(lua_State *L) {
+  Request *r = checkrequest(L, 1);
+  lua_pushlstring(L, r->body.p ? r->body.p : "", r->body.len);
+  return 1;
+}
+
+static void trim(const char **s, const char **e) {
+  while (*s < *e && (**s == ' ' || **s == '\t')) (*s)++;
+  while (*e > *s && ((*e)[-1] == ' ' || (*e)[-1] == '\t')) (*e)--;
+}
+
+/*
+** req:headers() -> { [lower-case name] = value } of the last response;
+** repeated fields are joined with ", " (RFC 9110 5.3).  [-0, +1, m]
+*/
+static int request_headers(lua_State *L) {
+  Request *r = checkrequest(L, 1);
+  const char *p = r->head.p, *end = r->head.p + r->head.len;
+  lua_newtable(L);
+  while (p != NULL && p < end) {
+    const char *eol = p, *colon, *v, *ve;
+    while (eol < end && *eol != '\n') eol++;
+    ve = eol;
+    if (ve > p && ve[-1] == '\r') ve--;
+    colon = (const char *)memchr(p, ':', (size_t)(ve - p));
+    if (colon != NULL && colon > p && *p != ' ' && *p != '\t') {
+      luaL_Buffer b;
+      const char *c;
+      char *name = luaL_buffinitsize(L, &b, (size_t)(colon - p));
+      for (c = p; c < colon; c++)
+        name[c - p] = (char)((*c >= 'A' && *c <= 'Z') ? *c - 'A' + 'a' : *c);
+      luaL_pushresultsize(&b, (size_t)(colon - p));
+      v = colon + 1;
+      trim(&v, &ve);
+      lua_pushvalue(L, -1);
+      if (lua_rawget(L, -3) == LUA_TSTRING) {  /* repeated: join */
+        lua_pushliteral(L, ", ");
+        lua_pushlstring(L, v, (size_t)(ve - v));
+        lua_concat(L, 3);
+      }
+      else {
+        lua_pop(L, 1);
+        lua_pushlstring(L, v, (size_t)(ve - v));
+      }
+      lua_rawset(L, -3);
+    }
+    p = eol + 1;
+  }
+  return 1;
+}
+
+/* req:trace() -> array of redacted trace lines since the last call. */
+static int request_trace(lua_State *L) {
+  Request *r = checkrequest(L, 1);
+  const char *p = r->trace.p, *end = r->trace.p + r->trace.len;
+  lua_Integer n = 0;
+  lua_newtable(L);
+  while (p != NULL && p < end) {
+    const char *eol = (const char *)memchr(p, '\n', (size_t)(end - p));
+    if (eol == NULL) eol = end;
+    lua_pushlstring(L, p, (size_t)(eol - p));
+    lua_rawseti(L, -2, ++n);
+    p = eol + 1;
+  }
+  r->trace.len = 0;
+  return 1;
+}
+
+static void info_number(lua_State *L, CURL *e, CURLINFO what, const char *key) {
+  double d = 0;
+  if (curl_easy_getinfo(e, what, &d) == CURLE_OK) {
+    lua_pushnumber(L, (lua_Number)d);
+    lua_setfield(L, -2, key);
+  }
+}
+
+static void info_long(lua_State *L, CURL *e, CURLINFO what, const char *key) {
+  long v = 0;
+  if (curl_easy_getinfo(e, what, &v) == CURLE_OK) {
+    lua_pushinteger(L, v);
+    lua_setfield(L, -2, key);
+  }
+}
+
+/* req:info() -> timings (seconds) and connection facts of the last transfer. */
+static int request_info(lua_State *L) {
+  Request *r = checkrequest(L, 1);
+  long ver = 0;
+  char *ip = NULL;
+  lua_newtable(L);
+  info_number(L, r->easy, CURLINFO_TOTAL_TIME, "total_time");
+  info_number(L, r->easy, CURLINFO_NAMELOOKUP_TIME, "namelookup_time");
+  info_number(L, r->easy, CURLINFO_CONNECT_TIME, "connect_time");
+  info_number(L, r->easy, CURLINFO_APPCONNECT_TIME, "appconnect_time");
+  info_number(L, r->easy, CURLINFO_STARTTRANSFER_TIME, "starttransfer_time");
+  info_long(L, r->easy, CURLINFO_NUM_CONNECTS, "num_connects");
+  info_long(L, r->easy, CURLINFO_PRIMARY_PORT, "primary_port");
+  if (curl_easy_getinfo(r->easy, CURLINFO_HTTP_VERSION, &ver) == CURLE_OK) {
+    lua_pushstring(L, ver == CURL_HTTP_VERSION_2_0 ? "2" :
+                      ver == CURL_HTTP_VERSION_1_1 ? "1.1" :
+                      ver == CURL_HTTP_VERSION_1_0 ? "1.0" :
+                      ver == 0 ? "none" : "3");
+    lua_setfield(L, -2, "http_version");
+  }
+  if (curl_easy_getinfo(r->easy, CURLINFO_PRIMARY_IP, &ip) == CURLE_OK && ip != NULL) {
+    lua_pushstring(L, ip);  /* owned by curl: nothing to free */
+    lua_setfield(L, -2, "primary_ip");
+  }
+  return 1;
+}
+
+static int request_tostring(lua_State *L) {
+  Request *r = (Request *)luaL_checkudata(L, 1, REQUEST_T);
+  if (r->easy == NULL)
+    lua_pushliteral(L, REQUEST_T " (closed)");
+  else
+    lua_pushfstring(L, REQUEST_T " (%p)", (void *)r);
+  return 1;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** scim.multi
+** =======================================================
+*/
+
+static Multi *checkmulti(lua_State *L, int idx) {
+  Multi *m = (Multi *)luaL_checkudata(L, idx, MULTI_T);
+  if (m->multi == NULL) luaL_error(L, "attempt to use a closed " MULTI_T);
+  return m;
+}
+
+#define MSETOPT(L, m, opt, val) \
+  setmopt_check(L, curl_multi_setopt((m)->multi, opt, val), #opt)
+
+static void setmopt_check(lua_State *L, CURLMcode rc, const char *name) {
+  if (rc != CURLM_OK)
+    luaL_error(L, "cannot set %s: %s", name, curl_multi_strerror(rc));
+}
+
+static const char *const multi_keys[] = {
+  "max_connects", "max_host_connections", "max_total_connections", NULL
+};
+
+static long opt_count(lua_State *L, int idx, const char *key) {
+  long v = -1;
+  if (lua_getfield(L, idx, key) != LUA_TNIL) {
+    int ok;
+    lua_Integer i = lua_tointegerx(L, -1, &ok);
+    if (!ok || i < 0 || i > INT_MAX)
+      luaL_error(L, "bad option '%s' (non-negative integer expected)", key);
+    v = (long)i;
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+/*
+** core.multi{ max_connects=, max_host_connections=, max_total_connections= }
+** [-0, +1, e]
+*/
+static int core_multi(lua_State *L) {
+  Multi *m;
+  long v;
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 0);
+    lua_newtable(L);
+  }
+  luaL_checktype(L, 1, LUA_TTABLE);
+  check_keys(L, 1, multi_keys, "multi");
+  m = (Multi *)lua_newuserdatauv(L, sizeof(Multi), 1);
+  memset(m, 0, sizeof(Multi));
+  luaL_setmetatable(L, MULTI_T);
+  lua_newtable(L);  /* anchors of requests in flight */
+  lua_setiuservalue(L, -2, 1);
+  m->multi = curl_multi_init();
+  if (m->multi == NULL) return luaL_error(L, "cannot create a curl multi handle");
+  MSETOPT(L, m, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  if ((v = opt_count(L, 1, "max_connects")) >= 0)
+    MSETOPT(L, m, CURLMOPT_MAXCONNECTS, v);
+  if ((v = opt_count(L, 1, "max_host_connections")) >= 0)
+    MSETOPT(L, m, CURLMOPT_MAX_HOST_CONNECTIONS, v);
+  if ((v = opt_count(L, 1, "max_total_connections")) >= 0)
+    MSETOPT(L, m, CURLMOPT_MAX_TOTAL_CONNECTIONS, v);
+  return 1;
+}
+
+/*
+** The one close for :close(), __close and __gc.  Detaches every request
+** first (finalizer order is not guaranteed), then frees the multi.
+*/
+static int multi_close(lua_State *L) {
+  Multi *m = (Multi *)luaL_checkudata(L, 1, MULTI_T);
+  if (m->multi == NULL) return 0;
+  if (lua_getiuservalue(L, 1, 1) == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+      Request *r = (Request *)luaL_testudata(L, -1, REQUEST_T);
+      if (r != NULL && r->multi == m) {
+        if (r->easy != NULL) curl_multi_remove_handle(m->multi, r->easy);
+        r->multi = NULL;
+        lua_pushnil(L);
+        lua_setiuservalue(L, -2, 1);
+      }
+      lua_pop(L, 1);  /* value; the key stays for lua_next */
+    }
+  }
+  lua_pop(L, 1);
+  lua_pushnil(L);  /* drop every anchor at once */
+  lua_setiuservalue(L, 1, 1);
+  m->count = 0;
+  curl_multi_cleanup(m->multi);
+  m->multi = NULL;
+  return 0;
+}
+
+/*
+** multi:add(req) -> true | fail, msg, code.  Anchors req until next_done
+** reports it.  A finished request can be added again: it is sent again with
+** the same options (a retry is the same request).  [-0, +1|3, e]
+*/
+static int multi_add(lua_State *L) {
+  Multi *m = checkmulti(L, 1);
+  Request *r = checkrequest(L, 2);
+  CURLMcode rc;
+  luaL_argcheck(L, r->multi == NULL, 2, "request already added to a multi");
+  lua_getiuservalue(L, 1, 1);
+  lua_pushvalue(L, 2);
+  lua_rawsetp(L, -2, (void *)r->easy);  /* anchor before curl knows it */
+  lua_pop(L, 1);
+  r->body.len = r->head.len = r->trace.len = 0;
+  r->too_large = r->oom = 0;
+  r->errbuf[0] = '\0';
+  rc = curl_multi_add_handle(m->multi, r->easy);
+  if (rc != CURLM_OK) {
+    lua_getiuservalue(L, 1, 1);
+    lua_pushnil(L);
+    lua_rawsetp(L, -2, (void *)r->easy);
+    luaL_pushfail(L);
+    lua_pushstring(L, curl_multi_strerror(rc));
+    lua_pushliteral(L, "MULTI_ADD");
+    return 3;
+  }
+  r->multi = m;
+  m->count++;
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, 2, 1);  /* the request keeps its multi alive */
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* multi:perform() -> number of transfers still running. */
+static int multi_perform(lua_State *L) {
+  Multi *m = checkmulti(L, 1);
+  int running = 0;
+  CURLMcode rc = curl_multi_perform(m->multi, &running);
+  if (rc != CURLM_OK) return luaL_error(L, "curl_multi_perform: %s", curl_multi_strerror(rc));
+  lua_pushinteger(L, running);
+  return 1;
+}
+
+/* At most this many sockets of other multis are watched by one poll. */
+#define POLL_EXTRA 64
+
+/*
+** Adds the sockets of the multi at the stack top to `extra` and lowers
+** *ms to its next timer.  [-0, +0, v]
+*/
+static unsigned add_other(lua_State *L, struct curl_waitfd *extra, unsigned n,
+                          int *ms) {
+  Multi *o = checkmulti(L, -1);
+  fd_set r, w, x;
+  int fd, maxfd = -1;
+  long to = -1;
+  FD_ZERO(&r);
+  FD_ZERO(&w);
+  FD_ZERO(&x);
+  if (curl_multi_fdset(o->multi, &r, &w, &x, &maxfd) == CURLM_OK) {
+    for (fd = 0; fd <= maxfd && n < POLL_EXTRA; fd++) {
+      short ev = 0;
+      if (FD_ISSET(fd, &r)) ev |= CURL_WAIT_POLLIN;
+      if (FD_ISSET(fd, &w)) ev |= CURL_WAIT_POLLOUT;
+      if (FD_ISSET(fd, &x)) ev |= CURL_WAIT_POLLPRI;
+      if (ev != 0) {
+        extra[n].fd = fd;
+        extra[n].events = ev;
+        extra[n].revents = 0;
+        n++;
+      }
+    }
+  }
+  if (curl_multi_timeout(o->multi, &to) == CURLM_OK && to >= 0 && to < *ms)
+    *ms = (int)to;
+  return n;
+}
+
+/*
+** multi:poll(timeout_s [, others]) -> number of sockets with activity.
+** Waits at most timeout_s seconds, less when curl's own timers are due;
+** waits the full time when no transfer is in flight (so it also serves as
+** a sleep).  `others` is an array of multis whose sockets and timers also
+** end the wait, so one scheduler can sleep on several engines at once.
+*/
+static int multi_poll(lua_State *L) {
+  Multi *m = checkmulti(L, 1);
+  lua_Number t = luaL_optnumber(L, 2, 0);
+  struct curl_waitfd extra[POLL_EXTRA];
+  unsigned n = 0;
+  int ms, numfds = 0;
+  CURLMcode rc;
+  luaL_argcheck(L, t >= 0 && t <= 86400, 2, "timeout out of range [0, 86400]");
+  ms = (int)(t * 1000 + 0.999);  /* round up: never wake just before a timer */
+  if (!lua_isnoneornil(L, 3)) {
+    lua_Integer i, len;
+    luaL_checktype(L, 3, LUA_TTABLE);
+    len = luaL_len(L, 3);
+    for (i = 1; i <= len; i++) {
+      lua_rawgeti(L, 3, i);
+      if (lua_touserdata(L, -1) != (void *)m) n = add_other(L, extra, n, &ms);
+      lua_pop(L, 1);
+    }
+  }
+  rc = curl_multi_poll(m->multi, n > 0 ? extra : NULL, n, ms, &numfds);
+  if (rc != CURLM_OK) return luaL_error(L, "curl_multi_poll: %s", curl_multi_strerror(rc));
+  lua_pushinteger(L, numfds);
+  return 1;
+}
+
+/*
+** multi:next_done() -> req, true | req, fail, msg, code | nil (none).
+** The CURLMsg is read before remove_handle (which invalidates it); the
+** request is then unanchored.  [-0, +1|2|4, m]
+*/
+static int multi_next_done(lua_State *L) {
+  Multi *m = checkmulti(L, 1);
+  CURLMsg *msg;
+  int left;
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, 1);  /* 2: anchors */
+  while ((msg = curl_multi_info_read(m->multi, &left)) != NULL) {
+    CURL *e;
+    CURLcode rc;
+    Request *r;
+    if (msg->msg != CURLMSG_DONE) continue;
+    e = msg->easy_handle;
+    rc = msg->data.result;
+    curl_multi_remove_handle(m->multi, e);
+    lua_rawgetp(L, 2, (void *)e);  /* 3: the request */
+    r = (Request *)luaL_testudata(L, 3, REQUEST_T);
+    if (r == NULL || r->easy != e) {  /* not ours: cannot happen */
+      lua_pop(L, 1);
+      continue;
+    }
+    r->multi = NULL;
+    m->count--;
+    lua_pushnil(L);
+    lua_rawsetp(L, 2, (void *)e);
+    lua_pushnil(L);
+    lua_setiuservalue(L, 3, 1);
+    if (rc == CURLE_OK) {
+      lua_pushboolean(L, 1);
+      return 2;
+    }
+    luaL_pushfail(L);
+    if (r->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
+      lua_pushfstring(L, "response body larger than max_body (%I bytes)",
+                      (lua_Integer)r->max_body);
+      lua_pushliteral(L, "BODY_TOO_LARGE");
+    }
+    else if (r->oom) {
+      lua_pushliteral(L, "not enough memory for the response");
+      lua_pushliteral(L, "OUT_OF_MEMORY");
+    }
+    else {
+      size_t n = strlen(r->errbuf);
+      while (n > 0 && (r->errbuf[n - 1] == '\n' || r->errbuf[n - 1] == '\r')) n--;
+      if (n > 0)
+        lua_pushlstring(L, r->errbuf, n);
+      else
+        lua_pushstring(L, curl_easy_strerror(rc));
+      lua_pushstring(L, curlcode_name(rc));
+    }
+    return 4;
+  }
+  return 0;
+}
+
+/* multi:count() -> number of requests added and not yet reported done. */
+static int multi_count(lua_State *L) {
+  Multi *m = checkmulti(L, 1);
+  lua_pushinteger(L, m->count);
+  return 1;
+}
+
+static int multi_tostring(lua_State *L) {
+  Multi *m = (Multi *)luaL_checkudata(L, 1, MULTI_T);
+  if (m->multi == NULL)
+    lua_pushliteral(L, MULTI_T " (closed)");
+  else
+    lua_pushfstring(L, MULTI_T " (%p)", (void *)m);
+  return 1;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Module functions: URL parsing, clocks, dates
+** =======================================================
+*/
+
+/* Holds curl_url memory while Lua strings are made from it, so a memory
+** error while pushing leaks nothing (__gc frees). */
+typedef struct UrlBox {
+  CURLU *u;
+  char *part;
+} UrlBox;
+
+static void urlbox_free(UrlBox *b) {
+  curl_free(b->part);
+  b->part = NULL;
+  if (b->u != NULL) curl_url_cleanup(b->u);
+  b->u = NULL;
+}
+
+static int urlbox_gc(lua_State *L) {
+  urlbox_free((UrlBox *)luaL_checkudata(L, 1, URLBOX_T));
+  return 0;
+}
+
+/* Sets result[key] (the table at index 2) to a part of the URL. */
+static void url_field(lua_State *L, UrlBox *b, CURLUPart what, unsigned flags,
+                      const char *key) {
+  if (curl_url_get(b->u, what, &b->part, flags) == CURLUE_OK && b->part != NULL) {
+    if (what == CURLUPART_PORT)
+      lua_pushinteger(L, (lua_Integer)strtol(b->part, NULL, 10));
+    else
+      lua_pushstring(L, b->part);
+    lua_setfield(L, 2, key);
+  }
+  curl_free(b->part);
+  b->part = NULL;
+}
+
+/*
+** core.parse_url(url) -> { scheme=, host=, port=, path=, query= }
+**                      | fail, msg, "URL_MALFORMAT".
+** Uses curl's own parser, so the host checked is the host curl connects to.
+** [-0, +1|3, m]
+*/
+static int core_parse_url(lua_State *L) {
+  const char *url = luaL_checkstring(L, 1);
+  UrlBox *b;
+  CURLUcode rc;
+  lua_settop(L, 1);
+  lua_newtable(L);                                        /* 2: result */
+  b = (UrlBox *)lua_newuserdatauv(L, sizeof(UrlBox), 0);  /* 3: box */
+  memset(b, 0, sizeof(UrlBox));
+  luaL_setmetatable(L, URLBOX_T);
+  b->u = curl_url();
+  if (b->u == NULL) return luaL_error(L, "not enough memory");
+  rc = curl_url_set(b->u, CURLUPART_URL, url, 0);
+  if (rc == CURLUE_OK) {
+    url_field(L, b, CURLUPART_SCHEME, 0, "scheme");
+    url_field(L, b, CURLUPART_HOST, 0, "host");
+    url_field(L, b, CURLUPART_PORT, CURLU_DEFAULT_PORT, "port");
+    url_field(L, b, CURLUPART_PATH, 0, "path");
+    url_field(L, b, CURLUPART_QUERY, 0, "query");
+  }
+  urlbox_free(b);
+  if (rc != CURLUE_OK) {
+    luaL_pushfail(L);
+#if LIBCURL_VERSION_NUM >= 0x075000
+    lua_pushfstring(L, "bad URL: %s", curl_url_strerror(rc));
+#else
+    lua_pushliteral(L, "bad URL");
+#endif
+    lua_pushliteral(L, "URL_MALFORMAT");
+    return 3;
+  }
+  lua_settop(L, 2);
+  return 1;
+}
+
+/* core.monotime() -> seconds from a monotonic clock (for timers). */
+static int core_monotime(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+/* core.walltime() -> seconds since the epoch, sub-second resolution. */
+static int core_walltime(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+/* core.getdate(s) -> epoch seconds of an HTTP date, or nil. */
+static int core_getdate(lua_State *L) {
+  time_t t = curl_getdate(luaL_checkstring(L, 1), NULL);
+  if (t == (time_t)-1) return 0;
+  lua_pushinteger(L, (lua_Integer)t);
+  return 1;
+}
+
+/* }====================================================== */
+
+
+static const luaL_Reg request_meta[] = {
+  {"__gc", request_close},
+  {"__close", request_close},
+  {"__tostring", request_tostring},
+  {NULL, NULL}
+};
+
+static const luaL_Reg request_methods[] = {
+  {"status", request_status},
+  {"body", request_body},
+  {"headers", request_headers},
+  {"trace", request_trace},
+  {"info", request_info},
+  {"close", request_close},
+  {NULL, NULL}
+};
+
+static const luaL_Reg multi_meta[] = {
+  {"__gc", multi_close},
+  {"__close", multi_close},
+  {"__tostring", multi_tostring},
+  {NULL, NULL}
+};
+
+static const luaL_Reg multi_methods[] = {
+  {"add", multi_add},
+  {"perform", multi_perform},
+  {"poll", multi_poll},
+  {"next_done", multi_next_done},
+  {"count", multi_count},
+  {"close", multi_close},
+  {NULL, NULL}
+};
+
+static const luaL_Reg urlbox_meta[] = {
+  {"__gc", urlbox_gc},
+  {NULL, NULL}
+};
+
+static const luaL_Reg funcs[] = {
+  {"multi", core_multi},
+  {"request", core_request},
+  {"parse_url", core_parse_url},
+  {"monotime", core_monotime},
+  {"walltime", core_walltime},
+  {"getdate", core_getdate},
+  {NULL, NULL}
+};
+
 void scim_open_http(lua_State *L) {
-  (void)L;
+  static int curl_ready = 0;
+  static const luaL_Reg none[] = {{NULL, NULL}};
+  if (!curl_ready) {  /* once per process, never cleaned up (lcurl.c) */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+      luaL_error(L, "cannot initialize libcurl");
+    curl_ready = 1;
+  }
+  scim_newclass(L, MULTI_T, multi_meta, multi_methods);
+  scim_newclass(L, REQUEST_T, request_meta, request_methods);
+  scim_newclass(L, URLBOX_T, urlbox_meta, none);
+  luaL_setfuncs(L, funcs, 0);
+  {
+    /* curl_version() would initialise LDAP/SASL just to name them (and
+    ** leak doing so): build the short form from the version info. */
+    const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+    lua_pushfstring(L, "libcurl/%s%s%s", v->version, v->ssl_version ? " " : "",
+                    v->ssl_version ? v->ssl_version : "");
+    lua_setfield(L, -2, "curl_version");
+  }
 }

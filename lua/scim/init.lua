@@ -1,10 +1,34 @@
 --- scim-agent: keep a SCIM service provider's users in step with a CSV file.
--- The public facade: `local scim = require "scim"`.
+-- The public facade: `local scim = require "scim"`. Submodules load on first
+-- use (`scim.csv`, `scim.client`, `scim.mapping`, `scim.http`, `scim.filter`),
+-- so requiring the facade is cheap and has no require cycles.
 -- @module scim
 local core = require "scim.core"
+
+local SUBMODULES = {
+  csv = true, http = true, client = true, mapping = true, filter = true, report = true,
+}
 
 local scim = {
   _VERSION = core._VERSION,
 }
 
-return scim
+--- Runs `fn(item, index)` for every item on coroutines over the HTTP engine.
+-- Straight-line code inside `fn` yields while its requests are in flight.
+-- @tparam table|function items an array, or an iterator function (e.g. `reader:rows()`)
+-- @tparam function fn called once per item; an error fails that item only
+-- @tparam[opt] table opts `concurrency` (default 16)
+-- @treturn table `{ done = n, failed = n, errors = { {index=, item=, error=}, ... } }`
+function scim.run(items, fn, opts)
+  return require("scim.http").run(items, fn, opts)
+end
+
+return setmetatable(scim, {
+  __index = function(t, name)
+    if SUBMODULES[name] then
+      local m = require("scim." .. name)
+      rawset(t, name, m)
+      return m
+    end
+  end,
+})

@@ -1,0 +1,843 @@
+--- HTTP engine: policy over scim.core's libcurl multi binding.
+--
+-- The C side moves bytes; this module decides: how many requests are in
+-- flight (a window that shrinks on 429 and grows back slowly), what is
+-- retried (connection failures, timeouts, 429, 502, 503, 504) and after how
+-- long (exponential backoff with full jitter, or the server's Retry-After),
+-- how fast requests start (an optional token bucket), and which URLs are
+-- refused (plain http to anything but loopback).
+--
+-- Requests are written straight-line. Inside a coroutine run by `http.run`,
+-- `engine:request` yields until its response arrives while other coroutines
+-- run; anywhere else it drives the engine itself until the response is in.
+-- @module scim.http
+local core = require "scim.core"
+
+local monotime, getdate, walltime = core.monotime, core.getdate, core.walltime
+local cocreate, coresume, corunning = coroutine.create, coroutine.resume, coroutine.running
+local costatus, coyield, coclose = coroutine.status, coroutine.yield, coroutine.close
+local isyieldable = coroutine.isyieldable
+local floor, min, max, random, huge = math.floor, math.min, math.max, math.random, math.huge
+local type, pairs, ipairs, next, pcall, error = type, pairs, ipairs, next, pcall, error
+local tostring, tonumber, setmetatable = tostring, tonumber, setmetatable
+local sfind, ssub, slower, sformat, smatch = string.find, string.sub, string.lower,
+  string.format, string.match
+
+local http = {}
+
+local DEFAULT_USER_AGENT = "scim-agent/" .. core._VERSION
+http.DEFAULT_USER_AGENT = DEFAULT_USER_AGENT
+
+-- The longest a scheduler waits in C before looking again; bounds every loop in time.
+local MAX_WAIT = 1.0
+-- The longest wait when several engines have transfers in flight at once.
+local SHARED_WAIT = 0.1
+
+-- The token a waiting coroutine yields to http.run.
+local WAIT = setmetatable({}, { __name = "scim.http.wait" })
+-- coroutine -> its scheduler (weak: a finished coroutine is forgotten).
+local managed = setmetatable({}, { __mode = "k" })
+-- engine -> true while it has queued, delayed or in-flight work. Weak, so an
+-- engine nobody can reach any more is collected with its transfers.
+local busy = setmetatable({}, { __mode = "k" })
+-- Bumped whenever any request finishes: a driver waiting on the network
+-- first checks whether somebody became ready.
+local finished = 0
+
+-- HTTP statuses and transport failures that are worth another attempt.
+local RETRY_STATUS = { [429] = true, [502] = true, [503] = true, [504] = true }
+local RETRY_CODE = {
+  COULDNT_RESOLVE_HOST = true, COULDNT_RESOLVE_PROXY = true, COULDNT_CONNECT = true,
+  OPERATION_TIMEDOUT = true, GOT_NOTHING = true, SEND_ERROR = true, RECV_ERROR = true,
+  PARTIAL_FILE = true, SSL_CONNECT_ERROR = true, HTTP2 = true, HTTP2_STREAM = true,
+  WEIRD_SERVER_REPLY = true, NO_CONNECTION_AVAILABLE = true,
+}
+http.RETRY_STATUS, http.RETRY_CODE = RETRY_STATUS, RETRY_CODE
+
+-- Header names whose values are secrets, lower-cased.
+local SECRET_HEADERS = { authorization = true, ["proxy-authorization"] = true,
+  cookie = true, ["x-api-key"] = true }
+
+local OPTION_TYPES = {
+  concurrency = "number", rate = "number", burst = "number", retries = "number",
+  timeout = "number", connect_timeout = "number", user_agent = "string", headers = "table",
+  ca_file = "string", insecure = "boolean", proxy = "string", allow_http = "boolean",
+  max_body = "number", trace = "function", backoff_base = "number", backoff_cap = "number",
+  max_retry_after = "number", forbid_reuse = "boolean", max_connects = "number",
+  low_speed_time = "number", low_speed_limit = "number", min_window = "number",
+}
+
+local REQUEST_TYPES = {
+  method = "string", url = "string", headers = "table", body = "string",
+  timeout = "number", retries = "number",
+}
+
+local function check_options(opts, types, what, level)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then
+    error(sformat("%s: options table expected, got %s", what, type(opts)), level + 1)
+  end
+  for k, v in pairs(opts) do
+    local t = types[k]
+    if not t then
+      error(sformat("%s: unknown option '%s'", what, tostring(k)), level + 1)
+    elseif type(v) ~= t then
+      error(sformat("%s: option '%s' must be a %s, got %s", what, k, t, type(v)), level + 1)
+    end
+  end
+  return opts
+end
+
+local function positive(opts, key, what, integer, allow_zero)
+  local v = opts[key]
+  if v == nil then return end
+  if v ~= v or v == huge or v < 0 or (v == 0 and not allow_zero)
+      or (integer and v ~= floor(v)) then
+    error(sformat("%s: option '%s' must be a %s%s number", what, key,
+      allow_zero and "non-negative" or "positive", integer and " whole" or ""), 3)
+  end
+end
+
+-- == Secrets and redaction ==
+
+--- Replaces every occurrence of each secret in s (plain text, no patterns)
+-- and the user:password part of any URL with "[redacted]".
+-- @tparam string s text
+-- @tparam {string,...} secrets
+-- @treturn string
+local function scrub(s, secrets)
+  if type(s) ~= "string" then return s end
+  for i = 1, #secrets do
+    local secret = secrets[i]
+    local from = 1
+    while true do
+      local a, b = sfind(s, secret, from, true)
+      if not a then break end
+      s = ssub(s, 1, a - 1) .. "[redacted]" .. ssub(s, b + 1)
+      from = a + 10
+    end
+  end
+  -- user:password@ in a URL
+  s = s:gsub("(%a[%w+.-]*://)[^/@%s]+@", "%1[redacted]@")
+  return s
+end
+http.scrub = scrub
+
+-- Adds the secret parts of a header value: the whole value and the
+-- credentials after an auth scheme ("Bearer <token>"). Short values are
+-- skipped: redacting "ab" everywhere would mangle traces, not protect.
+local function add_secret(secrets, value)
+  value = tostring(value)
+  local cred = smatch(value, "^%S+%s+(%S.*)$")
+  for _, v in ipairs{ value, cred } do
+    if #v >= 4 and not secrets[v] then
+      secrets[v] = true
+      secrets[#secrets + 1] = v
+    end
+  end
+end
+
+-- == URL policy ==
+
+--- True for a host name that is surely this machine: localhost, 127.x.y.z, [::1].
+-- @tparam string host as curl's URL parser gives it
+-- @treturn boolean
+local function is_loopback(host)
+  host = slower(host)
+  if host == "localhost" or host == "[::1]" then return true end
+  local a, b, c, d = smatch(host, "^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if not a then return false end
+  a, b, c, d = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+  return a == 127 and b <= 255 and c <= 255 and d <= 255
+end
+http.is_loopback = is_loopback
+
+--- Checks a URL before any traffic, with curl's own parser (so the host
+-- checked is the host curl would connect to).
+-- @tparam string url
+-- @tparam[opt] boolean allow_http allow plain http to any host
+-- @treturn table the parsed URL `{ scheme=, host=, port=, path=, query=, loopback= }`
+-- @treturn[2] nil
+-- @treturn[2] string message
+-- @treturn[2] string "URL_MALFORMAT", "UNSUPPORTED_PROTOCOL" or "HTTP_REFUSED"
+local function check_url(url, allow_http)
+  local u, err, code = core.parse_url(url)
+  if not u then return nil, err, code end
+  local scheme = slower(u.scheme or "")
+  if scheme ~= "http" and scheme ~= "https" then
+    return nil, "unsupported scheme '" .. scheme .. "' (http or https expected)",
+      "UNSUPPORTED_PROTOCOL"
+  end
+  u.loopback = is_loopback(u.host or "")
+  if scheme == "http" and not u.loopback and not allow_http then
+    return nil, "plain http refused to non-loopback host " .. tostring(u.host)
+      .. " (use https, or allow_http)", "HTTP_REFUSED"
+  end
+  return u
+end
+http.check_url = check_url
+
+--- The wait a Retry-After header asks for: seconds, or an HTTP date (measured
+-- against the response's own Date header when there is one, so the two
+-- clocks need not agree).
+-- @tparam table headers response headers, lower-case names
+-- @treturn ?number seconds, or nil when absent or unreadable
+local function retry_after(headers)
+  local v = headers["retry-after"]
+  if not v then return nil end
+  local secs = tonumber(smatch(v, "^%s*(%d+)%s*$"))
+  if secs then return secs end
+  local at = getdate(v)
+  if not at then return nil end
+  local now = headers.date and getdate(headers.date) or walltime()
+  return max(0, at - now)
+end
+http.retry_after = retry_after
+
+-- == The engine ==
+
+local Engine = {}
+Engine.__index = Engine
+Engine.__name = "scim.http.engine"
+
+local function push_back(self, job)
+  self.qtail = self.qtail + 1
+  self.queue[self.qtail] = job
+end
+
+local function push_front(self, job)
+  self.qhead = self.qhead - 1
+  self.queue[self.qhead] = job
+end
+
+local function pop(self)
+  local h = self.qhead
+  if h > self.qtail then return nil end
+  local job = self.queue[h]
+  self.queue[h] = nil
+  self.qhead = h + 1
+  return job
+end
+
+local function emit(self, line)
+  local ok, err = pcall(self.trace, scrub(line, self.secrets))
+  if not ok then
+    warn("scim.http: trace function failed: ", tostring(err))
+  end
+end
+
+local function wake(co)
+  local sched = co and managed[co]
+  if sched then
+    sched.rtail = sched.rtail + 1
+    sched.ready[sched.rtail] = co
+  end
+end
+
+local function finish(self, job, res, err, code)
+  job.done, job.res, job.err, job.code = true, res, err, code
+  if job.req then
+    job.req:close()
+    job.req = nil
+  end
+  self.pending = self.pending - 1
+  finished = finished + 1
+  local q = job.notify  -- an engine:each iterator collecting completions
+  if q then
+    q.n = q.n + 1
+    q[q.n] = job
+  end
+  wake(job.waiter)
+end
+
+local function fail(self, job, msg, code)
+  finish(self, job, nil, job.method .. " " .. scrub(job.url, self.secrets) .. ": "
+    .. scrub(tostring(msg), self.secrets), code)
+end
+
+local function backoff(self, attempts)
+  return random() * min(self.backoff_cap, self.backoff_base * 2 ^ (attempts - 1))
+end
+
+-- Schedules another attempt of job at time `due`.
+local function retry(self, job, due, why)
+  self.counters.retries = self.counters.retries + 1
+  job.due = due
+  self.delayed[#self.delayed + 1] = job
+  if due < self.next_delayed then self.next_delayed = due end
+  if self.trace then
+    emit(self, sformat("[%d] retry %d/%d in %.3f s after %s", job.id, job.attempts + 1,
+      job.max_attempts, max(0, due - monotime()), tostring(why)))
+  end
+end
+
+local function response(job, req, headers)
+  return {
+    status = req:status(),
+    headers = headers or req:headers(),
+    body = req:body(),
+    attempts = job.attempts,
+    method = job.method,
+    url = job.url,
+    elapsed = monotime() - job.created,
+  }
+end
+
+-- One finished transfer: account, then retry or hand the result over.
+local function complete(self, req, ok, msg, code)
+  local job = self.jobs[req]
+  self.jobs[req] = nil
+  self.inflight = self.inflight - 1
+  if not job then req:close() return end
+  if self.trace then
+    local lines = req:trace()
+    for i = 1, #lines do emit(self, "[" .. job.id .. "] " .. lines[i]) end
+  end
+  local now = monotime()
+  local stats = self.counters
+  if ok then
+    local status = req:status()
+    stats.by_status[status] = (stats.by_status[status] or 0) + 1
+    if RETRY_STATUS[status] then
+      local headers = req:headers()
+      if status == 429 and job.epoch == self.epoch then
+        -- multiplicative decrease, once per window of requests sent
+        self.cwnd = max(self.min_window, self.cwnd / 2)
+        self.epoch = self.epoch + 1
+      end
+      local wait = retry_after(headers)
+      if job.attempts < job.max_attempts and (not wait or wait <= self.max_retry_after) then
+        if wait and now + wait > self.hold_until then
+          self.hold_until = now + wait  -- the server asked everyone to wait
+        end
+        return retry(self, job, now + max(wait or 0, backoff(self, job.attempts)), status)
+      end
+      return finish(self, job, response(job, req, headers))
+    end
+    if self.cwnd < self.max_window then  -- additive increase: +1 per window
+      self.cwnd = min(self.max_window, self.cwnd + 1 / self.cwnd)
+    end
+    return finish(self, job, response(job, req))
+  end
+  stats.errors[code] = (stats.errors[code] or 0) + 1
+  if RETRY_CODE[code] and job.attempts < job.max_attempts then
+    return retry(self, job, now + backoff(self, job.attempts), code)
+  end
+  return fail(self, job, msg, code)
+end
+
+-- Starts queued jobs as far as the window, the hold and the rate allow.
+-- Returns the time at which a timer-blocked job could start, or nil.
+local function start(self, now)
+  local due
+  while self.qhead <= self.qtail do
+    if self.queue[self.qhead].done then  -- cancelled while queued
+      pop(self)
+      goto continue
+    end
+    if self.inflight >= floor(self.cwnd) then break end  -- a completion reopens it
+    if now < self.hold_until then due = self.hold_until break end
+    if self.rate then
+      local tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
+      self.tokens, self.refilled = tokens, now
+      if tokens < 1 then due = now + (1 - tokens) / self.rate break end
+      self.tokens = tokens - 1
+    end
+    local job = pop(self)
+    job.attempts = job.attempts + 1
+    job.epoch = self.epoch
+    local counters = self.counters
+    counters.requests = counters.requests + 1
+    local ok, msg, code = self.multi:add(job.req)
+    if ok then
+      self.jobs[job.req] = job
+      self.inflight = self.inflight + 1
+      if self.inflight > counters.max_inflight then counters.max_inflight = self.inflight end
+    else
+      fail(self, job, msg, code)
+    end
+    ::continue::
+  end
+  return due
+end
+
+-- Moves retries whose backoff is over to the front of the queue.
+local function release(self, now)
+  if now < self.next_delayed then return end
+  local delayed, keep, nd = self.delayed, {}, huge
+  for i = #delayed, 1, -1 do  -- reversed, so push_front keeps their order
+    local job = delayed[i]
+    if not job.done then  -- a job cancelled while waiting is forgotten
+      if job.due <= now then
+        push_front(self, job)
+      else
+        keep[#keep + 1] = job
+        if job.due < nd then nd = job.due end
+      end
+    end
+  end
+  self.delayed, self.next_delayed = keep, nd
+end
+
+-- One round for one engine: release due retries, start what may start, let
+-- curl work, collect every finished transfer. Completions reopen the window,
+-- so this repeats while they do (bounded). It always ends with next_done
+-- drained after the last perform: a finished transfer left unread would
+-- make the following poll sleep with nothing to wake it.
+-- Returns the next time a timer needs attention, or nil.
+local function pump(self, now)
+  local multi = self.multi
+  local due
+  for _ = 1, 64 do
+    release(self, now)
+    due = start(self, now)
+    if self.inflight == 0 then break end
+    multi:perform()
+    local completed = false
+    while not self.closed do  -- a trace function may close the engine
+      local req, ok, msg, code = multi:next_done()
+      if not req then break end
+      complete(self, req, ok, msg, code)
+      completed = true
+    end
+    if not completed or self.closed then break end
+    now = monotime()
+  end
+  if self.next_delayed < huge and (not due or self.next_delayed < due) then
+    due = self.next_delayed
+  end
+  if self.pending == 0 then busy[self] = nil end
+  return due
+end
+
+-- One round over every busy engine, then (unless a request finished) one
+-- wait in C until a transfer makes progress or the next timer is due.
+local function step()
+  local engines, n = {}, 0
+  for e in pairs(busy) do
+    n = n + 1
+    engines[n] = e
+  end
+  if n == 0 then return false end
+  local before = finished
+  local now = monotime()
+  local wait = MAX_WAIT
+  local active, na = {}, 0
+  for i = 1, n do
+    local e = engines[i]
+    if not e.closed then
+      local due = pump(e, now)
+      if due then wait = min(wait, max(0, due - monotime())) end
+      if e.inflight > 0 then
+        na = na + 1
+        active[na] = e
+      end
+    end
+  end
+  if finished ~= before then return true end
+  if na == 1 then
+    active[1].multi:poll(wait)
+  elseif na > 1 then
+    -- One wait on every engine's sockets and timers; capped, because
+    -- sockets past FD_SETSIZE or past the C side's limit go unwatched.
+    local multis = {}
+    for i = 1, na do multis[i] = active[i].multi end
+    multis[1]:poll(min(wait, SHARED_WAIT), multis)
+  elseif wait > 0 then
+    local e = next(busy)  -- only timers pending: an idle multi's poll is a sleep
+    if e then e.multi:poll(wait) end
+  end
+  return true
+end
+
+--- Creates an engine.
+-- @tparam[opt] table opts `concurrency` (in-flight window, default 8), `rate` (requests
+--   per second ceiling), `burst` (token bucket size, default 1), `retries` (max attempts
+--   including the first, default 5), `timeout` (seconds per attempt, default 30),
+--   `connect_timeout` (default 10), `user_agent`, `headers` (sent on every request; secret
+--   values are redacted), `ca_file`, `insecure`, `proxy`, `allow_http`, `max_body` (default
+--   64 MiB), `trace` (function receiving redacted trace lines), `backoff_base` (0.5 s),
+--   `backoff_cap` (30 s), `max_retry_after` (300 s: a longer Retry-After is not waited for),
+--   `forbid_reuse` (a new connection per request), `max_connects`, `min_window` (1).
+-- @treturn scim.http.engine
+-- @raise on a bad option
+-- @usage local engine = http.new{ concurrency = 16, headers = { Authorization = "Bearer " .. t } }
+function http.new(opts)
+  opts = check_options(opts, OPTION_TYPES, "scim.http.new", 2)
+  local what = "scim.http.new"
+  positive(opts, "concurrency", what, true)
+  positive(opts, "rate", what)
+  positive(opts, "burst", what)
+  if opts.burst and opts.burst < 1 then
+    error("scim.http.new: option 'burst' must be at least 1", 2)
+  end
+  positive(opts, "retries", what, true)
+  positive(opts, "timeout", what)
+  positive(opts, "connect_timeout", what)
+  positive(opts, "max_body", what, true, true)
+  positive(opts, "backoff_base", what, false, true)
+  positive(opts, "backoff_cap", what, false, true)
+  positive(opts, "max_retry_after", what, false, true)
+  positive(opts, "max_connects", what, true)
+  positive(opts, "min_window", what, true)
+  local concurrency = opts.concurrency or 8
+  local headers, secrets = {}, {}
+  for name, value in pairs(opts.headers or {}) do
+    if type(name) ~= "string" or (type(value) ~= "string" and type(value) ~= "number") then
+      error("scim.http.new: option 'headers' must map names to string values", 2)
+    end
+    headers[name] = tostring(value)
+    if SECRET_HEADERS[slower(name)] then add_secret(secrets, value) end
+  end
+  local self = setmetatable({
+    multi = core.multi{
+      max_connects = opts.max_connects or max(concurrency, 8),
+    },
+    headers = headers,
+    secrets = secrets,
+    trace = opts.trace,
+    user_agent = opts.user_agent or DEFAULT_USER_AGENT,
+    timeout = opts.timeout or 30,
+    connect_timeout = opts.connect_timeout or 10,
+    low_speed_time = opts.low_speed_time,
+    low_speed_limit = opts.low_speed_limit,
+    ca_file = opts.ca_file,
+    insecure = opts.insecure or false,
+    proxy = opts.proxy,
+    allow_http = opts.allow_http or false,
+    max_body = opts.max_body or 64 * 1024 * 1024,
+    forbid_reuse = opts.forbid_reuse or false,
+    max_attempts = opts.retries or 5,
+    backoff_base = opts.backoff_base or 0.5,
+    backoff_cap = opts.backoff_cap or 30,
+    max_retry_after = opts.max_retry_after or 300,
+    -- window (AIMD)
+    max_window = concurrency,
+    min_window = min(opts.min_window or 1, concurrency),
+    cwnd = concurrency,
+    epoch = 0,
+    -- rate (token bucket)
+    rate = opts.rate,
+    burst = opts.burst or 1,
+    tokens = opts.burst or 1,
+    refilled = monotime(),
+    hold_until = -huge,
+    -- work
+    queue = {}, qhead = 1, qtail = 0,
+    delayed = {}, next_delayed = huge,
+    jobs = {},       -- C request -> job, for transfers in flight
+    inflight = 0,
+    pending = 0,     -- jobs not yet finished
+    next_id = 0,
+    closed = false,
+    counters = { requests = 0, retries = 0, by_status = {}, errors = {}, max_inflight = 0 },
+  }, Engine)
+  return self
+end
+
+-- Builds a job for spec, or returns nil, message, code (nothing sent).
+local function submit(self, spec)
+  local method = spec.method or (spec.body and "POST" or "GET")
+  local url = spec.url
+  local u, err, code = check_url(url, self.allow_http)
+  if not u then
+    return nil, method .. " " .. scrub(url, self.secrets) .. ": " .. err, code
+  end
+  local headers, seen = {}, {}
+  if spec.headers then
+    for name, value in pairs(spec.headers) do
+      if type(name) ~= "string" or (type(value) ~= "string" and type(value) ~= "number") then
+        error("request: option 'headers' must map names to string values", 3)
+      end
+      headers[name] = tostring(value)
+      seen[slower(name)] = true
+      if SECRET_HEADERS[slower(name)] then add_secret(self.secrets, value) end
+    end
+  end
+  for name, value in pairs(self.headers) do
+    if not seen[slower(name)] then headers[name] = value end
+  end
+  local req = core.request{
+    method = method, url = url, headers = headers, body = spec.body,
+    timeout = spec.timeout or self.timeout, connect_timeout = self.connect_timeout,
+    low_speed_time = self.low_speed_time, low_speed_limit = self.low_speed_limit,
+    ca_file = self.ca_file, insecure = self.insecure, proxy = self.proxy,
+    -- loopback never goes through an environment proxy
+    noproxy = (u.loopback and not self.proxy) and "*" or nil,
+    max_body = self.max_body, user_agent = self.user_agent,
+    trace = self.trace ~= nil, forbid_reuse = self.forbid_reuse,
+  }
+  self.next_id = self.next_id + 1
+  local job = {
+    id = self.next_id, req = req, method = method, url = url, attempts = 0,
+    max_attempts = spec.retries or self.max_attempts, created = monotime(),
+  }
+  self.pending = self.pending + 1
+  push_back(self, job)
+  busy[self] = true
+  return job
+end
+
+--- Sends a request, retrying as the policy says, and returns its response.
+-- Inside a coroutine run by `http.run` it yields until the response is in;
+-- elsewhere it drives the engine (and any other busy engine) itself.
+-- @tparam table spec `method` (default GET, or POST with a body), `url`, `headers`,
+--   `body` (string), `timeout` (seconds, per attempt), `retries` (max attempts)
+-- @treturn table `{ status=, headers= (lower-case names), body=, attempts=, method=, url= }`
+--   for any HTTP status (after retries of 429/502/503/504 the last response)
+-- @treturn[2] nil
+-- @treturn[2] string message "METHOD url: reason", never holding a secret
+-- @treturn[2] string code: the CURLE name (e.g. "COULDNT_CONNECT"), "BODY_TOO_LARGE",
+--   "HTTP_REFUSED", "UNSUPPORTED_PROTOCOL", "URL_MALFORMAT" or "CLOSED"
+-- @raise on a bad spec or a closed engine
+-- @usage local res, err = engine:request{ method = "GET", url = base .. "Users/42" }
+function Engine:request(spec)
+  if self.closed then error("attempt to use a closed scim.http.engine", 2) end
+  check_options(spec, REQUEST_TYPES, "request", 2)
+  if type(spec.url) ~= "string" then error("request: option 'url' is required", 2) end
+  if spec.retries ~= nil and (spec.retries < 1 or spec.retries ~= floor(spec.retries)) then
+    error("request: option 'retries' must be a positive whole number", 2)
+  end
+  local job, err, code = submit(self, spec)
+  if not job then return nil, err, code end
+  local co = corunning()
+  -- Not yieldable (inside a C call such as a gsub callback): wait here instead.
+  if co and managed[co] and isyieldable() then
+    job.waiter = co
+    repeat coyield(WAIT) until job.done
+  else
+    -- Synchronous: bounded in time by timeouts x attempts; each step waits in C.
+    while not job.done do
+      if not step() then error("scim.http: request lost (engine has no work)") end
+    end
+  end
+  return job.res, job.err, job.code
+end
+
+-- Cancels an unfinished job: it finishes with code "CANCELLED"; a transfer
+-- in flight is taken out of the multi (closing the request detaches it).
+local function cancel(self, job)
+  if job.done then return end
+  local req = job.req
+  if req and self.jobs[req] then
+    self.jobs[req] = nil
+    self.inflight = self.inflight - 1
+  end
+  fail(self, job, "cancelled", "CANCELLED")
+end
+
+--- Sends many requests through the window and returns them as they finish.
+-- A generic-for iterator in completion order; at most twice the window is
+-- prepared ahead. Breaking out of the loop cancels what is left (the 4th
+-- value closes the iterator). Inside `http.run` it yields like `request`.
+-- @tparam table specs an array of request specs (as for `engine:request`)
+-- @treturn function iterator giving `index, response` or `index, nil, message, code`
+-- @raise on a bad spec or a closed engine
+-- @usage for i, res, err in engine:each(specs) do print(i, res and res.status or err) end
+function Engine:each(specs)
+  if self.closed then error("attempt to use a closed scim.http.engine", 2) end
+  if type(specs) ~= "table" then error("bad argument #1 to 'each' (table expected)", 2) end
+  local n = #specs
+  for i = 1, n do
+    local spec = specs[i]
+    check_options(spec, REQUEST_TYPES, "request " .. i, 2)
+    if type(spec.url) ~= "string" then error("request " .. i .. ": option 'url' is required", 2) end
+  end
+  local done = { n = 0 }       -- finished jobs, in completion order
+  local open = {}              -- index -> unfinished job
+  local submitted, returned, head = 0, 0, 1
+  local co = corunning()
+  local waiter = co and managed[co] and isyieldable() and co or nil
+  local ahead = 2 * self.max_window
+
+  local function fill()
+    while submitted < n and submitted - returned < ahead and not self.closed do
+      submitted = submitted + 1
+      local job, err, code = submit(self, specs[submitted])
+      if job then
+        job.index, job.notify, job.waiter = submitted, done, waiter
+        open[submitted] = job
+      else
+        done.n = done.n + 1
+        done[done.n] = { index = submitted, err = err, code = code }
+      end
+    end
+  end
+
+  local function iter()
+    if returned >= n then return nil end
+    fill()
+    while head > done.n do
+      if self.closed and next(open) == nil then return nil end
+      if waiter then
+        coyield(WAIT)
+      elseif not step() then
+        error("scim.http: request lost (engine has no work)")
+      end
+    end
+    local job = done[head]
+    done[head] = nil
+    head = head + 1
+    returned = returned + 1
+    open[job.index] = nil
+    return job.index, job.res, job.err, job.code
+  end
+
+  local closer = setmetatable({}, { __close = function()
+    for _, job in pairs(open) do
+      if not self.closed then cancel(self, job) end
+    end
+  end })
+  return iter, nil, nil, closer
+end
+
+--- Counters: `requests` (attempts sent), `retries`, `by_status` ({[200] = n}),
+-- `errors` (by code), `max_inflight`, `window` (current AIMD window), `inflight`.
+-- @treturn table a copy
+function Engine:stats()
+  local s = self.counters
+  local by_status, errors = {}, {}
+  for k, v in pairs(s.by_status) do by_status[k] = v end
+  for k, v in pairs(s.errors) do errors[k] = v end
+  return { requests = s.requests, retries = s.retries, by_status = by_status,
+    errors = errors, max_inflight = s.max_inflight, window = floor(self.cwnd),
+    inflight = self.inflight }
+end
+
+--- Closes the engine: unfinished requests fail with code "CLOSED" and their
+-- connections are closed. Idempotent; also `__close` and `__gc`.
+function Engine:close()
+  if self.closed then return end
+  self.closed = true
+  local jobs = {}
+  for _, job in pairs(self.jobs) do jobs[#jobs + 1] = job end
+  for i = self.qhead, self.qtail do jobs[#jobs + 1] = self.queue[i] end
+  for _, job in ipairs(self.delayed) do jobs[#jobs + 1] = job end
+  self.jobs, self.queue, self.delayed = {}, {}, {}
+  self.qhead, self.qtail, self.inflight = 1, 0, 0
+  for _, job in ipairs(jobs) do
+    if not job.done then fail(self, job, "engine closed", "CLOSED") end
+  end
+  self.multi:close()
+  busy[self] = nil
+end
+
+Engine.__close = Engine.close
+
+-- A collected engine cannot have waiters (they would keep it alive): only
+-- the C handles need closing, and their own finalizers do that too.
+function Engine.__gc(self)
+  self.closed = true
+  if self.multi then self.multi:close() end
+end
+
+function Engine.__tostring(self)
+  return sformat("scim.http.engine (%s, %d in flight)", self.closed and "closed" or "open",
+    self.inflight)
+end
+
+-- == The scheduler ==
+
+-- Item source: an array, or an iterator function returning item values.
+local function items_source(items)
+  if type(items) == "function" then return items end
+  if type(items) ~= "table" then
+    error("scim.http.run: items must be an array or an iterator function", 3)
+  end
+  local i, n = 0, #items
+  return function()
+    i = i + 1
+    if i <= n then return items[i] end
+  end
+end
+
+--- Runs `fn(item, index)` for every item on coroutines, at most
+-- `opts.concurrency` at once. Requests made inside `fn` (by any engine or
+-- client) yield to this scheduler, which drives every engine with work.
+-- An error raised in `fn` fails that item only.
+-- @tparam table|function items an array, or an iterator returning items (e.g. `reader:rows()`)
+-- @tparam function fn called as `fn(item, index)`
+-- @tparam[opt] table opts `concurrency` (default 16)
+-- @treturn table `{ done = n, failed = n, errors = { {index=, item=, error=, traceback=}, ... } }`
+-- @raise on bad arguments; an error raised by the `items` iterator is re-raised
+--   after the items already started have finished
+-- @usage local summary = http.run(rows, function(row) client:create(m:to_resource(row)) end,
+--   { concurrency = 16 })
+function http.run(items, fn, opts)
+  if type(fn) ~= "function" then error("scim.http.run: fn must be a function", 2) end
+  opts = check_options(opts, { concurrency = "number" }, "scim.http.run", 2)
+  positive(opts, "concurrency", "scim.http.run", true)
+  local concurrency = opts.concurrency or 16
+  local source = items_source(items)
+  local sched = { ready = {}, rhead = 1, rtail = 0 }
+  local active, nactive = {}, 0  -- coroutine -> { index, item } (strong: they are running)
+  local summary = { done = 0, failed = 0, errors = {} }
+  local index, exhausted, source_error = 0, false, nil
+
+  local function settle(co, ok, res)
+    if costatus(co) == "dead" then
+      local info = active[co]
+      active[co] = nil
+      nactive = nactive - 1
+      managed[co] = nil
+      if ok then
+        summary.done = summary.done + 1
+      else
+        summary.failed = summary.failed + 1
+        summary.errors[#summary.errors + 1] = { index = info[1], item = info[2], error = res,
+          traceback = debug.traceback(co, tostring(res)) }
+        coclose(co)  -- runs its pending to-be-closed variables
+      end
+    elseif res ~= WAIT then
+      -- Something inside fn yielded to us that is not a request: fail the item.
+      local info = active[co]
+      active[co] = nil
+      nactive = nactive - 1
+      managed[co] = nil
+      coclose(co)
+      summary.failed = summary.failed + 1
+      summary.errors[#summary.errors + 1] = { index = info[1], item = info[2],
+        error = "fn yielded outside scim.http (a coroutine inside fn must not yield to run)" }
+    end
+  end
+
+  while true do
+    while not exhausted and nactive < concurrency do
+      local ok, item = pcall(source)
+      if not ok then
+        exhausted, source_error = true, item
+      elseif item == nil then
+        exhausted = true
+      else
+        index = index + 1
+        local co = cocreate(fn)
+        managed[co] = sched
+        active[co] = { index, item }
+        nactive = nactive + 1
+        settle(co, coresume(co, item, index))
+      end
+    end
+    if sched.rhead <= sched.rtail then
+      local h = sched.rhead
+      local co = sched.ready[h]
+      sched.ready[h] = nil
+      sched.rhead = h + 1
+      if active[co] then settle(co, coresume(co)) end
+    elseif nactive == 0 then
+      break
+    elseif not step() then
+      -- Coroutines wait but no engine has work: an engine was closed under them.
+      error("scim.http.run: coroutines waiting with no request in flight", 2)
+    end
+  end
+  if source_error ~= nil then error(source_error, 0) end
+  return summary
+end
+
+--- True when called from a coroutine that `http.run` schedules (requests yield).
+function http.scheduled()
+  local co = corunning()
+  return co ~= nil and managed[co] ~= nil
+end
+
+return http
