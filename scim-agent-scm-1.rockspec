@@ -34,6 +34,8 @@ build = {
     },
     ["scim"] = "lua/scim/init.lua",
     ["scim.cli"] = "lua/scim/cli.lua",
+    ["scim.client"] = "lua/scim/client.lua",
+    ["scim.filter"] = "lua/scim/filter.lua",
     ["scim.http"] = "lua/scim/http.lua",
     ["scim.csv"] = "lua/scim/csv.lua",
   },

@@ -1,0 +1,1246 @@
+--- The SCIM protocol client (RFC 7644, and the SCIM 1.1 shapes of the legacy API).
+-- One client talks to one service provider over one `scim.http` engine, so its
+-- connections are reused and, inside `scim.run`, its requests from many coroutines
+-- share one in-flight window. Every method is straight-line: inside a coroutine run by
+-- `scim.run` it yields while its request is in flight.
+--
+-- Failures are the fail triple `nil, err, code`: `err` is a `scim.error` object that
+-- prints (`tostring`, `..`) as its message, e.g.
+-- `PATCH http://host/scim/v2/Users/42: 404 Not Found: User 42 not found`, and has the
+-- fields `status`, `scim_type`, `detail`, `method`, `url` and `code` (`code` is also the
+-- third value). The bearer token never appears in any of them.
+-- @module scim.client
+-- @usage
+-- local client = require("scim.client").new{ url = "https://example.com/scim/v2/",
+--   token = os.getenv("SCIM_TOKEN") }
+-- local user = assert(client:find_user("ada@example.com"))
+-- for u in client:users{ filter = 'title eq "Engineer"' } do print(u.userName) end
+
+local cjson = require "cjson"
+local filter = require "scim.filter"
+
+local type, pairs, next, ipairs, tostring, tonumber, error = type, pairs, next, ipairs,
+  tostring, tonumber, error
+local setmetatable, getmetatable, rawlen = setmetatable, getmetatable, rawlen
+local pcall, require = pcall, require
+local math_type, math_tointeger, math_huge = math.type, math.tointeger, math.huge
+local string_format, table_concat, table_sort = string.format, table.concat, table.sort
+local utf8_len = utf8.len
+
+local null = cjson.null
+
+local client = {}
+
+-- client -> its token, kept out of the object so that dumping or serialising a client
+-- (a debugger, an inspect() in a trace) cannot show it. Weak keys: it goes with the client.
+local secrets = setmetatable({}, { __mode = "k" })
+-- client -> "Bearer <token>" when it must go on each request (a shared engine).
+local auth_headers = setmetatable({}, { __mode = "k" })
+
+-- {====================================================================
+-- JSON: lua-cjson does the parsing; this layer fixes what Debian's cjson 2.1.0 cannot
+-- express: it has no array marker (an empty table always encodes as `{}` and a decoded
+-- `[]` comes back indistinguishable from `{}`), it decodes every number as a float, and
+-- it hands nulls over as a lightuserdata most code would trip on.
+-- =====================================================================
+
+local json = {}
+client.json = json
+
+--- The metatable that marks a Lua table as a JSON array, so `{}` encodes as `[]`.
+-- Arrays decoded by `json.decode` carry it too.
+json.array_mt = { __name = "scim.json.array" }
+local array_mt = json.array_mt
+json.null = null
+
+-- Newer lua-cjson versions have their own markers; honour them when present.
+local ARRAY_MTS = { [array_mt] = true }
+if type(cjson.array_mt) == "table" then ARRAY_MTS[cjson.array_mt] = true end
+if type(cjson.empty_array_mt) == "table" then ARRAY_MTS[cjson.empty_array_mt] = true end
+
+--- Mark a table (or a new empty one) as a JSON array.
+-- @tparam[opt] table t the table
+-- @treturn table t, with the array marker
+function json.array(t)
+  return setmetatable(t or {}, array_mt)
+end
+
+-- RFC 7643/7644 multi-valued attributes and message fields: an unmarked empty table under
+-- one of these names is an empty array, never an empty object.
+local MULTI_VALUED = {
+  schemas = true, emails = true, phoneNumbers = true, ims = true, photos = true,
+  addresses = true, groups = true, entitlements = true, roles = true,
+  x509Certificates = true, members = true, Operations = true, Resources = true,
+  Errors = true,
+}
+
+local ESCAPES = {
+  ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
+  ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t", ["\127"] = "\\u007f",
+}
+for b = 0, 31 do
+  local c = string.char(b)
+  ESCAPES[c] = ESCAPES[c] or string_format("\\u%04x", b)
+end
+
+local function path_join(path, k)
+  if type(k) == "number" then return path .. "[" .. k .. "]" end
+  if path == "" then return k end
+  return path .. "." .. k
+end
+
+local MAX_DEPTH = 64
+
+local function encode_value(v, buf, path, depth, key)
+  local t = type(v)
+  if t == "string" then
+    if utf8_len(v) == nil then
+      error({ json = "field '" .. path .. "' is not valid UTF-8" })
+    end
+    buf[#buf + 1] = '"' .. v:gsub('[%c"\\]', ESCAPES) .. '"'
+  elseif t == "number" then
+    if v ~= v or v == math_huge or v == -math_huge then
+      error({ json = "field '" .. path .. "' is not a finite number" })
+    end
+    local i = math_type(v) == "integer" and v or math_tointeger(v)
+    if i then
+      buf[#buf + 1] = string_format("%d", i)
+    else
+      local s = string_format("%.14g", v)
+      if tonumber(s) ~= v then s = string_format("%.17g", v) end
+      buf[#buf + 1] = s
+    end
+  elseif t == "boolean" then
+    buf[#buf + 1] = v and "true" or "false"
+  elseif v == null then
+    buf[#buf + 1] = "null"
+  elseif t == "table" then
+    if depth > MAX_DEPTH then
+      error({ json = "field '" .. path .. "' is nested too deeply (a cycle?)" })
+    end
+    local n = rawlen(v)
+    if n > 0 or ARRAY_MTS[getmetatable(v)] or (next(v) == nil and MULTI_VALUED[key]) then
+      for k in next, v do
+        if math_type(k) ~= "integer" or k < 1 or k > n then
+          error({ json = "field '" .. path .. "' mixes array items with other keys" })
+        end
+      end
+      buf[#buf + 1] = "["
+      for i = 1, n do
+        if i > 1 then buf[#buf + 1] = "," end
+        encode_value(v[i], buf, path_join(path, i), depth + 1, nil)
+      end
+      buf[#buf + 1] = "]"
+    else
+      -- Sorted keys: the same resource always encodes to the same bytes (golden tests,
+      -- readable traces).
+      local keys = {}
+      for k in next, v do
+        if type(k) ~= "string" then
+          error({ json = "field '" .. path .. "' has a non-string key " .. tostring(k) })
+        end
+        keys[#keys + 1] = k
+      end
+      table_sort(keys)
+      buf[#buf + 1] = "{"
+      for i, k in ipairs(keys) do
+        if i > 1 then buf[#buf + 1] = "," end
+        encode_value(k, buf, path, depth, nil)
+        buf[#buf + 1] = ":"
+        encode_value(v[k], buf, path_join(path, k), depth + 1, k)
+      end
+      buf[#buf + 1] = "}"
+    end
+  else
+    error({ json = "field '" .. path .. "' has a " .. t .. " value, which JSON cannot hold" })
+  end
+end
+
+--- Encode a Lua value as JSON text.
+-- Empty tables marked with `json.array` (or under a SCIM multi-valued name such as
+-- `emails` or `schemas`) encode as `[]`; `json.null` as `null`; integral floats as integers;
+-- object keys are sorted.
+-- @param v the value
+-- @treturn string|nil the JSON text
+-- @treturn string the problem, naming the field, e.g. "field 'name.givenName' is not valid UTF-8"
+function json.encode(v)
+  local buf = {}
+  local ok, err = pcall(encode_value, v, buf, "", 0, nil)
+  if not ok then
+    if type(err) == "table" and err.json then return nil, err.json end
+    error(err, 0)
+  end
+  return table_concat(buf)
+end
+
+-- Decoded strings no real document holds. Before cjson runs, `[]` is rewritten to an
+-- array of EMPTY_MARK, so empty arrays can be told from empty objects afterwards, and an
+-- integer too long for a double (16+ digits: legacy Workplace ids are JSON numbers) to a
+-- string INT_MARK .. digits, so it becomes an exact 64-bit Lua integer instead of a
+-- rounded float.
+local EMPTY_MARK = "\0scim:empty-array\0"
+local EMPTY_MARK_JSON = '["\\u0000scim:empty-array\\u0000"]'
+local INT_MARK = "\0scim:int\0"
+local INT_MARK_JSON = '"\\u0000scim:int\\u0000'
+
+-- Rewrite every `[ ]` and long integer outside string literals; strings are skipped
+-- whole (escapes included).
+local function mark_literals(s)
+  local out, pos, last = {}, 1, 1
+  while true do
+    local i = s:find('["%[%-%d]', pos)
+    if not i then break end
+    local b = s:byte(i)
+    if b == 34 then
+      local j = i + 1
+      while true do
+        local q = s:find('["\\]', j)
+        if not q then return s end  -- unterminated string: cjson reports it
+        if s:byte(q) == 92 then j = q + 2 else j = q + 1 break end
+      end
+      pos = j
+    elseif b == 91 then
+      local e = s:match("^%[%s*%]()", i)
+      if e then
+        out[#out + 1] = s:sub(last, i - 1)
+        out[#out + 1] = EMPTY_MARK_JSON
+        last, pos = e, e
+      else
+        pos = i + 1
+      end
+    else
+      -- The whole number token; only a plain integer that fits in 64 bits is rewritten
+      -- (fractions and exponents stay doubles).
+      local digits, e = s:match("^(%-?[%d%.eE%+%-]*)()", i)
+      if #digits >= 16 and digits:find("^%-?%d+$")
+          and math_type(tonumber(digits)) == "integer" then
+        out[#out + 1] = s:sub(last, i - 1)
+        out[#out + 1] = INT_MARK_JSON .. digits .. '"'
+        last = e
+      end
+      pos = e
+    end
+  end
+  if last == 1 then return s end
+  out[#out + 1] = s:sub(last)
+  return table_concat(out)
+end
+
+-- After cjson: nulls removed (RFC 7643 §2.5: null and unassigned are the same state),
+-- arrays marked and compacted, empty-array marks turned back into marked empty arrays,
+-- integral floats turned into integers (ids and epoch dates print as "17", not "17.0").
+local function fix(v)
+  local is_array = v[1] ~= nil
+  local holes = false
+  for k, x in next, v do
+    if x == null then
+      v[k] = nil
+      holes = holes or is_array
+    elseif type(x) == "table" then
+      if x[1] == EMPTY_MARK and x[2] == nil then
+        v[k] = setmetatable({}, array_mt)
+      else
+        fix(x)
+      end
+    elseif math_type(x) == "float" then
+      local i = math_tointeger(x)
+      if i then v[k] = i end
+    elseif type(x) == "string" and x:find(INT_MARK, 1, true) == 1 then
+      v[k] = math_tointeger(tonumber(x:sub(#INT_MARK + 1)))
+    end
+  end
+  if is_array then
+    if holes then
+      local n, max = 0, 0
+      for k in next, v do if k > max then max = k end end
+      for i = 1, max do
+        local x = v[i]
+        if x ~= nil then n = n + 1 v[i] = nil v[n] = x end
+      end
+    end
+    setmetatable(v, array_mt)
+  end
+end
+
+--- Decode JSON text.
+-- Objects and arrays become tables (arrays marked with `json.array_mt`, empty ones
+-- included); nulls become absent fields; integral numbers become integers.
+-- @tparam string s JSON text
+-- @return the value
+-- @treturn[2] nil
+-- @treturn[2] string cjson's message, e.g. "Expected value but found T_END at character 1"
+function json.decode(s)
+  if type(s) ~= "string" then return nil, "JSON text must be a string" end
+  local marked = s
+  if s:find("%[%s*%]") or s:find("%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d") then
+    marked = mark_literals(s)
+  end
+  local ok, v = pcall(cjson.decode, marked)
+  if not ok then return nil, tostring(v):gsub("^[^:]*:%d+: ", "") end
+  if type(v) == "table" then
+    if v[1] == EMPTY_MARK and v[2] == nil then return setmetatable({}, array_mt) end
+    fix(v)
+  elseif v == null then
+    return nil, "the document is null"
+  elseif math_type(v) == "float" then
+    v = math_tointeger(v) or v
+  elseif type(v) == "string" and v:find(INT_MARK, 1, true) == 1 then
+    v = math_tointeger(tonumber(v:sub(#INT_MARK + 1)))
+  end
+  return v
+end
+
+-- }====================================================================
+
+-- {====================================================================
+-- Errors
+-- =====================================================================
+
+local REASONS = {
+  [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden", [404] = "Not Found",
+  [405] = "Method Not Allowed", [406] = "Not Acceptable", [408] = "Request Timeout",
+  [409] = "Conflict", [410] = "Gone", [412] = "Precondition Failed",
+  [413] = "Payload Too Large", [415] = "Unsupported Media Type", [422] = "Unprocessable Entity",
+  [429] = "Too Many Requests", [500] = "Internal Server Error", [501] = "Not Implemented",
+  [502] = "Bad Gateway", [503] = "Service Unavailable", [504] = "Gateway Timeout",
+  [200] = "OK", [201] = "Created", [204] = "No Content",
+}
+
+-- HTTP statuses whose meaning does not depend on the body.
+local STATUS_CODES = {
+  [401] = "UNAUTHORIZED", [403] = "FORBIDDEN", [404] = "NOT_FOUND",
+  [412] = "PRECONDITION_FAILED", [413] = "TOO_LARGE", [429] = "RATE_LIMITED",
+  [501] = "NOT_IMPLEMENTED",
+}
+
+-- RFC 7644 §3.12 scimType values.
+local SCIM_TYPE_CODES = {
+  invalidfilter = "INVALID_FILTER", toomany = "TOO_MANY", uniqueness = "UNIQUENESS",
+  mutability = "MUTABILITY", invalidsyntax = "INVALID_SYNTAX", invalidpath = "INVALID_PATH",
+  notarget = "NO_TARGET", invalidvalue = "INVALID_VALUE", invalidvers = "INVALID_VERS",
+  sensitive = "SENSITIVE",
+}
+
+--- Every `code` a client failure can carry besides the transport codes of `scim.http`
+-- (e.g. "COULDNT_CONNECT", "OPERATION_TIMEDOUT", "BODY_TOO_LARGE", "HTTP_REFUSED") and the
+-- generic "HTTP_<status>" for statuses not listed.
+-- @table codes
+client.codes = {
+  "NOT_FOUND", "UNIQUENESS", "UNAUTHORIZED", "FORBIDDEN", "PRECONDITION_FAILED", "TOO_LARGE",
+  "RATE_LIMITED", "NOT_IMPLEMENTED", "INVALID_FILTER", "TOO_MANY", "MUTABILITY",
+  "INVALID_SYNTAX", "INVALID_PATH", "NO_TARGET", "INVALID_VALUE", "INVALID_VERS", "SENSITIVE",
+  "BAD_JSON", "BAD_PAGING", "AMBIGUOUS", "NOT_SUPPORTED", "ENCODE",
+}
+
+local Error = {}
+Error.__name = "scim.error"
+Error.__index = Error
+function Error.__tostring(e) return e.message end
+function Error.__concat(a, b) return tostring(a) .. tostring(b) end
+
+--- Is `v` an error object made by this module?
+-- @param v any value
+-- @treturn boolean
+function client.is_error(v)
+  return getmetatable(v) == Error
+end
+
+-- Credentials in a URL ("https://user:pass@host/") never reach a message.
+local function safe_url(url)
+  return (url:gsub("^(%a[%w+.-]*://)[^/@]*@", "%1***@"))
+end
+
+local function new_error(fields, secret)
+  local e = setmetatable(fields, Error)
+  if secret and #secret >= 4 then
+    for _, k in ipairs({ "message", "detail" }) do
+      local s = e[k]
+      if type(s) == "string" then
+        -- Plain-text replace: the token is data, not a pattern.
+        local i, j = s:find(secret, 1, true)
+        while i do
+          s = s:sub(1, i - 1) .. "***" .. s:sub(j + 1)
+          i, j = s:find(secret, i + 3, true)
+        end
+        e[k] = s
+      end
+    end
+  end
+  return e
+end
+
+-- Collapse a text body into one short line for a message (control characters, which a
+-- hostile server could use to rewrite a terminal, become spaces).
+local function squeeze(s, max)
+  s = s:gsub("%c", " "):gsub(" +", " "):gsub("^ ", ""):gsub(" $", "")
+  if #s > max then
+    s = s:sub(1, max)
+    -- Do not cut a UTF-8 sequence in half.
+    while #s > 0 and utf8_len(s) == nil do s = s:sub(1, -2) end
+    s = s .. "..."
+  end
+  return s
+end
+
+local function is_json_type(ct)
+  if not ct then return true end  -- no Content-Type: try it as JSON
+  ct = ct:lower()
+  return ct:find("json", 1, true) ~= nil
+end
+
+-- The details of an HTTP error response: scimType and detail from a SCIM 2.0 error
+-- (RFC 7644 §3.12), a SCIM 1.1 `Errors` array, or a Graph-style `error` object; or a
+-- short piece of a plain-text body.
+local function error_details(res)
+  local body = res.body or ""
+  local ct = res.headers and res.headers["content-type"]
+  if body == "" then return nil, nil end
+  if is_json_type(ct) then
+    local doc = json.decode(body)
+    if type(doc) == "table" then
+      local scim_type, detail = doc.scimType, doc.detail
+      if detail == nil and type(doc.Errors) == "table" and type(doc.Errors[1]) == "table" then
+        detail = doc.Errors[1].description or doc.Errors[1].detail
+      end
+      if detail == nil and type(doc.error) == "table" then detail = doc.error.message end
+      if detail == nil and type(doc.message) == "string" then detail = doc.message end
+      if type(scim_type) ~= "string" then scim_type = nil end
+      if detail ~= nil and type(detail) ~= "string" then detail = tostring(detail) end
+      return scim_type, detail and squeeze(detail, 500)
+    end
+  end
+  if ct and ct:lower():find("^text/plain") then return nil, squeeze(body, 200) end
+  return nil, nil
+end
+
+local function http_error(self, res, method, url)
+  local status = res.status
+  local scim_type, detail = error_details(res)
+  local code = STATUS_CODES[status]
+    or (scim_type and SCIM_TYPE_CODES[scim_type:lower()])
+    or (status == 409 and "UNIQUENESS")
+    or ("HTTP_" .. tostring(status))
+  local head = string_format("%s %s: %d %s", method, safe_url(url), status,
+    REASONS[status] or "HTTP error")
+  if scim_type then head = head .. " (" .. scim_type .. ")" end
+  return new_error({
+    message = detail and (head .. ": " .. detail) or head,
+    status = status, scim_type = scim_type, detail = detail, method = method,
+    url = safe_url(url), code = code, attempts = res.attempts,
+  }, secrets[self])
+end
+
+local function local_error(self, method, url, text, code, status)
+  local msg = string_format("%s %s: ", method, safe_url(url))
+  if status then msg = msg .. string_format("%d %s: ", status, REASONS[status] or "") end
+  return new_error({
+    message = msg .. text, status = status, detail = text, method = method,
+    url = safe_url(url), code = code,
+  }, secrets[self])
+end
+
+-- }====================================================================
+
+-- {====================================================================
+-- URLs
+-- =====================================================================
+
+local function pct_char(c) return string_format("%%%02X", c:byte()) end
+
+--- Percent-encode a string for a URL path segment or query value (RFC 3986: only the
+-- unreserved characters stay as they are).
+-- @tparam string s the text
+-- @treturn string the encoded text
+function client.escape(s)
+  return (s:gsub("[^%w%-%._~]", pct_char))
+end
+local escape = client.escape
+
+-- Attribute lists keep their commas: they are the list syntax (RFC 7644 §3.9), and a
+-- comma is legal in a query.
+local LIST_PARAMS = { attributes = true, excludedAttributes = true }
+
+local function query_string(params)
+  local parts = {}
+  for _, p in ipairs(params) do
+    local v = p[2]
+    if v ~= nil then
+      if math_type(v) == "float" then v = math_tointeger(v) or v end
+      v = escape(tostring(v))
+      if LIST_PARAMS[p[1]] then v = v:gsub("%%2C", ",") end
+      parts[#parts + 1] = p[1] .. "=" .. v
+    end
+  end
+  if #parts == 0 then return "" end
+  return "?" .. table_concat(parts, "&")
+end
+
+local function attribute_list(v, what)
+  if v == nil then return nil end
+  if type(v) == "string" then v = { v } end
+  if type(v) ~= "table" then
+    error(what .. " must be a list of attribute paths", 3)
+  end
+  for i, a in ipairs(v) do
+    local ok, why = filter.check_path(a)
+    if not ok then error(what .. "[" .. i .. "]: " .. why, 3) end
+  end
+  return table_concat(v, ",")
+end
+
+-- }====================================================================
+
+-- {====================================================================
+-- Dialects and capabilities
+-- =====================================================================
+
+-- What a dialect that leaves a field out means (the scim2 behaviour).
+local DIALECT_DEFAULTS = {
+  content_type = "application/scim+json",
+  accept = "application/scim+json, application/json",
+  update = "patch",
+  core_schema = "urn:ietf:params:scim:schemas:core:2.0:User",
+  max_page_size = 100,
+  user_agent_required = false,
+  etag = true,
+  delete_ok = { 200, 204 },
+  list = { resources = "Resources", total = "totalResults", start = "startIndex",
+           per_page = "itemsPerPage" },
+  users_path = "Users",
+}
+
+local PATCHOP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+
+-- A dialect that says nothing gets PatchOp, unless it updates by PUT or is SCIM 1.x (whose
+-- PATCH is a different message): there `patch_schema = nil` means "no PATCH".
+local function patch_schema(d)
+  if d.patch_schema then return d.patch_schema end
+  if d.update == "put" or d.scim_version == 1 then return nil end
+  return PATCHOP
+end
+
+-- The dialect table as given, and a view of it that falls back to DIALECT_DEFAULTS.
+local function load_dialect(d)
+  if d == nil then d = "scim2" end
+  if type(d) == "string" then
+    if not d:find("^[%w_]+$") then error("scim.client.new: bad dialect name '" .. d .. "'", 3) end
+    local ok, mod = pcall(require, "scim.dialects." .. d)
+    if not ok then
+      error("scim.client.new: unknown dialect '" .. d .. "' (" .. tostring(mod) .. ")", 3)
+    end
+    d = mod
+  end
+  if type(d) ~= "table" then error("scim.client.new: dialect must be a name or a table", 3) end
+  return d, setmetatable({}, { __index = function(_, k)
+    local v = d[k]
+    if v == nil then v = DIALECT_DEFAULTS[k] end
+    return v
+  end })
+end
+
+-- The SCIM 1.x endpoint is plural (SCIM 1.1 core §4); 2.0 made it singular.
+local function spc_path(d)
+  if d.service_provider_config then return d.service_provider_config end
+  if d.scim_version == 1 or (d.core_schema or ""):find("^urn:scim:") then
+    return "ServiceProviderConfigs"
+  end
+  return "ServiceProviderConfig"
+end
+
+local function dialect_capabilities(d)
+  return {
+    source = "dialect",
+    patch = d.update == "patch" and patch_schema(d) ~= nil,
+    max_page_size = d.max_page_size,
+    etag = d.etag ~= false,
+    filter = true,
+    sort = false,
+    change_password = false,
+    bulk = { supported = false, max_operations = 0, max_payload_size = 0 },
+  }
+end
+
+local function positive(n)
+  n = tonumber(n)
+  if n and n > 0 and n == n and n ~= math_huge then return math_tointeger(n) or n end
+  return nil
+end
+
+local function supported(section)
+  if type(section) == "boolean" then return section end
+  if type(section) ~= "table" then return nil end
+  local s = section.supported
+  if type(s) == "string" then s = s:lower() == "true" end
+  if type(s) == "boolean" then return s end
+  return nil
+end
+
+-- RFC 7643 §5 ServiceProviderConfig on top of the dialect's defaults: whatever the server
+-- states wins; whatever it leaves out keeps the dialect's value.
+local function merge_capabilities(caps, spc)
+  caps.source = "server"
+  local p = supported(spc.patch)
+  if p ~= nil then caps.patch = p end
+  local e = supported(spc.etag)
+  if e ~= nil then caps.etag = e end
+  local s = supported(spc.sort)
+  if s ~= nil then caps.sort = s end
+  local cp = supported(spc.changePassword)
+  if cp ~= nil then caps.change_password = cp end
+  local f = supported(spc.filter)
+  if f ~= nil then caps.filter = f end
+  if type(spc.filter) == "table" then
+    local max = positive(spc.filter.maxResults)
+    if max then caps.max_page_size = max end
+  end
+  if type(spc.bulk) == "table" then
+    caps.bulk = {
+      supported = supported(spc.bulk) or false,
+      max_operations = positive(spc.bulk.maxOperations) or 0,
+      max_payload_size = positive(spc.bulk.maxPayloadSize) or 0,
+    }
+  end
+  return caps
+end
+
+-- }====================================================================
+
+-- {====================================================================
+-- The client object
+-- =====================================================================
+
+local Client = {}
+Client.__name = "scim.client"
+Client.__index = Client
+
+local OPTIONS = {
+  url = "string", token = "string", dialect = "any", concurrency = "number",
+  rate = "number", timeout = "number", connect_timeout = "number", retries = "number",
+  user_agent = "string", ca_file = "string", insecure = "boolean", allow_http = "boolean",
+  proxy = "string", max_body = "number", trace = "function", engine = "table",
+  max_pages = "number", headers = "table", http = "table",
+}
+
+-- The ETag cache is bounded so a million-user run does not keep a million versions.
+local ETAG_CACHE_MAX = 4096
+
+--- Make a client.
+-- @tparam table opts options:
+--
+--  * `url` base URL of the SCIM API, e.g. "https://host/scim/v2/" (default: the dialect's)
+--  * `token` the bearer token (never appears in messages or traces)
+--  * `dialect` "scim2" (default), "meta", "workplace_v1", or a dialect table
+--  * `concurrency`, `rate`, `timeout`, `connect_timeout`, `retries`, `user_agent`,
+--    `ca_file`, `insecure`, `proxy`, `allow_http`, `max_body`, `trace`: passed to `scim.http`
+--  * `headers` extra headers sent on every request
+--  * `http` further `scim.http.new` options (e.g. `backoff_base`, `max_connects`)
+--  * `engine` an existing `scim.http` engine to use (and not close) instead of a new one
+--  * `max_pages` how many pages one listing may take before it is judged endless
+--    (default 100000)
+-- @treturn scim.client the client
+-- @raise on a missing URL, unknown option or bad option value
+-- @usage local c = require("scim.client").new{ url = url, token = token, concurrency = 16 }
+function client.new(opts)
+  if type(opts) ~= "table" then
+    error("bad argument #1 to 'scim.client.new' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  for k, v in pairs(opts) do
+    local want = OPTIONS[k]
+    if not want then error("scim.client.new: unknown option '" .. tostring(k) .. "'", 2) end
+    if want ~= "any" and type(v) ~= want then
+      error("scim.client.new: option '" .. k .. "' must be a " .. want .. ", not " .. type(v), 2)
+    end
+  end
+  local dialect, d = load_dialect(opts.dialect)
+  local url = opts.url or d.default_url
+  if not url then
+    error("scim.client.new: no url given and the " .. tostring(d.name or "scim2")
+      .. " dialect has no default", 2)
+  end
+  if not url:find("^[hH][tT][tT][pP][sS]?://[^/%s]+") or url:find("[%s%c]") then
+    error("scim.client.new: url must be an http:// or https:// URL, got '" .. safe_url(url)
+      .. "'", 2)
+  end
+  if url:find("[?#]") then
+    error("scim.client.new: url must not have a query or fragment: '" .. safe_url(url) .. "'", 2)
+  end
+  if url:sub(-1) ~= "/" then url = url .. "/" end
+  local token = opts.token
+  if token and (token == "" or token:find("[%c]")) then
+    -- Never echo the token itself.
+    error("scim.client.new: token must be non-empty and free of control characters", 2)
+  end
+  if opts.max_pages and opts.max_pages < 1 then
+    error("scim.client.new: max_pages must be at least 1", 2)
+  end
+
+  local self = setmetatable({
+    url = url,
+    dialect = dialect,  -- the dialect table as its module returned it
+    d = d,              -- the same with defaults for the fields it leaves out
+    users_url = url .. d.users_path,
+    max_pages = opts.max_pages or 100000,
+    etags = {}, n_etags = 0,
+    extra_headers = opts.headers,
+  }, Client)
+
+  secrets[self] = token
+  local auth = token and ("Bearer " .. token) or nil
+  if opts.engine then
+    self.engine, self.owns_engine = opts.engine, false
+    auth_headers[self] = auth  -- sent per request: the shared engine does not know our token
+  else
+    local headers = {}
+    for k, v in pairs(opts.headers or {}) do headers[k] = v end
+    headers.Authorization = auth
+    self.extra_headers = nil
+    local http = require "scim.http"
+    local eo = {}
+    for k, v in pairs(opts.http or {}) do eo[k] = v end
+    for _, k in ipairs{ "concurrency", "rate", "retries", "timeout", "connect_timeout",
+        "user_agent", "ca_file", "insecure", "proxy", "allow_http", "max_body", "trace" } do
+      if opts[k] ~= nil then eo[k] = opts[k] end
+    end
+    eo.headers = headers
+    self.engine = http.new(eo)
+    self.owns_engine = true
+  end
+  return self
+end
+
+local function check_open(self, name)
+  if getmetatable(self) ~= Client then
+    error("bad self to '" .. name .. "' (scim.client expected)", 3)
+  end
+  if self.closed then error("attempt to use a closed scim.client", 3) end
+end
+
+local function check_id(id, name)
+  if math_type(id) == "integer" then id = tostring(id) end
+  if type(id) ~= "string" or id == "" then
+    error("bad argument #1 to '" .. name .. "' (non-empty id string expected, got "
+      .. (id == "" and "an empty string" or type(id)) .. ")", 3)
+  end
+  return id
+end
+
+local function remember_etag(self, id, version)
+  if math_type(id) == "integer" then id = tostring(id) end
+  if type(id) ~= "string" then return end
+  if version == nil then
+    if self.etags[id] then self.etags[id] = nil self.n_etags = self.n_etags - 1 end
+    return
+  end
+  if not self.etags[id] then
+    if self.n_etags >= ETAG_CACHE_MAX then self.etags, self.n_etags = {}, 0 end
+    self.n_etags = self.n_etags + 1
+  end
+  self.etags[id] = version
+end
+
+local function version_of(resource, res)
+  local meta = type(resource) == "table" and resource.meta
+  local v = type(meta) == "table" and meta.version or nil
+  if type(v) ~= "string" and res and res.headers then
+    v = res.headers.etag
+    if type(v) == "table" then v = v[1] end
+  end
+  return type(v) == "string" and v ~= "" and v or nil
+end
+
+-- One HTTP exchange. Returns the response for any status, or nil and an error object for
+-- a transport failure.
+local function send(self, method, url, body, headers)
+  local h = { Accept = self.d.accept }
+  if self.extra_headers then for k, v in pairs(self.extra_headers) do h[k] = v end end
+  local auth = auth_headers[self]
+  if auth then h.Authorization = auth end
+  if body then h["Content-Type"] = self.d.content_type end
+  if headers then for k, v in pairs(headers) do h[k] = v end end
+  local res, err, code = self.engine:request{ method = method, url = url, headers = h,
+    body = body }
+  if not res then
+    local msg = tostring(err or "request failed")
+    if not msg:find(method, 1, true) then msg = method .. " " .. safe_url(url) .. ": " .. msg end
+    return nil, new_error({ message = msg, method = method, url = safe_url(url),
+      code = code or "TRANSPORT", detail = tostring(err) }, secrets[self])
+  end
+  return res
+end
+
+-- Decode a successful response's body: a table, or nil and an error object. An empty body
+-- gives `empty` (nil means it is an error).
+local function decode_body(self, res, method, url, empty)
+  local body = res.body or ""
+  if body:find("^%s*$") then
+    if empty ~= nil then return empty end
+    return nil, local_error(self, method, url, "empty response body", "BAD_JSON", res.status)
+  end
+  local ct = res.headers and res.headers["content-type"]
+  if not is_json_type(ct) then
+    return nil, local_error(self, method, url, "expected a JSON response, got " .. ct,
+      "BAD_JSON", res.status)
+  end
+  local doc, why = json.decode(body)
+  if doc == nil then
+    return nil, local_error(self, method, url, "invalid JSON in response: " .. why, "BAD_JSON",
+      res.status)
+  end
+  if type(doc) ~= "table" or getmetatable(doc) == array_mt then
+    return nil, local_error(self, method, url, "the response is JSON but not an object",
+      "BAD_JSON", res.status)
+  end
+  return doc
+end
+
+-- Request + status check + decode. `ok_status(status)` says which statuses succeed
+-- (default: any 2xx).
+local function call(self, method, url, body_tbl, headers, empty)
+  local body
+  if body_tbl ~= nil then
+    local why
+    body, why = json.encode(body_tbl)
+    if not body then
+      return nil, local_error(self, method, url, "cannot encode the request: " .. why, "ENCODE")
+    end
+  end
+  local res, err = send(self, method, url, body, headers)
+  if not res then return nil, err end
+  if res.status < 200 or res.status > 299 then return nil, http_error(self, res, method, url) end
+  local doc, derr = decode_body(self, res, method, url, empty)
+  if doc == nil then return nil, derr end
+  return doc, res
+end
+
+local function fail(err) return nil, err, err.code end
+
+local function user_url(self, id)
+  return self.users_url .. "/" .. escape(id)
+end
+
+--- Create a user (POST /Users).
+-- A resource without `schemas` gets the dialect's core schema; the table is not changed.
+-- @tparam table resource the SCIM resource
+-- @treturn table the created resource as the server returned it (with `id`)
+-- @treturn[2] nil
+-- @treturn[2] scim.error err
+-- @treturn[2] string code, e.g. "UNIQUENESS" (409), "INVALID_VALUE"
+function Client:create(resource)
+  check_open(self, "create")
+  if type(resource) ~= "table" then
+    error("bad argument #1 to 'create' (resource table expected, got " .. type(resource) .. ")",
+      2)
+  end
+  if resource.schemas == nil then
+    local copy = {}
+    for k, v in pairs(resource) do copy[k] = v end
+    copy.schemas = json.array{ self.d.core_schema }
+    resource = copy
+  end
+  local doc, res = call(self, "POST", self.users_url, resource)
+  if not doc then return fail(res) end
+  remember_etag(self, doc.id, version_of(doc, res))
+  return doc
+end
+
+--- Read one user (GET /Users/{id}).
+-- @tparam string id the user's id (percent-encoded in the URL)
+-- @tparam[opt] table opts `attributes`, `excluded_attributes`: lists of attribute paths
+-- @treturn table the resource
+-- @treturn[2] nil
+-- @treturn[2] scim.error err
+-- @treturn[2] string code, e.g. "NOT_FOUND"
+function Client:get(id, opts)
+  check_open(self, "get")
+  id = check_id(id, "get")
+  opts = opts or {}
+  local url = user_url(self, id) .. query_string{
+    { "attributes", attribute_list(opts.attributes, "attributes") },
+    { "excludedAttributes", attribute_list(opts.excluded_attributes, "excluded_attributes") },
+  }
+  local doc, res = call(self, "GET", url)
+  if not doc then return fail(res) end
+  remember_etag(self, id, version_of(doc, res))
+  return doc
+end
+
+--- Replace a user (PUT /Users/{id}).
+-- Sends `If-Match` when a version is known: `opts.etag`, else the resource's
+-- `meta.version`, else the ETag of this client's last read or write of that id (unless the
+-- server said it does not support ETags). The resource is sent as given: drop read-only
+-- attributes first (`scim.mapping` merge does).
+-- @tparam string id the user's id
+-- @tparam table resource the full resource
+-- @tparam[opt] table opts `etag`: the version to require (false: send no If-Match)
+-- @treturn table the resource as stored
+-- @treturn[2] nil
+-- @treturn[2] scim.error err
+-- @treturn[2] string code, e.g. "PRECONDITION_FAILED" (someone changed it), "NOT_FOUND"
+function Client:replace(id, resource, opts)
+  check_open(self, "replace")
+  id = check_id(id, "replace")
+  if type(resource) ~= "table" then
+    error("bad argument #2 to 'replace' (resource table expected, got " .. type(resource) .. ")",
+      2)
+  end
+  opts = opts or {}
+  local version = opts.etag
+  if version == nil then version = version_of(resource) or self.etags[id] end
+  local headers
+  local etag_ok = not (self.caps and self.caps.etag == false)
+  if version and etag_ok then headers = { ["If-Match"] = version } end
+  local url = user_url(self, id)
+  local doc, res = call(self, "PUT", url, resource, headers, true)
+  if not doc then return fail(res) end
+  if doc == true then remember_etag(self, id, nil) return true end
+  remember_etag(self, id, version_of(doc, res))
+  return doc
+end
+
+local PATCH_OPS = { add = "add", remove = "remove", replace = "replace" }
+
+--- Modify a user with an RFC 7644 PatchOp (PATCH /Users/{id}).
+-- @tparam string id the user's id
+-- @tparam table operations array of `{ op = "add"|"remove"|"replace", path = ..., value = ... }`
+-- @treturn table|boolean the resource (200), or true (204 No Content)
+-- @treturn[2] nil
+-- @treturn[2] scim.error err
+-- @treturn[2] string code, e.g. "NOT_FOUND", "NO_TARGET", "INVALID_PATH", "NOT_SUPPORTED"
+-- @raise on a malformed operation list (a programming error)
+function Client:patch(id, operations)
+  check_open(self, "patch")
+  id = check_id(id, "patch")
+  if type(operations) ~= "table" or operations[1] == nil then
+    error("bad argument #2 to 'patch' (non-empty array of operations expected)", 2)
+  end
+  local ops = json.array()
+  for i, o in ipairs(operations) do
+    local op = type(o) == "table" and type(o.op) == "string" and PATCH_OPS[o.op:lower()]
+    if not op then
+      error("bad argument #2 to 'patch' (operation " .. i .. " needs op add, remove or replace)",
+        2)
+    end
+    if o.path ~= nil and type(o.path) ~= "string" then
+      error("bad argument #2 to 'patch' (operation " .. i .. ": path must be a string)", 2)
+    end
+    if op == "remove" and o.path == nil then
+      error("bad argument #2 to 'patch' (operation " .. i .. ": remove needs a path)", 2)
+    end
+    local copy = { op = op, path = o.path, value = o.value }
+    ops[i] = copy
+  end
+  local url = user_url(self, id)
+  local schema = patch_schema(self.d)
+  if not schema then
+    return fail(local_error(self, "PATCH", url, "the " .. tostring(self.d.name)
+      .. " dialect has no PATCH; use replace", "NOT_SUPPORTED"))
+  end
+  local doc, res = call(self, "PATCH", url,
+    { schemas = json.array{ schema }, Operations = ops }, nil, true)
+  if not doc then return fail(res) end
+  if doc == true then remember_etag(self, id, nil) return true end
+  remember_etag(self, id, version_of(doc, res))
+  return doc
+end
+
+--- Delete a user (DELETE /Users/{id}).
+-- 204 and 200 both count as done (RFC 7644 says 204; some servers answer 200).
+-- @tparam string id the user's id
+-- @treturn boolean true
+-- @treturn[2] nil
+-- @treturn[2] scim.error err
+-- @treturn[2] string code, e.g. "NOT_FOUND"
+function Client:delete(id)
+  check_open(self, "delete")
+  id = check_id(id, "delete")
+  local url = user_url(self, id)
+  local res, err = send(self, "DELETE", url)
+  if not res then return fail(err) end
+  if res.status < 200 or res.status > 299 then return fail(http_error(self, res, "DELETE", url)) end
+  remember_etag(self, id, nil)
+  return true
+end
+
+--- The server's capabilities: the dialect's defaults, overridden by what the server's
+-- `/ServiceProviderConfig` states. Read once, on first need; a server without that
+-- endpoint (404 and the like) keeps the dialect's defaults. A transport failure also
+-- gives the defaults, and the next call tries again.
+-- @treturn table `{ source = "server"|"dialect", patch = bool, max_page_size = n,
+--   etag = bool, filter = bool, sort = bool, change_password = bool,
+--   bulk = { supported = bool, max_operations = n, max_payload_size = n } }`
+function Client:capabilities()
+  check_open(self, "capabilities")
+  if self.caps then return self.caps end
+  local caps = dialect_capabilities(self.d)
+  -- Another coroutine is reading it now: go on with the defaults rather than send a
+  -- second request (there is no way to wait for that one here).
+  if self.caps_loading then return caps end
+  self.caps_loading = true
+  local url = self.url .. spc_path(self.d)
+  -- pcall (yieldable in 5.4) so a raising engine cannot leave the flag set for good.
+  local ok, res = pcall(send, self, "GET", url)
+  self.caps_loading = nil
+  if not ok then error(res, 0) end
+  if not res then return caps end
+  if res.status >= 200 and res.status <= 299 then
+    local doc = decode_body(self, res, "GET", url)
+    if type(doc) == "table" then merge_capabilities(caps, doc) end
+  elseif res.status >= 500 or res.status == 429 or res.status == 408 then
+    return caps  -- passing trouble: ask again next time
+  end
+  self.caps = caps
+  return caps
+end
+
+local function list_url(self, o, start, count)
+  return self.users_url .. query_string{
+    { "filter", o.filter },
+    { "startIndex", start },
+    { "count", count },
+    { "attributes", o.attributes },
+    { "excludedAttributes", o.excluded_attributes },
+    { "sortBy", o.sort_by },
+    { "sortOrder", o.sort_order },
+  }
+end
+
+local function list_options(opts, name)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("bad argument #1 to '" .. name .. "' (table expected)", 3) end
+  local o = {}
+  for k, v in pairs(opts) do
+    if k == "filter" or k == "sort_by" then
+      if type(v) ~= "string" then error(name .. ": " .. k .. " must be a string", 3) end
+      o[k] = v
+    elseif k == "sort_order" then
+      if v ~= "ascending" and v ~= "descending" then
+        error(name .. ": sort_order must be 'ascending' or 'descending'", 3)
+      end
+      o[k] = v
+    elseif k == "count" or k == "start_index" or k == "limit" then
+      if math_type(v) ~= "integer" or v < 1 then
+        error(name .. ": " .. k .. " must be a positive integer", 3)
+      end
+      o[k] = v
+    elseif k == "attributes" or k == "excluded_attributes" then
+      o[k] = attribute_list(v, name .. ": " .. k)
+    else
+      error(name .. ": unknown option '" .. tostring(k) .. "'", 3)
+    end
+  end
+  return o
+end
+
+local function page_of(self, o, start, count)
+  local url = list_url(self, o, start, count)
+  local doc, res = call(self, "GET", url)
+  if not doc then return fail(res) end
+  local f = self.d.list
+  local resources = doc[f.resources]
+  if resources == nil and f.resources ~= "resources" then resources = doc.resources end
+  if resources == nil then
+    resources = json.array()
+  elseif type(resources) ~= "table" then
+    return fail(local_error(self, "GET", url, "'" .. f.resources .. "' is not an array",
+      "BAD_JSON", res.status))
+  end
+  for i = 1, #resources do
+    if type(resources[i]) ~= "table" then
+      return fail(local_error(self, "GET", url, "resource " .. i .. " of the page is not an object",
+        "BAD_JSON", res.status))
+    end
+  end
+  return {
+    resources = resources,
+    total = positive(doc[f.total]) or (tonumber(doc[f.total]) == 0 and 0 or nil),
+    start_index = positive(doc[f.start]),
+    items_per_page = tonumber(doc[f.per_page]),
+    url = url,
+  }
+end
+
+--- Read one page of users (GET /Users?startIndex=&count=...). The non-raising building
+-- block of `users` and `find`.
+-- @tparam[opt] table opts `filter`, `start_index` (1-based, default 1), `count`,
+--   `attributes`, `excluded_attributes`, `sort_by`, `sort_order`
+-- @treturn table `{ resources = {...}, total = n|nil, start_index = n|nil,
+--   items_per_page = n|nil, url = "..." }` as the server sent them
+-- @treturn[2] nil
+-- @treturn[2] scim.error err
+-- @treturn[2] string code, e.g. "INVALID_FILTER", "BAD_JSON"
+function Client:list(opts)
+  check_open(self, "list")
+  local o = list_options(opts, "list")
+  return page_of(self, o, o.start_index or 1, o.count or self:capabilities().max_page_size)
+end
+
+-- The paging loop shared by `users` and `find`: a function returning the next resource,
+-- nil at the end, or nil and an error object.
+local function pager(self, o)
+  local count = o.count or self:capabilities().max_page_size or 100
+  local start = o.start_index or 1
+  local limit = o.limit
+  local page, pos, delivered, pages = nil, 0, 0, 0
+  local prev_first, prev_start, done = nil, nil, false
+  local total
+
+  local function fetch()
+    if pages >= self.max_pages then
+      return local_error(self, "GET", list_url(self, o, start, count), string_format(
+        "stopped after %d pages: the server keeps paging (totalResults %s)", pages,
+        tostring(total)), "BAD_PAGING")
+    end
+    local p, err = page_of(self, o, start, count)
+    if not p then return err end
+    pages = pages + 1
+    local n = #p.resources
+    total = p.total
+    if n == 0 then
+      if total and start <= total then
+        return local_error(self, "GET", p.url, string_format(
+          "page at startIndex %d has no Resources, but totalResults is %d", start, total),
+          "BAD_PAGING")
+      end
+      done = true
+      return nil
+    end
+    -- The next page starts after what actually came (RFC 7644 §3.4.2.4), whatever was
+    -- asked for or claimed in itemsPerPage. A server that ignores startIndex serves the
+    -- same first resource again: stop rather than loop.
+    local first = p.resources[1].id
+    if first ~= nil and first == prev_first then
+      return local_error(self, "GET", p.url, string_format(
+        "the server returned the same page again (startIndex %d began with the same user as "
+        .. "startIndex %d)", start, prev_start), "BAD_PAGING")
+    end
+    prev_first, prev_start = first, start
+    start = start + n
+    if total and start > total then done = true end
+    page, pos = p.resources, 0
+    return nil
+  end
+
+  return function()
+    while true do
+      if limit and delivered >= limit then return nil end
+      if page and pos < #page then
+        pos = pos + 1
+        delivered = delivered + 1
+        return page[pos]
+      end
+      page = nil
+      if done then return nil end
+      local err = fetch()
+      if err then done = true return nil, err end
+    end
+  end
+end
+
+--- Iterate over every matching user, across pages (RFC 7644 §3.4.2.4).
+-- Pages start at 1 and advance by the number of Resources the server actually returned;
+-- the loop stops at totalResults, and fails on a server that pages forever or returns an
+-- empty page before totalResults.
+-- @tparam[opt] table opts `filter`, `count` (page size; default the server's maximum),
+--   `attributes`, `excluded_attributes`, `sort_by`, `sort_order`, `start_index`, `limit`
+-- @return a generic-for iterator yielding resources
+-- @raise the `scim.error` object of a failed request or bad paging
+-- @usage for u in client:users{ filter = filter.sw("userName", "a") } do print(u.id) end
+function Client:users(opts)
+  check_open(self, "users")
+  local o = list_options(opts, "users")
+  local step = pager(self, o)
+  return function()
+    local r, err = step()
+    if err then error(err, 0) end
+    return r
+  end
+end
+
+--- Every matching user, all pages, as an array (the non-raising sibling of `users`).
+-- @tparam string|nil f a filter (build it with `scim.filter`), or nil for all users
+-- @tparam[opt] table opts as for `users`
+-- @treturn table array of resources
+-- @treturn[2] nil
+-- @treturn[2] scim.error err
+-- @treturn[2] string code
+function Client:find(f, opts)
+  check_open(self, "find")
+  if f ~= nil and type(f) ~= "string" then
+    error("bad argument #1 to 'find' (filter string or nil expected)", 2)
+  end
+  local o = list_options(opts, "find")
+  o.filter = f
+  local out = json.array()
+  local step = pager(self, o)
+  while true do
+    local r, err = step()
+    if err then return fail(err) end
+    if r == nil then return out end
+    out[#out + 1] = r
+  end
+end
+
+--- Find a user by userName (compared without regard to case, as SCIM's userName is).
+-- @tparam string user_name the userName (any text: it is quoted and escaped)
+-- @tparam[opt] table opts `attributes`, `excluded_attributes`
+-- @treturn table|boolean the resource, or false when there is none
+-- @treturn[2] nil
+-- @treturn[2] scim.error err
+-- @treturn[2] string code, e.g. "AMBIGUOUS" (two users match), "INVALID_VALUE"
+function Client:find_user(user_name, opts)
+  check_open(self, "find_user")
+  if type(user_name) ~= "string" then
+    error("bad argument #1 to 'find_user' (string expected, got " .. type(user_name) .. ")", 2)
+  end
+  local o = list_options(opts, "find_user")
+  if user_name == "" or utf8_len(user_name) == nil then
+    return fail(local_error(self, "GET", self.users_url, "userName "
+      .. (user_name == "" and "is empty" or "is not valid UTF-8"), "INVALID_VALUE"))
+  end
+  o.filter = filter.eq("userName", user_name)
+  -- The match is checked here too, so userName must come back.
+  if o.attributes and not ("," .. o.attributes .. ","):find(",userName,", 1, true) then
+    o.attributes = o.attributes .. ",userName"
+  end
+  -- Two are enough to tell "one" from "ambiguous".
+  local p, err = page_of(self, o, 1, 2)
+  if not p then return fail(err) end
+  local want, found = user_name:lower(), nil
+  for _, r in ipairs(p.resources) do
+    if type(r.userName) == "string" and r.userName:lower() == want then
+      if found then
+        return fail(local_error(self, "GET", p.url, "more than one user has userName "
+          .. filter.string(user_name), "AMBIGUOUS"))
+      end
+      found = r
+    end
+  end
+  if found then remember_etag(self, found.id, version_of(found)) end
+  return found or false
+end
+
+--- The engine's counters: `{ requests = n, retries = n, by_status = { [200] = n } }`.
+-- @treturn table
+function Client:stats()
+  check_open(self, "stats")
+  if self.engine.stats then return self.engine:stats() end
+  return {}
+end
+
+--- Close the client and (unless it was given one) its engine. Safe to call twice.
+function Client:close()
+  if self.closed then return end
+  self.closed = true
+  if self.owns_engine and self.engine and self.engine.close then self.engine:close() end
+end
+
+Client.__close = Client.close
+
+function Client:__tostring()
+  return string_format("scim.client (%s%s)", safe_url(self.url),
+    self.closed and ", closed" or "")
+end
+
+-- }====================================================================
+
+return client
