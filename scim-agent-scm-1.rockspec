@@ -38,6 +38,12 @@ build = {
     ["scim.filter"] = "lua/scim/filter.lua",
     ["scim.http"] = "lua/scim/http.lua",
     ["scim.csv"] = "lua/scim/csv.lua",
+    ["scim.mapping"] = "lua/scim/mapping.lua",
+    ["scim.mapping.date"] = "lua/scim/mapping/date.lua",
+    ["scim.mapping.default"] = "lua/scim/mapping/default.lua",
+    ["scim.dialects.scim2"] = "lua/scim/dialects/scim2.lua",
+    ["scim.dialects.meta"] = "lua/scim/dialects/meta.lua",
+    ["scim.dialects.workplace_v1"] = "lua/scim/dialects/workplace_v1.lua",
   },
   install = {
     bin = { ["scim-agent"] = "lua/scim_agent.lua" },
