@@ -1,0 +1,784 @@
+--- What the jobs share: the run context, reading and validating the input file, connecting,
+-- learning the server's current state, manager references, updates, and the concurrent
+-- row loop with interruption handling.
+-- @module scim.jobs.common
+local http = require "scim.http"
+local report_mod = require "scim.report"
+
+local common = {}
+
+--- Exit codes (documented in scim.cli).
+common.EXIT = { OK = 0, FAILED = 1, USAGE = 2, UNAVAILABLE = 3 }
+local EXIT = common.EXIT
+
+-- Collect at most this many validation problems; one more line says how many were left.
+local MAX_PROBLEMS = 200
+
+local Ctx = {}
+Ctx.__index = Ctx
+
+--- A SCIM id as a string: the legacy API sends ids as JSON numbers.
+function common.idstr(id)
+  if math.type(id) == "float" and math.tointeger(id) then return string.format("%d", id) end
+  if id == nil then return nil end
+  return tostring(id)
+end
+local idstr = common.idstr
+
+-- Whether an error is the Lua interpreter's answer to Ctrl-C (SIGINT).
+local function is_interrupt(err)
+  return type(err) == "string" and err:find("interrupted!", 1, true) ~= nil
+end
+common.is_interrupt = is_interrupt
+
+local function lower(s)
+  return type(s) == "string" and s:lower() or s
+end
+common.lower = lower
+
+-- An error raised to end the run with an exit code, after printing its message.
+local Abort = {}
+Abort.__index = Abort
+Abort.__tostring = function(self) return self.message end
+
+--- Ends the job: prints `message` (if any) and exits with `code`.
+function Ctx:abort(code, message) -- luacheck: ignore 212
+  error(setmetatable({ code = code, message = message }, Abort), 0)
+end
+
+-- ===================================================================== input
+
+-- A value written by an export's formula guard (`'` before = + - @ tab CR) reads back as the
+-- value without the `'`, so export → edit → update round-trips.
+local function unguard(v)
+  if type(v) == "string" and v:find("^'[=+%-@\t\r]") then return v:sub(2) end
+  return v
+end
+
+-- Whether a header is a results CSV of ours (its rows can be fed back).
+local function is_report_header(header)
+  for i, c in ipairs(report_mod.COLUMNS) do
+    if not header[i] or header[i]:lower() ~= c then return false end
+  end
+  return true
+end
+
+-- Classifies check_header's messages: unknown-column complaints can be waived.
+local function is_unknown_column_problem(msg)
+  return tostring(msg):lower():find("unknown column", 1, true) ~= nil
+end
+
+--- Reads and checks the whole input file before anything is sent.
+-- Every problem is collected (with its line); warnings are printed; on any problem the run
+-- ends with exit code 2.
+-- @tparam string job "create", "update", "delete" or "sync"
+-- @treturn table entries: `{ line=, key=, lkey=, row=, resource=, refs= }` in file order
+function Ctx:read_input(job)
+  local csv = require "scim.csv"
+  local m, opts = self.mapping, self.opts
+  local path = self.opts.file
+  local reader, err = csv.open(path)
+  if not reader then self:abort(EXIT.USAGE, tostring(err)) end
+  self.reader = reader
+  local problems = {}
+  local function problem(msg)
+    if #problems < MAX_PROBLEMS then problems[#problems + 1] = msg end
+    problems.total = (problems.total or 0) + 1
+  end
+  local header = reader.header
+  local from_report = is_report_header(header)
+  local data_header = header
+  if from_report then
+    data_header = table.move(header, #report_mod.COLUMNS + 1, #header, 1, {})
+  end
+  self.input_columns = data_header
+  local ok, msgs = m:check_header(data_header, job)
+  if not ok then
+    for _, msg in ipairs(msgs) do
+      if not (opts.ignore_unknown_columns and is_unknown_column_problem(msg)) then
+        problem(path .. ": " .. tostring(msg))
+      end
+    end
+  else
+    for _, msg in ipairs(msgs or {}) do self.report:warn(path .. ": " .. tostring(msg)) end
+  end
+  local entries, seen, refs_needed = {}, {}, {}
+  local validate_resource = job ~= "delete"
+  -- The mapping's job for new accounts and for existing ones (create-only entries such as
+  -- active=true apply to the first only).
+  self.create_job = job == "update" and "update" or "create"
+  self.update_job = (job == "sync" and "sync") or ((job == "update" or opts.upsert) and "update")
+    or "create"
+  do
+    local last_error
+    while true do
+      local row, line, code = reader:read()
+      if row == nil then
+        if line == nil then break end       -- end of file
+        -- A parse error names file:line:col. After a row with the wrong number of fields
+        -- the reader goes on; after anything else (or the same error again) it can't.
+        if line == last_error then break end
+        last_error = line
+        problem(tostring(line))
+        if code ~= "FIELD_COUNT" then break end
+      else
+        local take = true
+        if from_report then
+          local action = row.action
+          take = action == "failed" or action == "skipped"
+        end
+        if take then
+          local clean = {}
+          for _, c in ipairs(data_header) do clean[c] = unguard(row[c]) end
+          setmetatable(clean, getmetatable(row))
+          row = clean
+          local key, kerr = m:key(row, line)
+          if key == nil or key == "" then
+            problem(string.format("%s:%d: %s", path, line,
+              (tostring(kerr or "the key is empty"):gsub("^line %d+, ", ""))))
+          else
+            local lkey = key:lower()
+            local first = seen[lkey]
+            if first then
+              problem(string.format("%s:%d: %s '%s' already on line %d", path, line,
+                m.key_attribute or "key", key, first.line))
+            else
+              local e = { line = line, key = key, lkey = lkey, row = row }
+              seen[lkey] = e
+              entries[#entries + 1] = e
+              if validate_resource then
+                -- The resource a new account gets, and the one an existing account is
+                -- compared with (create-only defaults such as active=true left out).
+                -- Checked now, built again when sent: resources are three times the size
+                -- of their rows, and a large file must not hold them all.
+                local res, rerr = m:to_resource(row, line, self.create_job)
+                if res and self.update_job ~= self.create_job then
+                  res, rerr = m:to_resource(row, line, self.update_job)
+                end
+                if not res then
+                  problem(string.format("%s:%d: %s", path, line,
+                    (tostring(rerr):gsub("^line %d+, ", ""))))
+                else
+                  e.refs = m:references(row)
+                  for _, ref in pairs(e.refs) do
+                    local lref = ref:lower()
+                    refs_needed[lref] = refs_needed[lref] or ref
+                  end
+                end
+              end
+            end
+          end
+        end
+      end
+    end
+  end
+  reader:close()
+  self.reader = nil
+  if problems.total then
+    for _, msg in ipairs(problems) do self.report:error(msg) end
+    if problems.total > #problems then
+      self.report:error(string.format("... and %d more problems", problems.total - #problems))
+    end
+    self:abort(EXIT.USAGE, string.format("%s: %d problem%s; nothing was sent", path,
+      problems.total, problems.total == 1 and "" or "s"))
+  end
+  self.entries, self.by_key = entries, seen
+  -- References to people outside the file are looked up on the server later.
+  local outside = {}
+  for lref, ref in pairs(refs_needed) do
+    if not seen[lref] then outside[#outside + 1] = ref end
+  end
+  table.sort(outside)
+  self.outside_refs = outside
+  return entries
+end
+
+-- ================================================================ connection
+
+--- Creates the client (token and URL resolved now) and checks the server answers and takes
+-- the token, before any write. Exit 3 when it can't; exit 2 for a missing token or URL.
+-- @tparam[opt] boolean skip_check no preflight request (export: its first page is the check)
+-- @treturn scim.client
+function Ctx:connect(skip_check)
+  if self.client then return self.client end
+  local opts = self.opts
+  if not opts.url then
+    self:abort(EXIT.USAGE, "no URL: give --url, set SCIM_URL, or use a dialect with a default")
+  end
+  local token, terr = opts.get_token()
+  if not token then self:abort(EXIT.USAGE, terr) end
+  local report = self.report
+  local trace
+  if opts.verbose then
+    trace = function(line) report:info(line) end
+  end
+  local ok, client, cerr = pcall(require("scim.client").new, {
+    url = opts.url, token = token, dialect = opts.dialect, concurrency = opts.concurrency,
+    rate = opts.rate, timeout = opts.timeout, retries = opts.retries, ca_file = opts.ca_file,
+    insecure = opts.insecure, allow_http = opts.allow_http, trace = trace,
+  })
+  token = nil -- luacheck: ignore 311
+  if not ok or not client then
+    self:abort(EXIT.USAGE, "cannot set up the client: " .. tostring(ok and cerr or client))
+  end
+  self.client = client
+  if not skip_check then
+    -- Refused token, unreachable or failing server: nothing can be done, and nothing
+    -- has been written yet.
+    local total, err = self:directory_size()
+    if not total then
+      if is_interrupt(err) then self:abort(EXIT.FAILED, "interrupted") end
+      self:abort(EXIT.UNAVAILABLE, "cannot work with " .. opts.url .. ": " .. tostring(err))
+    end
+  end
+  return client
+end
+
+--- The number of users on the server (one listing request, count=1), also the preflight.
+-- @treturn integer|nil total
+-- @treturn any error when the request failed
+function Ctx:directory_size()
+  if self.total_users then return self.total_users end
+  local page, err = self.client:list{ start_index = 1, count = 1 }
+  local total = page and (page.total or #page.resources)
+  if total == nil then return nil, err end
+  self.total_users = total
+  return total
+end
+
+--- Whether an update is a PUT of the merged record (dialect or server without PATCH).
+function Ctx:use_put()
+  if self.put == nil then
+    local put = self.dialect.update == "put"
+    if not put and self.client.capabilities then
+      local ok, caps = pcall(self.client.capabilities, self.client)
+      if ok and type(caps) == "table" and caps.patch == false then put = true end
+    end
+    self.put = put
+  end
+  return self.put
+end
+
+--- The largest page the server allows.
+function Ctx:page_size()
+  local size = self.dialect.max_page_size or 100
+  if self.client.capabilities then
+    local ok, caps = pcall(self.client.capabilities, self.client)
+    if ok and type(caps) == "table" and tonumber(caps.max_page_size) then
+      size = math.tointeger(tonumber(caps.max_page_size)) or size
+    end
+  end
+  return math.max(1, size)
+end
+
+-- ============================================================ server state
+
+--- The key of a resource as the mapping sees it (userName or externalId).
+function Ctx:resource_key(res)
+  local attr = self.mapping.key_attribute or "userName"
+  local v = res[attr]
+  return type(v) == "string" and v or nil
+end
+
+--- Finds one person by key: resource | false (none) | nil, err.
+function Ctx:find_by_key(key)
+  local client = self.client
+  local attr = self.mapping.key_attribute or "userName"
+  if attr == "userName" then return client:find_user(key) end
+  local filter = require "scim.filter"
+  local ok, found, err = pcall(client.find, client, filter.eq(attr, key))
+  if not ok then return nil, found end
+  if not found then return nil, err end
+  for _, r in ipairs(found) do
+    if lower(r[attr]) == key:lower() then return r end
+  end
+  return false
+end
+
+--- Pages through every user (largest page), calling `fn(resource)` for each.
+-- @treturn true | nil, err
+function Ctx:each_user(fn)
+  local client = self.client
+  local ok, err = pcall(function()
+    for user in client:users{ count = self:page_size() } do fn(user) end
+  end)
+  if not ok then return nil, err end
+  return true
+end
+
+--- Ends the run after a failed listing. Every listing comes before any write (and an
+-- export's file is left as it was), so this is "cannot work": exit 3; exit 1 on Ctrl-C.
+function Ctx:listing_failed(err, what)
+  if is_interrupt(err) then
+    self:abort(EXIT.FAILED, "interrupted while listing the users; nothing was changed")
+  end
+  self:abort(EXIT.UNAVAILABLE, (what or "listing the users failed") .. ": " .. tostring(err))
+end
+
+--- Learns the current resources for `entries`: one paged listing when the file covers a
+-- large part of the directory (fewer requests), else concurrent filtered lookups.
+-- Sets `entry.current` (resource or false) or `entry.lookup_error`. Also records the ids of
+-- referenced people outside the file that the listing meets (`self.ids`).
+function Ctx:learn_current(entries)
+  local total = self:directory_size() or 0
+  local pages = math.ceil(total / self:page_size())
+  self.ids = self.ids or {}
+  local ids = self.ids
+  -- A listing page costs about as much as a few lookups, which run concurrently.
+  if #entries > 0 and pages * 4 <= #entries then
+    self.strategy = "listing"
+    local want = {}
+    for _, e in ipairs(entries) do want[e.lkey] = e end
+    local outside = {}
+    for _, ref in ipairs(self.outside_refs or {}) do outside[ref:lower()] = true end
+    local ok, err = self:each_user(function(user)
+      local k = lower(self:resource_key(user))
+      if not k then return end
+      local e = want[k]
+      if e then e.current = user; ids[k] = idstr(user.id) end
+      if outside[k] then ids[k] = idstr(user.id) end
+    end)
+    if not ok then self:listing_failed(err) end
+    for _, e in ipairs(entries) do
+      if e.current == nil then e.current = false end
+    end
+    for _, ref in ipairs(self.outside_refs or {}) do
+      if ids[ref:lower()] == nil then ids[ref:lower()] = false end
+    end
+  else
+    self.strategy = "lookups"
+    self:run(entries, function(e)
+      local cur, err = self:find_by_key(e.key)
+      if cur == nil then e.lookup_error = err else e.current = cur end
+      if cur then ids[e.lkey] = idstr(cur.id) end
+    end, { phase = "lookup" })
+  end
+end
+
+--- Resolves the ids of referenced people outside the file that are still unknown (one
+-- filtered lookup each, concurrently), and warns about the ones that exist nowhere.
+function Ctx:resolve_outside_refs()
+  self.ids = self.ids or {}
+  local ids = self.ids
+  local todo = {}
+  for _, ref in ipairs(self.outside_refs or {}) do
+    if ids[ref:lower()] == nil then todo[#todo + 1] = ref end
+  end
+  if #todo > 0 then
+    self:run(todo, function(ref)
+      local r, err = self:find_by_key(ref)
+      if r then
+        ids[ref:lower()] = idstr(r.id)
+      elseif r == false then
+        ids[ref:lower()] = false
+      else
+        self.report:warn(string.format("looking up '%s' failed: %s", ref, tostring(err)))
+      end
+    end, { phase = "lookup" })
+  end
+  for _, ref in ipairs(self.outside_refs or {}) do
+    if ids[ref:lower()] == false then
+      self.report:warn(string.format("'%s' is referenced (e.g. as a manager) but is neither "
+        .. "in the file nor on the server", ref))
+    end
+  end
+end
+
+--- Puts the referenced people's ids (managers) into `desired`; returns the names of the
+-- references that could not be resolved.
+function Ctx:set_references(entry, desired)
+  local missing
+  for name, ref in pairs(entry.refs or {}) do
+    if ref ~= "" then
+      local id = self.ids and self.ids[ref:lower()]
+      if id then
+        self.mapping:set_reference(desired, name, id)
+      else
+        missing = missing or {}
+        missing[#missing + 1] = string.format("%s '%s' not found", name, ref)
+      end
+    end
+  end
+  return missing
+end
+
+-- A `replace` of the manager's id at `<enterprise URN>:manager.value` is valid RFC 7644,
+-- but some providers (SCIMMY among them) only take the whole complex value; replacing
+-- `<enterprise URN>:manager` with `{ value = id }` works everywhere.
+local function whole_manager(ops, dialect)
+  local ent = dialect.enterprise_schema
+  if not ent then return ops end
+  local prefix = (ent .. ":manager."):lower()
+  for i, op in ipairs(ops) do
+    if op.op == "replace" and type(op.path) == "string" and op.path:lower():sub(1, #prefix)
+      == prefix then
+      local sub = op.path:sub(#prefix + 1)
+      ops[i] = { op = "replace", path = ent .. ":manager", value = { [sub] = op.value } }
+    end
+  end
+  return ops
+end
+
+--- Sends the changes from `current` to `desired` (PATCH with only the changed attributes,
+-- or PUT of the merged record), or nothing when nothing changed; `--dry-run` sends nothing.
+-- @treturn string action "updated", "unchanged", "update" (dry run) or "failed"
+-- @treturn table|nil the response resource, or the error object when failed
+-- @treturn table changes ({path=, old=, new=})
+function Ctx:update_resource(current, desired)
+  local m = self.mapping
+  local ops, changes = m:diff(current, desired)
+  if not ops or #ops == 0 then return "unchanged", current, {} end
+  if self.opts.dry_run then return "update", current, changes end
+  local client = self.client
+  local res, err
+  if self:use_put() then
+    res, err = client:replace(idstr(current.id), m:merge(current, desired))
+  else
+    res, err = client:patch(idstr(current.id), whole_manager(ops, self.dialect))
+  end
+  if not res then return "failed", err, changes end
+  return "updated", type(res) == "table" and res or current, changes
+end
+
+--- A deep copy of a plain table (resources are trees of tables).
+function common.copy(t)
+  if type(t) ~= "table" then return t end
+  local c = {}
+  for k, v in pairs(t) do c[k] = common.copy(v) end
+  return setmetatable(c, getmetatable(t))
+end
+
+--- The resource an entry's row describes for a job of the mapping (it passed validation).
+function Ctx:resource(e, job)
+  return assert(self.mapping:to_resource(e.row, e.line, job))
+end
+
+--- Creates an entry's account (POST). A 409 uniqueness answer is `exists`: the current
+-- resource is then looked up (the second phase may set a missing manager or, with
+-- `--upsert`/sync, update it). Dry run: a lookup decides create or exists, unless `missing`
+-- says a listing already found no account. Sets `e.created` or `e.current`, records the id,
+-- and reports failures.
+function Ctx:create_entry(e, missing)
+  local ids = self.ids
+  if self.opts.dry_run then
+    local cur, err = false, nil
+    if not missing then cur, err = self:find_by_key(e.key) end
+    if cur == nil then return self:fail(e, err) end
+    if cur then
+      e.current, ids[e.lkey] = cur, idstr(cur.id)
+    else
+      e.planned_create = true
+      ids[e.lkey] = "(new: " .. e.key .. ")"
+      self:outcome(e, "create", { changes = {} })
+    end
+    return
+  end
+  local res, err = self.client:create(self:resource(e, self.create_job))
+  if res then
+    e.created, ids[e.lkey] = res, idstr(res.id)
+    return
+  end
+  if type(err) == "table" and err.code == "UNIQUENESS" then
+    local cur, ferr = self:find_by_key(e.key)
+    if cur then
+      e.current, e.exists, ids[e.lkey] = cur, true, idstr(cur.id)
+      return
+    end
+    return self:fail(e, cur == false and "the server says it exists but no account has "
+      .. "this key (409)" or ferr)
+  end
+  return self:fail(e, err)
+end
+
+--- Second phase of an entry after `create_entry` or a lookup: sets the manager of a new
+-- account (one request), fills a missing manager of an existing one (`mode` "fill") or
+-- brings an existing one up to date (`mode` "update"), and reports the outcome.
+function Ctx:complete_entry(e, mode)
+  if e.reported then return end
+  local m = self.mapping
+  if e.created then
+    -- Only the references: the rest was just written (and a copy of the server's answer
+    -- would carry read-only attributes into a PUT).
+    local desired = {}
+    local missing = self:set_references(e, desired)
+    local action, res, changes = self:update_resource(e.created, desired)
+    if action == "failed" then
+      return self:outcome(e, "failed", { id = idstr(e.created.id), error = "created, but setting "
+        .. "the manager failed: " .. tostring(res), status = type(res) == "table" and res.status })
+    end
+    return self:outcome(e, "created", { status = 201, id = idstr(e.created.id), changes = changes,
+      error = missing and table.concat(missing, "; ") .. " (not set)" or nil })
+  end
+  local cur = e.current
+  if not cur then return end
+  local desired, base_action
+  if mode == "update" then
+    desired = self:resource(e, self.update_job)
+    base_action = "unchanged"
+  else
+    -- Without --upsert an existing account keeps its attributes; only a manager an
+    -- interrupted run didn't get to set is filled in.
+    desired = {}
+    for name in pairs(e.refs or {}) do
+      if m:reference_id(cur, name) then return self:outcome(e, "exists", { status = 409,
+        id = idstr(cur.id) }) end
+    end
+    base_action = "exists"
+  end
+  local missing = self:set_references(e, desired)
+  local action, res, changes = self:update_resource(cur, desired)
+  local note = missing and table.concat(missing, "; ") .. " (not set)" or nil
+  if action == "failed" then
+    return self:outcome(e, "failed", { id = idstr(cur.id), error = res, changes = changes })
+  elseif action == "unchanged" then
+    return self:outcome(e, base_action, { status = base_action == "exists" and 409 or nil,
+      id = idstr(cur.id), error = note })
+  elseif base_action == "exists" and not self.opts.dry_run then
+    return self:outcome(e, "exists", { status = 409, id = idstr(cur.id), changes = changes,
+      error = note })
+  end
+  return self:outcome(e, action, { id = idstr(cur.id), changes = changes, error = note })
+end
+
+-- ================================================================ outcomes
+
+--- Rewrites the changes of reference attributes (the manager's SCIM id) to the people's
+-- keys, so a plan reads "manager: a@example.com -> b@example.com".
+function Ctx:readable_changes(e, changes)
+  local cols = self.mapping.reference_columns or {}
+  if not changes or #changes == 0 or not next(cols) then return changes end
+  local by_col = {}
+  for name, col in pairs(cols) do by_col[col] = name end
+  local key_of
+  for _, c in ipairs(changes) do
+    local name = c.column and by_col[c.column]
+    if name then
+      if not key_of then
+        key_of = {}
+        for lkey, id in pairs(self.ids or {}) do
+          if id then key_of[id] = self.by_key and self.by_key[lkey] and self.by_key[lkey].key
+            or lkey end
+        end
+      end
+      c.old = c.old ~= nil and (key_of[c.old] or ("id " .. tostring(c.old))) or nil
+      c.new = e.refs and e.refs[name] or c.new
+    end
+  end
+  return changes
+end
+
+--- Records an entry's final outcome (once).
+-- @tparam table e the entry
+-- @tparam string action
+-- @tparam[opt] table f `status`, `id`, `error` (string or error object), `changes`
+function Ctx:outcome(e, action, f)
+  if e.reported then return end
+  e.reported = true
+  e.created, e.current = nil, nil   -- no longer needed: let a large run's memory go
+  f = f or {}
+  if f.changes then self:readable_changes(e, f.changes) end
+  local status = f.status
+  local errv = f.error
+  if type(errv) == "table" then
+    status = status or errv.status
+    errv = tostring(errv)
+  end
+  self.report:outcome{
+    line = e.line, key = e.key, action = action, status = status, id = f.id,
+    error = errv, changes = f.changes, row = e.row,
+  }
+end
+
+--- Reports a failed request for an entry, from an error object.
+function Ctx:fail(e, err, extra)
+  local msg = tostring(err)
+  if extra then msg = msg .. " (" .. extra .. ")" end
+  self:outcome(e, "failed", { status = type(err) == "table" and err.status or nil, error = msg })
+end
+
+-- ================================================================== running
+
+--- Runs `fn(item)` for every item concurrently (scim.http's scheduler). After Ctrl-C no new
+-- item starts (the job reports them `skipped`) and the requests in flight finish.
+-- An error raised in `fn` fails that item: `opts.on_error(item, err)` reports it.
+--
+-- How Ctrl-C is caught without C code: the standalone interpreter answers SIGINT by making
+-- the *main* thread raise "interrupted!" at its next instruction. The scheduler runs in a
+-- coroutine of its own here, and the main thread only runs when the scheduler asks for the
+-- next item; so the error surfaces in `drive` below, between two items, where it is caught
+-- and turned into "no more items" while the scheduler finishes the transfers in flight.
+-- (A second Ctrl-C ends the process, as lua.c makes it.)
+-- @tparam table items
+-- @tparam function fn
+-- @tparam[opt] table opts `on_error`, `phase`
+function Ctx:run(items, fn, opts)
+  opts = opts or {}
+  local on_error = opts.on_error
+  local report = self.report
+  local function body(item, i)
+    local ok, err = pcall(fn, item, i)
+    report:step()
+    if not ok then
+      if on_error then on_error(item, err) else error(err, 0) end
+    end
+  end
+  report:phase(opts.phase or self.job, #items)
+  local i = 0
+  local function source()
+    if self.stopped then return nil end
+    if coroutine.yield() then   -- the main thread says stop
+      self.stopped = true
+      return nil
+    end
+    i = i + 1
+    return items[i]
+  end
+  local summary
+  local sched = coroutine.create(function()
+    summary = http.run(source, body, { concurrency = self.opts.concurrency or 8 })
+  end)
+  local function drive()
+    while coroutine.status(sched) == "suspended" do
+      local ok, err = coroutine.resume(sched, self.stopped)
+      if not ok then error(err, 0) end
+    end
+  end
+  local ok, err = pcall(drive)
+  if not ok and is_interrupt(err) then
+    self.stopped = true
+    self.report:error("interrupted: finishing the requests in flight (Ctrl-C again to quit "
+      .. "at once)")
+    ok, err = pcall(drive)
+  end
+  if not ok then error(err, 0) end
+  for _, e in ipairs(summary and summary.errors or {}) do
+    if on_error then on_error(e.item, e.error)
+    else self.report:error(string.format("%s: %s", opts.phase or "work", tostring(e.error))) end
+  end
+end
+
+--- Reports every entry without an outcome yet as skipped (after an interruption or a
+-- phase that could not run).
+function Ctx:skip_rest(entries, why)
+  for _, e in ipairs(entries) do
+    if not e.reported then
+      if e.created then
+        -- The account exists; a rerun finds it and sets what is missing (the manager).
+        self:outcome(e, "created", { status = 201, id = idstr(e.created.id),
+          error = "the manager was not set (" .. why .. "): run again to finish" })
+      else
+        self:outcome(e, "skipped", { error = why })
+      end
+    end
+  end
+end
+
+-- ================================================================= execute
+
+local function default_mapping(dialect)
+  local mapping = require "scim.mapping"
+  if mapping.default then return mapping.default{ dialect = dialect } end
+  return mapping.load(nil, { dialect = dialect })
+end
+
+--- Runs a job from the parsed command-line options (called by scim.cli).
+-- @tparam table opts merged options (`command`, `file`, `dialect`, `get_token`, ...)
+-- @tparam table env `stdout`, `stderr`, `stdin`, `getenv`, `isatty`
+-- @treturn integer exit code
+function common.execute(opts, env)
+  local function fail(msg, code)
+    env.stderr:write("scim-agent: ", msg, "\n")
+    env.stderr:flush()
+    return code
+  end
+  local mapping = require "scim.mapping"
+  local ok, m, merr
+  if opts.mapping then
+    ok, m, merr = pcall(mapping.load, opts.mapping, { dialect = opts.dialect })
+  else
+    ok, m, merr = pcall(default_mapping, opts.dialect)
+  end
+  if not ok or not m then return fail(tostring(ok and merr or m), EXIT.USAGE) end
+
+  local job = require("scim.jobs." .. opts.command)
+  local to_stdout = opts.command == "export" and opts.file == "-"
+  local ctx = setmetatable({
+    opts = opts, env = env, mapping = m, job = opts.command,
+    dialect = require("scim.dialects." .. opts.dialect),
+  }, Ctx)
+  local rep, rerr = report_mod.new{
+    job = opts.command, path = nil, quiet = opts.quiet, verbose = opts.verbose,
+    log_format = opts.log_format, dry_run = opts.dry_run, stdout = env.stdout,
+    stderr = env.stderr, log = to_stdout and env.stderr or env.stdout,
+    progress = env.isatty(2) and not to_stdout or false,
+  }
+  if not rep then return fail(rerr, EXIT.USAGE) end
+  ctx.report = rep
+
+  local rok, code = xpcall(job.run, function(e)
+    if getmetatable(e) == Abort then return e end
+    return debug.traceback(tostring(e), 2)
+  end, ctx)
+  if ctx.reader then pcall(ctx.reader.close, ctx.reader) end
+  if ctx.writer then pcall(ctx.writer.abort, ctx.writer) end
+  if not rok then
+    if ctx.report.writer then ctx.report:abort() end
+    if ctx.client then pcall(ctx.client.close, ctx.client) end
+    if getmetatable(code) == Abort then
+      if code.message then ctx.report:error(code.message) end
+      return code.code
+    end
+    if is_interrupt(code) then
+      ctx.report:error("interrupted")
+      return EXIT.FAILED
+    end
+    ctx.report:error("internal error: " .. tostring(code))
+    return EXIT.FAILED
+  end
+  if ctx.client then pcall(ctx.client.close, ctx.client) end
+  return code
+end
+
+--- Opens the results CSV (after the input is read: it copies the input's columns).
+function Ctx:open_report_file()
+  local path = self.opts.report
+  if not path then return end
+  local r, err = report_mod.new{
+    job = self.job, path = path, input_columns = self.input_columns, quiet = self.opts.quiet,
+    verbose = self.opts.verbose, log_format = self.opts.log_format, dry_run = self.opts.dry_run,
+    stdout = self.env.stdout, stderr = self.env.stderr, log = self.report.log,
+    progress = self.report.progress_on, color = self.report.color,
+  }
+  if not r then self:abort(EXIT.USAGE, err) end
+  self.report = r
+end
+
+--- Finishes a job: totals, the plan of a dry run, the summary, the results file, and the
+-- exit code (1 when any row failed or the run was interrupted).
+-- @treturn integer exit code
+function Ctx:finish()
+  local rep = self.report
+  if self.opts.dry_run then rep:print_plan() end
+  local stats = self.client and self.client:stats() or {}
+  rep:summary(stats)
+  local ok, err = rep:close()
+  if not ok then
+    rep:error(err)
+    return EXIT.FAILED
+  end
+  if self.stopped then
+    rep:error("interrupted: the rows not done are reported 'skipped'; run the same command "
+      .. "again to finish")
+    return EXIT.FAILED
+  end
+  return rep:failed() > 0 and EXIT.FAILED or EXIT.OK
+end
+
+--- Starts the progress line for `n` rows.
+function Ctx:begin(n)
+  self.report.total = n
+  self.report:draw(true)
+end
+
+common.Ctx = Ctx
+return common
