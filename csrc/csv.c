@@ -1,10 +1,12 @@
 /*
 ** csv.c - scim-agent's streaming RFC 4180 tokenizer (see csv.h).
 **
-** The scanner looks at 64 bytes at a time (SSE2 where the compiler offers
-** it, a table-driven loop elsewhere), turns them into a bit mask of the only
-** bytes that matter (delimiter, quote, CR, LF) and walks the set bits, so the
-** bytes inside fields are never looked at one by one. Fields are recorded
+** The scanner looks at 64 bytes at a time (AVX2 when the CPU has it, else
+** SSE2 where the compiler offers it, a table-driven loop elsewhere), turns
+** them into a bit mask of the only bytes that matter (delimiter, quote, CR,
+** LF) and walks the set bits, so the bytes inside fields are never looked at
+** one by one; the bits a returned record leaves of its last block are kept
+** for the next one, so no block is scanned twice. Fields are recorded
 ** straight into the view array while a record is scanned (their pointers
 ** are rebased when the buffer moves to take more input); the few fields
 ** that need it (doubled quotes, lenient text after a closing quote) are
@@ -22,6 +24,20 @@ typedef uint64_t mask_t;  /* one bit per byte of a 64-byte block */
 #if defined(__SSE2__) && !defined(SCIM_CSV_NO_SIMD)
 #include <emmintrin.h>
 #define SCIM_CSV_SSE2 1
+/* AVX2 through a per-function target attribute (no -mavx2 needed), picked
+** at run time in scim_csv_new; AVX2 CPUs have SSE2 anyway. */
+#if (defined(__x86_64__) || defined(__i386__)) && \
+    (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 5))
+#include <immintrin.h>
+#define SCIM_CSV_AVX2 1
+#define AVX2_FN __attribute__((target("avx2")))
+#endif
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -82,6 +98,11 @@ struct scim_csv {
   size_t det_pos, det_count[4];  /* delimiter detection progress */
   int det_state;
   scim_csv_error_info err;
+  int isa;                   /* the scanner: 2 AVX2, 1 SSE2, 0 portable */
+  /* The special bytes of the block [mc_base, mc_end) not visited yet when
+  ** the last record ended in it (mc_end 0: none kept). */
+  size_t mc_base, mc_end;
+  mask_t mc_mask;
 };
 
 static void *default_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
@@ -146,7 +167,8 @@ scim_csv *scim_csv_new(const scim_csv_opts *opts) {
   scim_csv_opts o;
   scim_csv *p;
   if (opts) o = *opts; else memset(&o, 0, sizeof o);
-  if (o.delimiter == '"' || o.delimiter == '\r' || o.delimiter == '\n')
+  if (o.delimiter == '"' || o.delimiter == '\r' || o.delimiter == '\n' ||
+      o.simd < 0 || o.simd > 2)
     return NULL;
   if (!o.alloc) o.alloc = default_alloc;
   if (!o.max_field) o.max_field = DEFAULT_MAX_FIELD;
@@ -160,6 +182,15 @@ scim_csv *scim_csv_new(const scim_csv_opts *opts) {
   p->line = p->row_line = 1;
   p->u_err = NOPOS;
   p->expect = o.fields == SCIM_CSV_FIELDS_FIRST ? 0 : o.fields;
+#ifdef SCIM_CSV_SSE2
+  if (o.simd < 2) p->isa = 1;
+#endif
+#ifdef SCIM_CSV_AVX2
+  if (o.simd == 0) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) p->isa = 2;
+  }
+#endif
   return p;
 }
 
@@ -185,6 +216,7 @@ char *scim_csv_reserve(scim_csv *p, size_t want, size_t *avail) {
       p->field_start -= drop; p->qpos -= drop; p->det_pos -= drop;
       p->u_done -= drop; p->u_next -= drop; p->u_lead -= drop;
       if (p->u_err != NOPOS) p->u_err -= drop;
+      p->mc_end = 0;
       for (i = 0; i < p->nf; i++) {
         p->v[i].data -= drop;
         if (p->v[i].quoted & F_TRAIL) p->tend[i] -= drop;
@@ -449,13 +481,58 @@ static size_t partial_field(const scim_csv *p) {
   return p->qpos - p->field_start - p->ndoubled + (p->len - p->qpos - 1);
 }
 
+#ifdef SCIM_CSV_SSE2
+/* The special bytes (bit i: b[i] is the delimiter, '"', CR or LF) of the 64
+** bytes at b, and in *hm those >= 0x80. */
+static ALWAYS_INLINE mask_t masks_sse2(const unsigned char *b, unsigned delim,
+                                       mask_t *hm) {
+  const __m128i vd = _mm_set1_epi8((char)delim), vq = _mm_set1_epi8('"');
+  const __m128i vcr = _mm_set1_epi8('\r'), vlf = _mm_set1_epi8('\n');
+  mask_t mask = 0, hi = 0;
+  int k;
+  for (k = 0; k < 4; k++) {  /* four 16-byte quarters make one 64-bit mask */
+    const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(b + 16 * k));
+    const __m128i m = _mm_or_si128(
+        _mm_or_si128(_mm_cmpeq_epi8(x, vd), _mm_cmpeq_epi8(x, vq)),
+        _mm_or_si128(_mm_cmpeq_epi8(x, vcr), _mm_cmpeq_epi8(x, vlf)));
+    mask |= (mask_t)(unsigned)_mm_movemask_epi8(m) << (16 * k);
+    hi |= (mask_t)(unsigned)_mm_movemask_epi8(x) << (16 * k);
+  }
+  *hm = hi;
+  return mask;
+}
+#endif
+
+#ifdef SCIM_CSV_AVX2
+/* The same with two 32-byte halves. Plain `inline`, not always_inline: it
+** can only be inlined into AVX2 code, which is the only caller. */
+static AVX2_FN inline mask_t masks_avx2(const unsigned char *b, unsigned delim,
+                                        mask_t *hm) {
+  const __m256i vd = _mm256_set1_epi8((char)delim), vq = _mm256_set1_epi8('"');
+  const __m256i vcr = _mm256_set1_epi8('\r'), vlf = _mm256_set1_epi8('\n');
+  const __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)b);
+  const __m256i x1 = _mm256_loadu_si256((const __m256i *)(const void *)(b + 32));
+  const __m256i m0 = _mm256_or_si256(
+      _mm256_or_si256(_mm256_cmpeq_epi8(x0, vd), _mm256_cmpeq_epi8(x0, vq)),
+      _mm256_or_si256(_mm256_cmpeq_epi8(x0, vcr), _mm256_cmpeq_epi8(x0, vlf)));
+  const __m256i m1 = _mm256_or_si256(
+      _mm256_or_si256(_mm256_cmpeq_epi8(x1, vd), _mm256_cmpeq_epi8(x1, vq)),
+      _mm256_or_si256(_mm256_cmpeq_epi8(x1, vcr), _mm256_cmpeq_epi8(x1, vlf)));
+  *hm = (mask_t)(unsigned)_mm256_movemask_epi8(x0) |
+        (mask_t)(unsigned)_mm256_movemask_epi8(x1) << 32;
+  return (mask_t)(unsigned)_mm256_movemask_epi8(m0) |
+         (mask_t)(unsigned)_mm256_movemask_epi8(m1) << 32;
+}
+#endif
+
 /*
 ** Scans from p->pos to the end of the record or of the buffered input.
 ** The state lives in locals in the hot loop and is written back before any
 ** call that reads it and on exit. An unquoted field ended by the delimiter
 ** (most fields) is recorded inline; everything else goes to push_field.
+** `simd` is a constant in each instance below: 2 AVX2, 1 SSE2, 0 none.
 */
-static int scan(scim_csv *p) {
+static ALWAYS_INLINE int scan_impl(scim_csv *p, const int simd) {
   const unsigned char *b = (const unsigned char *)p->buf;
   const unsigned d = (unsigned char)p->delim;
   const int lenient = p->o.lenient;
@@ -466,33 +543,30 @@ static int scan(scim_csv *p) {
   scim_csv_field *v = p->v;
   unsigned fflags = p->fflags;
   int state = p->state, st;
-#ifdef SCIM_CSV_SSE2
-  const __m128i vd = _mm_set1_epi8((char)d), vq = _mm_set1_epi8('"');
-  const __m128i vcr = _mm_set1_epi8('\r'), vlf = _mm_set1_epi8('\n');
-#endif
 #define SYNC() (p->nf = nf, p->field_start = fs)
 #define RELOAD() (nf = p->nf, fcap = p->fcap, v = p->v)
+  (void)simd;
   while (pos < end) {
     size_t base = pos;
     mask_t mask;
+    if (p->mc_end > pos && p->mc_base <= pos) {
+      /* the rest of the block the last record ended in (pos may have
+      ** stepped over the LF of a CR LF pair) */
+      base = p->mc_base;
+      mask = p->mc_mask & (~(mask_t)0 << (pos - base));
+      pos = p->mc_end;
+      p->mc_end = 0;
 #ifdef SCIM_CSV_SSE2
-    if (end - pos >= 64) {  /* four 16-byte quarters make one 64-bit mask */
-      mask_t hm = 0;
-      int k;
-      mask = 0;
-      for (k = 0; k < 4; k++) {
-        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(b + pos + 16 * k));
-        __m128i m = _mm_or_si128(
-            _mm_or_si128(_mm_cmpeq_epi8(x, vd), _mm_cmpeq_epi8(x, vq)),
-            _mm_or_si128(_mm_cmpeq_epi8(x, vcr), _mm_cmpeq_epi8(x, vlf)));
-        mask |= (mask_t)(unsigned)_mm_movemask_epi8(m) << (16 * k);
-        hm |= (mask_t)(unsigned)_mm_movemask_epi8(x) << (16 * k);
-      }
+    } else if (simd && end - pos >= 64) {
+      mask_t hm;
+#ifdef SCIM_CSV_AVX2
+      if (simd == 2) mask = masks_avx2(b + pos, d, &hm); else
+#endif
+      mask = masks_sse2(b + pos, d, &hm);
       if (hm && check_utf8) utf8_block(p, b, pos, hm, 64);
       pos += 64;
-    } else
 #endif
-    {
+    } else {  /* the end of the input, or no SIMD */
       size_t i, n = end - pos < 64 ? end - pos : 64;
       mask_t hm = 0;
       mask = 0;
@@ -555,7 +629,10 @@ static int scan(scim_csv *p) {
             }
             continue;
           }
-          /* CR or LF: the record ends */
+          /* CR or LF: the record ends; keep the rest of the block */
+          p->mc_base = base;
+          p->mc_end = pos;
+          p->mc_mask = mask;
           if (nf == 0 && at == p->row_start) {  /* blank line */
             p->pos = at + 1;
             p->skip_lf = c == '\r';
@@ -605,6 +682,33 @@ static int scan(scim_csv *p) {
   p->fflags = 0;
   p->ndoubled = 0;
   return finish_record(p, end);
+}
+
+/* The instances, and the one p->isa picks (see scim_csv_new). */
+static int scan_portable(scim_csv *p) {
+  return scan_impl(p, 0);
+}
+
+#ifdef SCIM_CSV_SSE2
+static int scan_sse2(scim_csv *p) {
+  return scan_impl(p, 1);
+}
+#endif
+
+#ifdef SCIM_CSV_AVX2
+static AVX2_FN int scan_avx2(scim_csv *p) {
+  return scan_impl(p, 2);
+}
+#endif
+
+static int scan(scim_csv *p) {
+#ifdef SCIM_CSV_AVX2
+  if (p->isa == 2) return scan_avx2(p);
+#endif
+#ifdef SCIM_CSV_SSE2
+  if (p->isa == 1) return scan_sse2(p);
+#endif
+  return scan_portable(p);
 }
 
 int scim_csv_next_row(scim_csv *p) {

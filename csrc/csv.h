@@ -67,6 +67,10 @@ typedef struct scim_csv_opts {
   size_t max_field;      /* bytes per field after unescaping; 0: 1 MiB */
   size_t max_row;        /* raw bytes per record; 0: 16 MiB */
   size_t max_fields;     /* fields per record; 0: 16384 */
+  int simd;              /* 0: the fastest scanner the CPU has (AVX2,
+                            SSE2 or portable); 1: no AVX2; 2: portable
+                            only. The results are the same: for tests and
+                            benchmarks. */
   scim_csv_alloc alloc;  /* NULL: malloc/realloc/free */
   void *alloc_ud;
 } scim_csv_opts;
@@ -91,7 +95,7 @@ typedef struct scim_csv_error_info {
 typedef struct scim_csv scim_csv;
 
 /* Creates a parser; opts may be NULL for defaults. NULL when out of memory
-** or when opts are invalid (delimiter '"', CR or LF). */
+** or when opts are invalid (delimiter '"', CR or LF; simd not 0, 1 or 2). */
 scim_csv *scim_csv_new(const scim_csv_opts *opts);
 
 /* Frees the parser and its buffer; NULL is a no-op. */
