@@ -11,6 +11,7 @@
 **   5 the source name used in messages.
 */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -30,6 +31,7 @@ typedef struct reader {
   luaL_Stream *stream;  /* a Lua file source (anchored), to see it closed */
   int own;            /* fclose(f) on close */
   int closed;
+  int busy;           /* a row is being built (see push_row_line) */
   int eof;            /* finish was called */
   int io_errno;       /* errno of the failed read, with ST_IO */
   const char *s;      /* string source, anchored in UV_SOURCE */
@@ -43,6 +45,12 @@ typedef struct reader {
 } reader;
 
 /* {====================================================== helpers */
+
+/* A table size hint: a count past INT_MAX (possible only with raised
+** limits) would turn negative, so it gets no hint at all. */
+static int hint(size_t n) {
+  return n > (size_t)INT_MAX ? 0 : (int)n;
+}
 
 static reader *checkreader(lua_State *L, int idx) {
   reader *r = (reader *)luaL_checkudata(L, idx, READER);
@@ -190,7 +198,7 @@ static void push_row(lua_State *L, int ridx, reader *r) {
   const int enil = r->empty_nil;
   if (r->array) {
     if (r->nsel) {
-      lua_createtable(L, (int)r->nsel, 0);
+      lua_createtable(L, hint(r->nsel), 0);
       for (i = 0; i < r->nsel; i++) {
         int k = r->sel[i];
         if (k < 0 || (enil && f[k].len == 0 && !f[k].quoted)) continue;
@@ -198,7 +206,7 @@ static void push_row(lua_State *L, int ridx, reader *r) {
         lua_rawseti(L, -2, (lua_Integer)i + 1);
       }
     } else {
-      lua_createtable(L, (int)n, 0);
+      lua_createtable(L, hint(n), 0);
       for (i = 0; i < n; i++) {
         if (enil && f[i].len == 0 && !f[i].quoted) continue;
         lua_pushlstring(L, f[i].data, f[i].len);
@@ -210,7 +218,7 @@ static void push_row(lua_State *L, int ridx, reader *r) {
   lua_getiuservalue(L, ridx, UV_KEYS);    /* keys */
   lua_getiuservalue(L, ridx, UV_ROWMT);   /* keys, mt */
   if (r->nsel) {
-    lua_createtable(L, 0, (int)r->nsel);  /* keys, mt, row */
+    lua_createtable(L, 0, hint(r->nsel));  /* keys, mt, row */
     for (i = 0; i < r->nsel; i++) {
       int k = r->sel[i];
       if (k < 0 || (enil && f[k].len == 0 && !f[k].quoted)) continue;
@@ -219,7 +227,7 @@ static void push_row(lua_State *L, int ridx, reader *r) {
       lua_rawset(L, -3);
     }
   } else {
-    lua_createtable(L, 0, (int)n);
+    lua_createtable(L, 0, hint(n));
     for (i = 0; i < n; i++) {
       if (enil && f[i].len == 0 && !f[i].quoted) continue;
       lua_rawgeti(L, -3, (lua_Integer)i + 1);
@@ -233,16 +241,44 @@ static void push_row(lua_State *L, int ridx, reader *r) {
   lua_pop(L, 1);
 }
 
+static int reader_close_(reader *r);
+
+/*
+** Pushes the row just fetched and its line. Field views point into the
+** tokenizer, and any allocation may run a finalizer that calls
+** reader:close() or reads again: while busy, close only marks the reader
+** closed (the memory is released here) and reads raise. A memory error
+** leaves busy set: the row is lost, so the reader stays unusable, and
+** __gc frees it. [-0, +2, m]
+*/
+static void push_row_line(lua_State *L, reader *r) {
+  size_t line;
+  r->busy = 1;
+  push_row(L, 1, r);
+  line = scim_csv_row_line(r->p);
+  r->busy = 0;
+  if (r->closed) reader_close_(r);  /* closed by a finalizer meanwhile */
+  lua_pushinteger(L, (lua_Integer)line);
+}
+
+/* The reader at idx, open and not building a row. [-0, +0, v] */
+static reader *checkidle(lua_State *L, int idx) {
+  reader *r = checkreader(L, idx);
+  if (r->busy)
+    luaL_error(L, "attempt to read a " READER " while it builds a row (a read from a"
+               " finalizer, or after a memory error)");
+  return r;
+}
+
 /*
 ** reader:read() -> row, line | nil at the end | nil, message, code.
 ** [-0, +(1|2|3), m]
 */
 static int reader_read(lua_State *L) {
-  reader *r = checkreader(L, 1);
+  reader *r = checkidle(L, 1);
   int st = fetch(r);
   if (st == SCIM_CSV_ROW) {
-    push_row(L, 1, r);
-    lua_pushinteger(L, (lua_Integer)scim_csv_row_line(r->p));
+    push_row_line(L, r);
     return 2;
   }
   luaL_pushfail(L);
@@ -254,11 +290,10 @@ static int reader_read(lua_State *L) {
 /* The generic-for iterator: row, line, or nothing at the end; raises on a
 ** parse error. [-0, +(0|2), e] */
 static int reader_iter(lua_State *L) {
-  reader *r = checkreader(L, 1);
+  reader *r = checkidle(L, 1);
   int st = fetch(r);
   if (st == SCIM_CSV_ROW) {
-    push_row(L, 1, r);
-    lua_pushinteger(L, (lua_Integer)scim_csv_row_line(r->p));
+    push_row_line(L, r);
     return 2;
   }
   if (st == SCIM_CSV_END) return 0;
@@ -313,11 +348,7 @@ static int header_fail(lua_State *L, reader *r, const char *code) {
   lua_pushnil(L);
   lua_insert(L, -2);
   lua_pushstring(L, code);
-  if (r->own && r->f) fclose(r->f);
-  r->f = NULL;
-  scim_csv_free(r->p);
-  r->p = NULL;
-  r->closed = 1;
+  reader_close_(r);
   return 3;
 }
 
@@ -344,11 +375,11 @@ static int read_header(lua_State *L, int ridx, reader *r, int copt) {
   }
   f = scim_csv_row(r->p, &n);
   line = scim_csv_row_line(r->p);
-  lua_createtable(L, (int)n, 0);
+  lua_createtable(L, hint(n), 0);
   keys = lua_gettop(L);
-  lua_createtable(L, 0, (int)n);
+  lua_createtable(L, 0, hint(n));
   lower = lua_gettop(L);
-  lua_createtable(L, (int)n, 0);
+  lua_createtable(L, hint(n), 0);
   header = lua_gettop(L);
   for (i = 0; i < n; i++) {
     const char *s = f[i].data;
@@ -398,10 +429,13 @@ static int read_header(lua_State *L, int ridx, reader *r, int copt) {
   for (i = 0; i < r->nsel; i++) {
     size_t len;
     const char *s;
-    lua_rawgeti(L, copt, (lua_Integer)i + 1);
+    r->sel[i] = -1;
+    if (lua_rawgeti(L, copt, (lua_Integer)i + 1) != LUA_TSTRING) {
+      lua_pop(L, 1);  /* a hole past the facade's ipairs check: matches nothing */
+      continue;
+    }
     s = lua_tolstring(L, -1, &len);
     push_lower(L, s, len);
-    r->sel[i] = -1;
     if (lua_rawget(L, lower) == LUA_TSTRING) {
       lua_Integer j;
       for (j = 1; j <= (lua_Integer)n; j++) {
@@ -445,6 +479,7 @@ static size_t getsize(lua_State *L, int t, const char *k) {
   return (size_t)v;
 }
 
+/* Releases the tokenizer and the file: the one close. Idempotent. */
 static int reader_close_(reader *r) {
   if (r->p) { scim_csv_free(r->p); r->p = NULL; }
   if (r->f && r->own) fclose(r->f);
@@ -453,15 +488,24 @@ static int reader_close_(reader *r) {
   return 0;
 }
 
-/* reader:close(), __close and __gc: idempotent, never raises. [-0, +0, -] */
+/* __gc: nothing can be building a row of an unreachable reader (a stale
+** busy flag is left by a memory error), so it always releases. */
 static int reader_gc(lua_State *L) {
-  reader *r = (reader *)luaL_checkudata(L, 1, READER);
-  reader_close_(r);
+  reader_close_((reader *)luaL_checkudata(L, 1, READER));
   return 0;
 }
 
+/* __close: as reader:close(), without a result. [-0, +0, -] */
+static int reader_tbc(lua_State *L) {
+  reader *r = (reader *)luaL_checkudata(L, 1, READER);
+  if (r->busy) r->closed = 1;  /* push_row_line (or __gc) releases */
+  else reader_close_(r);
+  return 0;
+}
+
+/* reader:close() -> true. Idempotent, never raises. [-0, +1, -] */
 static int reader_close(lua_State *L) {
-  reader_gc(L);
+  reader_tbc(L);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -710,7 +754,7 @@ static int csv_errno_name(lua_State *L) {
 void scim_open_csv(lua_State *L) {
   static const luaL_Reg meta[] = {
     { "__gc", reader_gc },
-    { "__close", reader_gc },
+    { "__close", reader_tbc },
     { "__tostring", reader_tostring },
     { NULL, NULL }
   };

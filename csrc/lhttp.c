@@ -84,7 +84,6 @@ typedef struct Request {
   curl_off_t max_body;           /* < 0: no cap */
   int too_large;                 /* the write callback hit max_body */
   int oom;                       /* a callback ran out of memory */
-  int tracing;
   char errbuf[CURL_ERROR_SIZE];
 } Request;
 
@@ -148,8 +147,9 @@ static const char *curlcode_name(CURLcode rc) {
 ** say why.  n > 0 here: curl never delivers empty chunks. */
 static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
   Request *r = (Request *)ud;
-  size_t n = size * nmemb;
-  if (r->max_body >= 0 && (curl_off_t)(r->body.len + n) > r->max_body) {
+  size_t n = size * nmemb;  /* size is 1 (curl_write_callback) */
+  /* body.len <= max_body holds, so the subtraction cannot wrap */
+  if (r->max_body >= 0 && (curl_off_t)n > r->max_body - (curl_off_t)r->body.len) {
     r->too_large = 1;  /* fail the transfer cleanly instead of growing */
     return 0;
   }
@@ -190,7 +190,7 @@ static const char *const secret_headers[] = {
 };
 
 static void trace_add(Request *r, const char *s, size_t n) {
-  if (r->trace.len + n > TRACE_MAX) return;  /* cap: drop, never grow */
+  if (n > TRACE_MAX - r->trace.len) return;  /* cap: drop, never grow */
   if (!buf_add(&r->trace, s, n)) r->oom = 1;
 }
 
@@ -320,23 +320,61 @@ static long opt_ms(lua_State *L, const char *key) {
     lua_Number s = lua_tonumberx(L, -1, &ok);
     if (!ok || !(s >= 0) || s > 86400 * 365)
       luaL_error(L, "bad option '%s' (non-negative number of seconds expected)", key);
-    ms = (long)(s * 1000 + 0.5);
+    /* a year in ms does not fit a 32-bit long: saturate there */
+    ms = s * 1000 >= (lua_Number)LONG_MAX ? LONG_MAX : (long)(s * 1000 + 0.5);
     if (ms == 0 && s > 0) ms = 1;  /* 0 means "no timeout" to curl */
   }
   lua_pop(L, 1);
   return ms;
 }
 
-static const char *opt_string(lua_State *L, const char *key, size_t *len) {
-  const char *s = NULL;
-  int t = lua_getfield(L, 1, key);
-  if (t != LUA_TNIL) {
-    if (t != LUA_TSTRING)
-      luaL_error(L, "bad option '%s' (string expected, got %s)", key, luaL_typename(L, -1));
-    s = lua_tolstring(L, -1, len);
+/* How opt_string checks a value: any bytes, a C string for curl (which
+** would cut it at a NUL), or a header value (no CR or LF either). */
+enum { STR_BYTES, STR_C, STR_HEADER };
+
+/* A header name is an RFC 9110 token; a value has no CR, LF or NUL. */
+static int valid_name(const char *s, size_t n) {
+  size_t i;
+  if (n == 0) return 0;
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c <= 32 || c >= 127 || strchr("\"(),/:;<=>?@[\\]{}", c) != NULL) return 0;
   }
-  lua_pop(L, 1);  /* the string stays alive in the options table */
+  return 1;
+}
+
+static int valid_value(const char *s, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++)
+    if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0') return 0;
+  return 1;
+}
+
+/* Checks the string at `idx` as option `key` (see STR_*); the value itself
+** may be a secret, so messages never show it.  [-0, +0, v] */
+static const char *check_string(lua_State *L, int idx, const char *key, int kind,
+                                size_t *len) {
+  size_t n;
+  const char *s = lua_tolstring(L, idx, &n);
+  if (kind == STR_C && memchr(s, '\0', n) != NULL)
+    luaL_error(L, "bad option '%s' (contains NUL)", key);
+  if (kind == STR_HEADER && !valid_value(s, n))
+    luaL_error(L, "bad option '%s' (contains CR, LF or NUL)", key);
+  if (len != NULL) *len = n;
   return s;
+}
+
+/*
+** Field `key` of the options table at 1 as a string, or NULL when absent.
+** The value stays on the stack for the caller to pop: a string that came
+** from an __index metamethod has no other anchor.  [-0, +1, v]
+*/
+static const char *opt_string(lua_State *L, const char *key, int kind, size_t *len) {
+  int t = lua_getfield(L, 1, key);
+  if (t == LUA_TNIL) return NULL;
+  if (t != LUA_TSTRING)
+    luaL_error(L, "bad option '%s' (string expected, got %s)", key, luaL_typename(L, -1));
+  return check_string(L, -1, key, kind, len);
 }
 
 static int opt_bool(lua_State *L, const char *key) {
@@ -344,6 +382,20 @@ static int opt_bool(lua_State *L, const char *key) {
   if (t != LUA_TNIL && t != LUA_TBOOLEAN)
     luaL_error(L, "bad option '%s' (boolean expected, got %s)", key, luaL_typename(L, -1));
   v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* Field `key` of the table at idx as a count in [0, INT_MAX], or -1. */
+static long opt_count(lua_State *L, int idx, const char *key) {
+  long v = -1;
+  if (lua_getfield(L, idx, key) != LUA_TNIL) {
+    int ok;
+    lua_Integer i = lua_tointegerx(L, -1, &ok);
+    if (!ok || i < 0 || i > INT_MAX)
+      luaL_error(L, "bad option '%s' (non-negative integer expected)", key);
+    v = (long)i;
+  }
   lua_pop(L, 1);
   return v;
 }
@@ -365,22 +417,20 @@ static void check_keys(lua_State *L, int idx, const char *const keys[],
   }
 }
 
-/* A header name is an RFC 9110 token; a value has no CR, LF or NUL. */
-static int valid_name(const char *s, size_t n) {
-  size_t i;
-  if (n == 0) return 0;
-  for (i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (c <= 32 || c >= 127 || strchr("\"(),/:;<=>?@[\\]{}", c) != NULL) return 0;
-  }
-  return 1;
-}
-
-static int valid_value(const char *s, size_t n) {
-  size_t i;
-  for (i = 0; i < n; i++)
-    if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0') return 0;
-  return 1;
+/*
+** Raises for the invalid header name s[0, n).  The name is cut at its first
+** ':' (and at 64 bytes): a caller who put a whole "Authorization: Bearer
+** ..." line in the name must not see the token echoed.  [-0, +1, v]
+*/
+static void bad_name(lua_State *L, const char *s, size_t n) {
+  const char *colon = (const char *)memchr(s, ':', n);
+  size_t k = colon != NULL ? (size_t)(colon - s) : n;
+  if (k > 64) k = 64;
+  lua_pushlstring(L, s, k);
+  if (k < n)
+    luaL_error(L, "bad header name '%s...' (contains ':'; the value belongs in"
+               " headers[name])", lua_tostring(L, -1));
+  luaL_error(L, "bad header name '%s'", lua_tostring(L, -1));
 }
 
 /* Builds the header list from options.headers = { Name = value, ... }.
@@ -392,7 +442,8 @@ static void set_headers(lua_State *L, Request *r) {
   }
   else {
     int t = lua_absindex(L, -1);
-    luaL_argexpected(L, lua_istable(L, t), 1, "table as option 'headers'");
+    if (!lua_istable(L, t))
+      luaL_error(L, "bad option 'headers' (table expected, got %s)", luaL_typename(L, t));
     lua_pushnil(L);
     while (lua_next(L, t) != 0) {
       size_t nl, vl;
@@ -401,8 +452,7 @@ static void set_headers(lua_State *L, Request *r) {
         luaL_error(L, "bad option 'headers' (name = string value pairs expected)");
       name = lua_tolstring(L, -2, &nl);
       value = lua_tolstring(L, -1, &vl);  /* numbers convert in place */
-      if (!valid_name(name, nl))
-        luaL_error(L, "bad header name '%s'", name);
+      if (!valid_name(name, nl)) bad_name(L, name, nl);
       if (!valid_value(value, vl))  /* the value may be a secret: not shown */
         luaL_error(L, "bad value for header '%s' (contains CR, LF or NUL)", name);
       if (vl == 0)
@@ -431,11 +481,14 @@ static const char *const request_keys[] = {
 };
 
 static void set_method(lua_State *L, Request *r) {
-  size_t blen = 0;
-  const char *method = opt_string(L, "method", NULL);
-  const char *body = opt_string(L, "body", &blen);
-  if (method == NULL) method = body ? "POST" : "GET";
-  if (!valid_name(method, strlen(method)))
+  size_t mlen = 0, blen = 0;
+  const char *method = opt_string(L, "method", STR_BYTES, &mlen);
+  const char *body = opt_string(L, "body", STR_BYTES, &blen);
+  if (method == NULL) {
+    method = body ? "POST" : "GET";
+    mlen = strlen(method);
+  }
+  if (!valid_name(method, mlen))  /* a token: no NUL for curl to cut at */
     luaL_error(L, "bad option 'method' ('%s' is not an HTTP method)", method);
   if (strcmp(method, "HEAD") == 0) {
     SETOPT(L, r, CURLOPT_NOBODY, 1L);
@@ -452,6 +505,7 @@ static void set_method(lua_State *L, Request *r) {
     if (strcmp(method, "POST") != 0)
       SETOPT(L, r, CURLOPT_CUSTOMREQUEST, method);
   }
+  lua_pop(L, 2);  /* method, body */
 }
 
 /*
@@ -461,9 +515,9 @@ static void set_method(lua_State *L, Request *r) {
 static int core_request(lua_State *L) {
   Request *r;
   const char *s;
-  long ms;
+  long v;
   lua_Integer max_body = DEFAULT_MAX_BODY;
-  int t;
+  int t, trace, verbose;
   luaL_checktype(L, 1, LUA_TTABLE);
   check_keys(L, 1, request_keys, "request");
   r = (Request *)lua_newuserdatauv(L, sizeof(Request), 1);
@@ -486,38 +540,44 @@ static int core_request(lua_State *L) {
   SETOPT(L, r, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
   SETOPT(L, r, CURLOPT_TCP_KEEPALIVE, 1L);
 
-  s = opt_string(L, "url", NULL);
+  s = opt_string(L, "url", STR_C, NULL);
   if (s == NULL) return luaL_error(L, "request: option 'url' is required");
   SETOPT(L, r, CURLOPT_URL, s);
   if (strncmp(s, "https:", 6) == 0)  /* let a new transfer wait to share an h2 connection */
     SETOPT(L, r, CURLOPT_PIPEWAIT, 1L);
+  lua_pop(L, 1);
   set_method(L, r);
   set_headers(L, r);
 
-  if ((ms = opt_ms(L, "timeout")) >= 0) SETOPT(L, r, CURLOPT_TIMEOUT_MS, ms);
-  if ((ms = opt_ms(L, "connect_timeout")) >= 0)
-    SETOPT(L, r, CURLOPT_CONNECTTIMEOUT_MS, ms);
-  if (lua_getfield(L, 1, "low_speed_limit") != LUA_TNIL)
-    SETOPT(L, r, CURLOPT_LOW_SPEED_LIMIT, (long)luaL_checkinteger(L, -1));
-  lua_pop(L, 1);
-  if (lua_getfield(L, 1, "low_speed_time") != LUA_TNIL)
-    SETOPT(L, r, CURLOPT_LOW_SPEED_TIME, (long)luaL_checkinteger(L, -1));
-  lua_pop(L, 1);
+  if ((v = opt_ms(L, "timeout")) >= 0) SETOPT(L, r, CURLOPT_TIMEOUT_MS, v);
+  if ((v = opt_ms(L, "connect_timeout")) >= 0)
+    SETOPT(L, r, CURLOPT_CONNECTTIMEOUT_MS, v);
+  if ((v = opt_count(L, 1, "low_speed_limit")) >= 0)
+    SETOPT(L, r, CURLOPT_LOW_SPEED_LIMIT, v);
+  if ((v = opt_count(L, 1, "low_speed_time")) >= 0)
+    SETOPT(L, r, CURLOPT_LOW_SPEED_TIME, v);
 
-  if ((s = opt_string(L, "ca_file", NULL)) != NULL) SETOPT(L, r, CURLOPT_CAINFO, s);
+  /* curl copies every string option, so each is popped right after */
+  if ((s = opt_string(L, "ca_file", STR_C, NULL)) != NULL) SETOPT(L, r, CURLOPT_CAINFO, s);
+  lua_pop(L, 1);
   if (opt_bool(L, "insecure")) {  /* explicit switch only */
     SETOPT(L, r, CURLOPT_SSL_VERIFYPEER, 0L);
     SETOPT(L, r, CURLOPT_SSL_VERIFYHOST, 0L);
   }
-  if ((s = opt_string(L, "proxy", NULL)) != NULL) SETOPT(L, r, CURLOPT_PROXY, s);
-  if ((s = opt_string(L, "noproxy", NULL)) != NULL) SETOPT(L, r, CURLOPT_NOPROXY, s);
-  if ((s = opt_string(L, "user_agent", NULL)) != NULL) SETOPT(L, r, CURLOPT_USERAGENT, s);
+  if ((s = opt_string(L, "proxy", STR_C, NULL)) != NULL) SETOPT(L, r, CURLOPT_PROXY, s);
+  lua_pop(L, 1);
+  if ((s = opt_string(L, "noproxy", STR_C, NULL)) != NULL) SETOPT(L, r, CURLOPT_NOPROXY, s);
+  lua_pop(L, 1);
+  if ((s = opt_string(L, "user_agent", STR_HEADER, NULL)) != NULL)
+    SETOPT(L, r, CURLOPT_USERAGENT, s);
+  lua_pop(L, 1);
 
   t = lua_getfield(L, 1, "accept_encoding");
   if (t == LUA_TNIL || (t == LUA_TBOOLEAN && lua_toboolean(L, -1)))
     SETOPT(L, r, CURLOPT_ACCEPT_ENCODING, "");  /* every encoding curl decodes */
   else if (t == LUA_TSTRING)
-    SETOPT(L, r, CURLOPT_ACCEPT_ENCODING, lua_tostring(L, -1));
+    SETOPT(L, r, CURLOPT_ACCEPT_ENCODING,
+           check_string(L, -1, "accept_encoding", STR_HEADER, NULL));
   else if (t != LUA_TBOOLEAN)
     return luaL_error(L, "bad option 'accept_encoding' (string or boolean expected)");
   lua_pop(L, 1);
@@ -536,8 +596,9 @@ static int core_request(lua_State *L) {
     SETOPT(L, r, CURLOPT_FRESH_CONNECT, 1L);
     SETOPT(L, r, CURLOPT_FORBID_REUSE, 1L);
   }
-  if (opt_bool(L, "trace") || opt_bool(L, "verbose")) {
-    r->tracing = 1;
+  trace = opt_bool(L, "trace");  /* both checked, whichever is set */
+  verbose = opt_bool(L, "verbose");
+  if (trace || verbose) {
     SETOPT(L, r, CURLOPT_DEBUGFUNCTION, on_debug);
     SETOPT(L, r, CURLOPT_DEBUGDATA, (void *)r);
     SETOPT(L, r, CURLOPT_VERBOSE, 1L);
@@ -567,14 +628,28 @@ static void trim(const char **s, const char **e) {
 }
 
 /*
+** Pushes a copy of buffer b and returns it: the parsers below read the
+** copy, because any allocation may run a finalizer that closes the request
+** and frees b.  [-0, +1, m]
+*/
+static const char *push_copy(lua_State *L, const Buf *b, size_t *len) {
+  lua_pushlstring(L, b->len > 0 ? b->p : "", b->len);  /* copied before any GC step */
+  return lua_tolstring(L, -1, len);
+}
+
+/*
 ** req:headers() -> { [lower-case name] = value } of the last response;
 ** repeated fields are joined with ", " (RFC 9110 5.3).  [-0, +1, m]
 */
 static int request_headers(lua_State *L) {
   Request *r = checkrequest(L, 1);
-  const char *p = r->head.p, *end = r->head.p + r->head.len;
-  lua_newtable(L);
-  while (p != NULL && p < end) {
+  size_t len;
+  const char *p, *end;
+  lua_settop(L, 1);
+  p = push_copy(L, &r->head, &len);  /* 2: raw header lines */
+  end = p + len;
+  lua_newtable(L);                   /* 3: result */
+  while (p < end) {
     const char *eol = p, *colon, *v, *ve;
     while (eol < end && *eol != '\n') eol++;
     ve = eol;
@@ -601,6 +676,7 @@ static int request_headers(lua_State *L) {
       }
       lua_rawset(L, -3);
     }
+    if (eol == end) break;  /* never form a pointer past end + 0 */
     p = eol + 1;
   }
   return 1;
@@ -609,58 +685,80 @@ static int request_headers(lua_State *L) {
 /* req:trace() -> array of redacted trace lines since the last call. */
 static int request_trace(lua_State *L) {
   Request *r = checkrequest(L, 1);
-  const char *p = r->trace.p, *end = r->trace.p + r->trace.len;
+  size_t len;
+  const char *p, *end;
   lua_Integer n = 0;
-  lua_newtable(L);
-  while (p != NULL && p < end) {
+  lua_settop(L, 1);
+  p = push_copy(L, &r->trace, &len);  /* 2: the lines */
+  end = p + len;
+  r->trace.len = 0;
+  lua_newtable(L);                    /* 3: result */
+  while (p < end) {
     const char *eol = (const char *)memchr(p, '\n', (size_t)(end - p));
-    if (eol == NULL) eol = end;
+    if (eol == NULL) eol = end;  /* trace_add always ends lines; be safe */
     lua_pushlstring(L, p, (size_t)(eol - p));
     lua_rawseti(L, -2, ++n);
+    if (eol == end) break;
     p = eol + 1;
   }
-  r->trace.len = 0;
   return 1;
 }
 
-static void info_number(lua_State *L, CURL *e, CURLINFO what, const char *key) {
-  double d = 0;
-  if (curl_easy_getinfo(e, what, &d) == CURLE_OK) {
-    lua_pushnumber(L, (lua_Number)d);
-    lua_setfield(L, -2, key);
-  }
-}
+typedef struct InfoItem {
+  CURLINFO what;
+  const char *key;
+} InfoItem;
 
-static void info_long(lua_State *L, CURL *e, CURLINFO what, const char *key) {
-  long v = 0;
-  if (curl_easy_getinfo(e, what, &v) == CURLE_OK) {
-    lua_pushinteger(L, v);
-    lua_setfield(L, -2, key);
-  }
-}
+static const InfoItem info_times[] = {  /* doubles, in seconds */
+  {CURLINFO_TOTAL_TIME, "total_time"}, {CURLINFO_NAMELOOKUP_TIME, "namelookup_time"},
+  {CURLINFO_CONNECT_TIME, "connect_time"}, {CURLINFO_APPCONNECT_TIME, "appconnect_time"},
+  {CURLINFO_STARTTRANSFER_TIME, "starttransfer_time"}
+};
+static const InfoItem info_longs[] = {
+  {CURLINFO_NUM_CONNECTS, "num_connects"}, {CURLINFO_PRIMARY_PORT, "primary_port"}
+};
+#define NTIMES (sizeof(info_times) / sizeof(info_times[0]))
+#define NLONGS (sizeof(info_longs) / sizeof(info_longs[0]))
 
-/* req:info() -> timings (seconds) and connection facts of the last transfer. */
+/*
+** req:info() -> timings (seconds) and connection facts of the last transfer.
+** Everything is read from curl before the first allocation: one may run a
+** finalizer that closes the request.  [-0, +1, m]
+*/
 static int request_info(lua_State *L) {
   Request *r = checkrequest(L, 1);
-  long ver = 0;
-  char *ip = NULL;
-  lua_newtable(L);
-  info_number(L, r->easy, CURLINFO_TOTAL_TIME, "total_time");
-  info_number(L, r->easy, CURLINFO_NAMELOOKUP_TIME, "namelookup_time");
-  info_number(L, r->easy, CURLINFO_CONNECT_TIME, "connect_time");
-  info_number(L, r->easy, CURLINFO_APPCONNECT_TIME, "appconnect_time");
-  info_number(L, r->easy, CURLINFO_STARTTRANSFER_TIME, "starttransfer_time");
-  info_long(L, r->easy, CURLINFO_NUM_CONNECTS, "num_connects");
-  info_long(L, r->easy, CURLINFO_PRIMARY_PORT, "primary_port");
-  if (curl_easy_getinfo(r->easy, CURLINFO_HTTP_VERSION, &ver) == CURLE_OK) {
+  double d[NTIMES];
+  long l[NLONGS], ver = 0;
+  int dok[NTIMES], lok[NLONGS], vok, iok;
+  char *ip = NULL, ipbuf[64];
+  size_t i;
+  for (i = 0; i < NTIMES; i++)
+    dok[i] = curl_easy_getinfo(r->easy, info_times[i].what, &d[i]) == CURLE_OK;
+  for (i = 0; i < NLONGS; i++)
+    lok[i] = curl_easy_getinfo(r->easy, info_longs[i].what, &l[i]) == CURLE_OK;
+  vok = curl_easy_getinfo(r->easy, CURLINFO_HTTP_VERSION, &ver) == CURLE_OK;
+  iok = curl_easy_getinfo(r->easy, CURLINFO_PRIMARY_IP, &ip) == CURLE_OK && ip != NULL;
+  if (iok) snprintf(ipbuf, sizeof(ipbuf), "%s", ip);  /* owned by curl */
+  lua_createtable(L, 0, (int)(NTIMES + NLONGS + 2));
+  for (i = 0; i < NTIMES; i++) {
+    if (!dok[i]) continue;
+    lua_pushnumber(L, (lua_Number)d[i]);
+    lua_setfield(L, -2, info_times[i].key);
+  }
+  for (i = 0; i < NLONGS; i++) {
+    if (!lok[i]) continue;
+    lua_pushinteger(L, (lua_Integer)l[i]);
+    lua_setfield(L, -2, info_longs[i].key);
+  }
+  if (vok) {
     lua_pushstring(L, ver == CURL_HTTP_VERSION_2_0 ? "2" :
                       ver == CURL_HTTP_VERSION_1_1 ? "1.1" :
                       ver == CURL_HTTP_VERSION_1_0 ? "1.0" :
                       ver == 0 ? "none" : "3");
     lua_setfield(L, -2, "http_version");
   }
-  if (curl_easy_getinfo(r->easy, CURLINFO_PRIMARY_IP, &ip) == CURLE_OK && ip != NULL) {
-    lua_pushstring(L, ip);  /* owned by curl: nothing to free */
+  if (iok) {
+    lua_pushstring(L, ipbuf);
     lua_setfield(L, -2, "primary_ip");
   }
   return 1;
@@ -693,7 +791,15 @@ static Multi *checkmulti(lua_State *L, int idx) {
 #define MSETOPT(L, m, opt, val) \
   setmopt_check(L, curl_multi_setopt((m)->multi, opt, val), #opt)
 
+/* Raises for a failed multi call: out of memory as lauxlib does, anything
+** else naming the call.  [-0, +1, v] */
+static int multi_error(lua_State *L, const char *what, CURLMcode rc) {
+  if (rc == CURLM_OUT_OF_MEMORY) return luaL_error(L, "not enough memory");
+  return luaL_error(L, "%s: %s", what, curl_multi_strerror(rc));
+}
+
 static void setmopt_check(lua_State *L, CURLMcode rc, const char *name) {
+  if (rc == CURLM_OUT_OF_MEMORY) luaL_error(L, "not enough memory");
   if (rc != CURLM_OK)
     luaL_error(L, "cannot set %s: %s", name, curl_multi_strerror(rc));
 }
@@ -701,19 +807,6 @@ static void setmopt_check(lua_State *L, CURLMcode rc, const char *name) {
 static const char *const multi_keys[] = {
   "max_connects", "max_host_connections", "max_total_connections", NULL
 };
-
-static long opt_count(lua_State *L, int idx, const char *key) {
-  long v = -1;
-  if (lua_getfield(L, idx, key) != LUA_TNIL) {
-    int ok;
-    lua_Integer i = lua_tointegerx(L, -1, &ok);
-    if (!ok || i < 0 || i > INT_MAX)
-      luaL_error(L, "bad option '%s' (non-negative integer expected)", key);
-    v = (long)i;
-  }
-  lua_pop(L, 1);
-  return v;
-}
 
 /*
 ** core.multi{ max_connects=, max_host_connections=, max_total_connections= }
@@ -814,7 +907,7 @@ static int multi_perform(lua_State *L) {
   Multi *m = checkmulti(L, 1);
   int running = 0;
   CURLMcode rc = curl_multi_perform(m->multi, &running);
-  if (rc != CURLM_OK) return luaL_error(L, "curl_multi_perform: %s", curl_multi_strerror(rc));
+  if (rc != CURLM_OK) return multi_error(L, "curl_multi_perform", rc);
   lua_pushinteger(L, running);
   return 1;
 }
@@ -823,12 +916,11 @@ static int multi_perform(lua_State *L) {
 #define POLL_EXTRA 64
 
 /*
-** Adds the sockets of the multi at the stack top to `extra` and lowers
-** *ms to its next timer.  [-0, +0, v]
+** Adds the sockets of multi `o` to `extra` and lowers *ms to its next
+** timer.  Sockets past FD_SETSIZE are left out by curl_multi_fdset: their
+** transfers still progress, on a timer.
 */
-static unsigned add_other(lua_State *L, struct curl_waitfd *extra, unsigned n,
-                          int *ms) {
-  Multi *o = checkmulti(L, -1);
+static unsigned add_other(Multi *o, struct curl_waitfd *extra, unsigned n, int *ms) {
   fd_set r, w, x;
   int fd, maxfd = -1;
   long to = -1;
@@ -875,13 +967,17 @@ static int multi_poll(lua_State *L) {
     luaL_checktype(L, 3, LUA_TTABLE);
     len = luaL_len(L, 3);
     for (i = 1; i <= len; i++) {
+      Multi *o;
       lua_rawgeti(L, 3, i);
-      if (lua_touserdata(L, -1) != (void *)m) n = add_other(L, extra, n, &ms);
+      o = (Multi *)luaL_testudata(L, -1, MULTI_T);
+      if (o == NULL || o->multi == NULL)
+        return luaL_argerror(L, 3, lua_pushfstring(L, "item %I is not an open " MULTI_T, i));
+      if (o != m) n = add_other(o, extra, n, &ms);
       lua_pop(L, 1);
     }
   }
   rc = curl_multi_poll(m->multi, n > 0 ? extra : NULL, n, ms, &numfds);
-  if (rc != CURLM_OK) return luaL_error(L, "curl_multi_poll: %s", curl_multi_strerror(rc));
+  if (rc != CURLM_OK) return multi_error(L, "curl_multi_poll", rc);
   lua_pushinteger(L, numfds);
   return 1;
 }
@@ -1010,9 +1106,16 @@ static void url_field(lua_State *L, UrlBox *b, CURLUPart what, unsigned flags,
 ** [-0, +1|3, m]
 */
 static int core_parse_url(lua_State *L) {
-  const char *url = luaL_checkstring(L, 1);
+  size_t len;
+  const char *url = luaL_checklstring(L, 1, &len);
   UrlBox *b;
   CURLUcode rc;
+  if (memchr(url, '\0', len) != NULL) {  /* curl would parse a prefix */
+    luaL_pushfail(L);
+    lua_pushliteral(L, "bad URL: contains NUL");
+    lua_pushliteral(L, "URL_MALFORMAT");
+    return 3;
+  }
   lua_settop(L, 1);
   lua_newtable(L);                                        /* 2: result */
   b = (UrlBox *)lua_newuserdatauv(L, sizeof(UrlBox), 0);  /* 3: box */

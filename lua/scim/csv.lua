@@ -55,7 +55,8 @@ local function read_options(opts, level)
   end
   if opts.columns then
     if opts.header == false then error("option 'columns' needs a header", level) end
-    for i, name in ipairs(opts.columns) do
+    for i = 1, #opts.columns do  -- not ipairs: a hole must be reported, not skipped
+      local name = opts.columns[i]
       if type(name) ~= "string" then
         error("option 'columns' must be a list of names (entry " .. i .. ")", level)
       end
