@@ -14,6 +14,11 @@ local V1_CORE = "urn:scim:schemas:core:1.0"
 local V1_ENTERPRISE = "urn:scim:schemas:extension:enterprise:1.0"
 local V1_DATES = "urn:scim:schemas:extension:facebook:starttermdates:1.0"
 local V1_STATUS = "urn:scim:schemas:extension:facebook:accountstatusdetails:1.0"
+local FB = "urn:ietf:params:scim:schemas:extension:facebook:"
+local DATES = FB .. "starttermdates:2.0:User"
+local STATUS = FB .. "accountstatusdetails:2.0:User"
+local AUTH = FB .. "authmethod:2.0:User"
+local FRONTLINE = FB .. "frontline:2.0:User"
 
 local function user(name, extra)
   local u = { schemas = { CORE }, userName = name, name = { givenName = "G", familyName = "F" },
@@ -81,7 +86,7 @@ describe("support.server harness", function()
     assert.has_error(function() server.start{ prot = 1 } end,
       "server.start: unknown option 'prot'")
     assert.has_error(function() server.start{ mode = "v3" } end,
-      'server.start: mode must be "scim2" or "v1", got v3')
+      'server.start: mode must be "scim2", "meta" or "v1", got v3')
     assert.has_error(function() server.start{ page_size = 0 } end,
       "server.start: page_size must be an integer >= 1, got 0")
   end)
@@ -195,6 +200,17 @@ describe("scim2 mode", function()
       res = s:request{ method = "POST", path = "Users", body = '{"userName": ' }
       assert.equal(400, res.status)
       assert.equal("invalidSyntax", res.json.scimType)
+      res = s:request{ method = "POST", path = "Users", body = '  "a string"' }
+      assert.equal(400, res.status)
+      assert.equal("invalidSyntax", res.json.scimType)
+      -- Bodies the fast parser leaves to express.json: chunked, another charset.
+      res = s:request{ method = "POST", path = "Users", body = user("chunked@example.com"),
+                       headers = { ["Transfer-Encoding"] = "chunked" } }
+      assert.equal(201, res.status, res.body)
+      res = s:request{ method = "POST", path = "Users", body = user("latin@example.com"),
+                       content_type = "application/scim+json; charset=koi8-r" }
+      assert.equal(415, res.status, res.body)
+      assert.equal(1, #s:users())
     end)
 
     it("finds by userName eq, case-insensitively, and escapes cannot inject", function()
@@ -300,6 +316,12 @@ describe("scim2 mode", function()
       local bad = s:request{ method = "PATCH", path = "Users/" .. u.id,
         body = { schemas = { PATCHOP }, Operations = { { op = "frob", path = "title" } } } }
       assert.equal(400, bad.status)
+      -- Operations that change nothing: 204, and the version stays.
+      local same = s:request{ method = "PATCH", path = "Users/" .. u.id,
+        body = { schemas = { PATCHOP },
+                 Operations = { { op = "replace", path = "title", value = "Y" } } } }
+      assert.equal(204, same.status)
+      assert.equal(fresh.headers.etag, s:request{ path = "Users/" .. u.id }.headers.etag)
     end)
 
     it("patches a sub-attribute of an absent extension value, as RFC 7644 says", function()
@@ -552,6 +574,27 @@ describe("scim2 mode", function()
       assert.is_true(st.requests[2].ms < 450, "took " .. st.requests[2].ms)
     end)
 
+    it("serves a delayed request at once and holds only its answer", function()
+      -- As at a real provider, a client that gives up has not undone its request.
+      s:faults{ latency_ms = 1500, count = 1, match = "POST /Users" }
+      local res = s:request{ method = "POST", path = "Users", body = user("late@example.com"),
+                             max_time = 0.5 }
+      assert.equal(0, res.status)
+      assert.equal(1, #s:users())
+      local st
+      for _ = 1, 50 do   -- the server sees the client's close within a moment
+        st = s:stats()
+        if st.by_status["0"] then break end
+        server.sleep(0.05)
+      end
+      assert.equal(1, st.by_status["0"])
+      assert.is_true(st.requests[1].ms < 1400, "took " .. st.requests[1].ms)
+      -- The same latency before a fault action still comes first.
+      s:faults{ latency_ms = 300, status = 503, count = 1 }
+      assert.equal(503, s:request{ path = "Users" }.status)
+      assert.is_true(s:stats().requests[2].ms >= 295)
+    end)
+
     it("sends malformed JSON", function()
       s:faults{ malformed = true, count = 1 }
       local res = s:request{ path = "Users" }
@@ -594,6 +637,51 @@ describe("scim2 mode", function()
       assert.has_error(function() s:faults{ stauts = 429 } end,
         "support.server: control POST faults: 400 fault rule 1: unknown key 'stauts'")
     end)
+  end)
+end)
+
+describe("scim2 mode answers as SCIMMY would (verify_egress)", function()
+  -- The server builds plain answers itself from a plan of SCIMMY's schema; with
+  -- verify_egress each one is compared with SCIMMY's own, a 500 on a difference.
+  it("creates, reads, lists, patches and replaces users of every shape", function()
+    local s = server.start{ verify_egress = true }
+    local full = user("full@example.com", {
+      schemas = { CORE, ENTERPRISE }, externalId = "E1", displayName = "Full", nickName = "F",
+      title = "T", active = true, password = "secret-never-shown", locale = "en-GB",
+      name = { givenName = "Fu", familyName = "Ll", formatted = "Fu Ll", middleName = "M" },
+      phoneNumbers = { { value = "+1 555", type = "work" } },
+      addresses = { { streetAddress = "1 Road", locality = "Town", type = "work",
+                      primary = true } },
+      [ENTERPRISE] = { department = "D", employeeNumber = "7", manager = { value = "boss" } } })
+    local res = s:request{ method = "POST", path = "Users", body = full }
+    assert.equal(201, res.status, res.body)
+    assert.is_nil(res.json.password)
+    local id = res.json.id
+    for _, path in ipairs{ "Users/" .. id, "Users", "Users?filter=" .. escape('title eq "T"'),
+                           "Users/" .. id .. "?attributes=userName,title",
+                           "Users?excludedAttributes=emails" } do
+      res = s:request{ path = path }
+      assert.equal(200, res.status, path .. ": " .. res.body)
+    end
+    res = s:request{ method = "PATCH", path = "Users/" .. id, body = { schemas = { PATCHOP },
+      Operations = { { op = "remove", path = ENTERPRISE .. ":manager" },
+                     { op = "add", path = "emails", value = { { value = "b@example.com" } } },
+                     { op = "replace", path = "active", value = false } } } }
+    assert.equal(200, res.status, res.body)
+    assert.is_nil(res.json[ENTERPRISE].manager)
+    res = s:request{ method = "PUT", path = "Users/" .. id, body = user("full@example.com") }
+    assert.equal(200, res.status, res.body)
+    assert.is_nil(res.json[ENTERPRISE])
+    assert.same({ CORE }, res.json.schemas)
+    res = s:request{ method = "PATCH", path = "Users/" .. id .. "?attributes=title",
+      body = { schemas = { PATCHOP },
+               Operations = { { op = "add", path = "title", value = "N" } } } }
+    assert.equal(200, res.status, res.body)
+    assert.equal("N", res.json.title)
+    assert.is_nil(res.json.userName)     -- only what was asked for (and id)
+    assert.equal("full@example.com", s:request{ path = "Users/" .. id }.json.userName)
+    assert.equal("", s:log())
+    s:stop()
   end)
 end)
 
@@ -729,5 +817,165 @@ describe("v1 mode (Workplace SCIM 1.0)", function()
     assert.equal(201, res.status)
     assert.equal("string", type(res.json.id))
     t:stop()
+  end)
+end)
+
+describe("meta mode (Meta's SCIM 2.0)", function()
+  local s
+  setup(function()
+    s = server.start{ mode = "meta", verify_egress = true }
+  end)
+  teardown(function()
+    s:stop()
+  end)
+  before_each(function()
+    s:reset()
+  end)
+
+  local UA = { ["User-Agent"] = "scim-agent-test/1" }
+  local function meta_user(name)
+    return user(name, { name = { givenName = "G", familyName = "F", formatted = "G F" } })
+  end
+  local function with(u, extra)
+    for k, v in pairs(extra) do u[k] = v end
+    return u
+  end
+
+  it("serves SCIM 2.0 at the root of its host, with numeric string ids", function()
+    assert.matches("^http://127%.0%.0%.1:%d+/$", s.url)
+    local res = s:request{ method = "POST", path = "Users", headers = UA,
+                           body = meta_user("ann@example.com") }
+    assert.equal(201, res.status)
+    assert.equal("string", type(res.json.id))
+    assert.matches("^%d+$", res.json.id)
+    assert.equal(s.url .. "Users/" .. res.json.id, res.headers.location)
+    assert.equal(s.url .. "Users/" .. res.json.id, res.json.meta.location)
+    -- The provider's account status comes with every user, unclaimed at first.
+    assert.same({ invited = false, claimed = false }, res.json[STATUS])
+    assert.truthy(table.concat(res.json.schemas, " "):find(STATUS, 1, true))
+  end)
+
+  it("requires a User-Agent on every request, before anything else is done", function()
+    for _, req in ipairs{
+      { path = "Users" },
+      { method = "POST", path = "Users", body = meta_user("x@example.com") },
+      { method = "DELETE", path = "Users/100040000000001" },
+    } do
+      req.headers = { ["User-Agent"] = "" }
+      local res = s:request(req)
+      assert.equal(400, res.status, req.method)
+      assert.equal(ERROR, res.json.schemas[1])
+      assert.matches("User%-Agent header is required", res.json.detail)
+    end
+    assert.same({}, s:users())
+    assert.equal(401, s:request{ path = "Users", headers = UA, token = false }.status)
+  end)
+
+  it("publishes Meta's extensions and validates their values", function()
+    local types = s:request{ path = "ResourceTypes/User", headers = UA }.json
+    local exts = {}
+    for _, e in ipairs(types.schemaExtensions) do exts[e.schema] = e.required end
+    for _, urn in ipairs{ ENTERPRISE, DATES, STATUS, AUTH, FRONTLINE } do
+      assert.equal(false, exts[urn], urn)
+    end
+    local u = with(meta_user("bo@example.com"), {
+      schemas = { CORE, DATES, AUTH, FRONTLINE },
+      [DATES] = { startDate = 1700000000, termDate = 1800000000 },
+      [AUTH] = { authMethod = "sso" }, [FRONTLINE] = { isFrontline = true } })
+    local res = s:request{ method = "POST", path = "Users", headers = UA, body = u }
+    assert.equal(201, res.status, res.body)
+    assert.same({ startDate = 1700000000, termDate = 1800000000 }, res.json[DATES])
+    assert.equal("sso", res.json[AUTH].authMethod)
+    assert.equal(true, res.json[FRONTLINE].isFrontline)
+    local bad = {
+      { AUTH, { authMethod = "magic" }, "authMethod" },
+      { DATES, { startDate = "soon" }, "startDate" },
+      { FRONTLINE, { isFrontline = "yes" }, "isFrontline" },
+      { "name", { givenName = "No", familyName = "Formatted" }, "name.formatted is required" },
+    }
+    for i, case in ipairs(bad) do
+      local body = with(meta_user("bad" .. i .. "@example.com"), { [case[1]] = case[2] })
+      res = s:request{ method = "POST", path = "Users", headers = UA, body = body }
+      assert.equal(400, res.status, res.body)
+      assert.equal("invalidValue", res.json.scimType)
+      assert.truthy(res.json.detail:find(case[3], 1, true), res.json.detail)
+    end
+    assert.equal(1, #s:users())
+  end)
+
+  it("keeps the account status read-only: clients cannot set it, /_control/seed can", function()
+    local u = with(meta_user("cy@example.com"), { [STATUS] = { claimed = true, invited = true } })
+    local res = s:request{ method = "POST", path = "Users", headers = UA, body = u }
+    assert.equal(201, res.status)
+    assert.same({ invited = false, claimed = false }, res.json[STATUS])
+    local id = res.json.id
+    res = s:request{ method = "PATCH", path = "Users/" .. id, headers = UA, body = {
+      schemas = { PATCHOP }, Operations = { { op = "replace", path = "title", value = "Boss" },
+        { op = "replace", path = STATUS .. ":claimed", value = true } } } }
+    assert.equal(400, res.status)
+    assert.equal("mutability", res.json.scimType)
+    local got = s:request{ path = "Users/" .. id, headers = UA }.json
+    assert.equal(false, got[STATUS].claimed)
+    assert.is_nil(got.title)    -- a PatchOp applies whole or not at all
+    res = s:request{ method = "PUT", path = "Users/" .. id, headers = UA,
+                     body = with(meta_user("cy@example.com"), { [STATUS] = { claimed = true } }) }
+    assert.equal(200, res.status, res.body)
+    assert.equal(false, res.json[STATUS].claimed)
+
+    local seeded = s:seed{ with(meta_user("di@example.com"),
+      { [STATUS] = { claimed = true, claimedDate = 1700000000, invited = true } }) }
+    res = s:request{ path = "Users/" .. seeded[1].id, headers = UA }
+    assert.same({ claimed = true, claimedDate = 1700000000, invited = true }, res.json[STATUS])
+    local ok, err = pcall(s.seed, s, { with(meta_user("ed@example.com"),
+      { [STATUS] = { claimed = "yes" } }) })
+    assert.is_false(ok)
+    assert.truthy(err:find("seed user 1: '" .. STATUS .. ":claimed' must be a boolean", 1, true),
+      err)
+    ok, err = pcall(s.seed, s, { with(meta_user("ed@example.com"), { [STATUS] = { foo = 1 } }) })
+    assert.is_false(ok)
+    assert.matches("unknown attribute", err)
+    assert.equal(2, #s:users())
+  end)
+
+  it("refuses to delete a claimed account, with a detail pointing at deactivation", function()
+    local seeded = s:seed{
+      with(meta_user("claimed@example.com"), { [STATUS] = { claimed = true } }),
+      meta_user("fresh@example.com"),
+    }
+    local res = s:request{ method = "DELETE", path = "Users/" .. seeded[1].id, headers = UA }
+    assert.equal(400, res.status)
+    assert.equal(ERROR, res.json.schemas[1])
+    assert.matches("claimed", res.json.detail)
+    assert.matches("deactivate", res.json.detail)
+    -- Deactivating it works, and it is still there.
+    res = s:request{ method = "PATCH", path = "Users/" .. seeded[1].id, headers = UA, body = {
+      schemas = { PATCHOP }, Operations = { { op = "replace", path = "active", value = false } } } }
+    assert.equal(200, res.status, res.body)
+    assert.equal(false, res.json.active)
+    assert.equal(true, res.json[STATUS].claimed)
+    -- An unclaimed account goes.
+    assert.equal(204, s:request{ method = "DELETE", path = "Users/" .. seeded[2].id,
+                                 headers = UA }.status)
+    assert.equal(404, s:request{ method = "DELETE", path = "Users/" .. seeded[2].id,
+                                 headers = UA }.status)
+    assert.equal(1, #s:users())
+    assert.same({ ["400"] = 1, ["200"] = 1, ["204"] = 1, ["404"] = 1 }, s:stats().by_status)
+  end)
+
+  it("pages, filters and answers exactly as SCIMMY would (verify_egress on)", function()
+    s:seed(7)
+    local res = s:request{ path = "Users?count=3&startIndex=2", headers = UA }
+    assert.equal(200, res.status)
+    assert.equal(7, res.json.totalResults)
+    assert.equal(3, res.json.itemsPerPage)
+    assert.equal("user00002@example.com", res.json.Resources[1].userName)
+    assert.same({ invited = false, claimed = false }, res.json.Resources[1][STATUS])
+    res = s:request{ path = "Users?filter=" .. escape('userName eq "USER00005@example.com"'),
+                     headers = UA }
+    assert.equal(1, res.json.totalResults)
+    res = s:request{ path = "Users?attributes=userName", headers = UA }
+    assert.equal(200, res.status)
+    assert.is_nil(res.json.Resources[1][STATUS])
+    assert.equal("", s:log())
   end)
 end)

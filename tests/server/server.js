@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 // scim-agent's test SCIM service provider. See README.md beside this file.
 //
-//   node server.js [--port 0] [--mode scim2|v1] [--token T] [--page-size N]
+//   node server.js [--port 0] [--mode scim2|meta|v1] [--token T] [--page-size N]
 //                  [--latency-ms N] [--numeric-ids|--no-numeric-ids] [--strict|--no-strict]
 //                  [--require-user-agent|--no-require-user-agent]
-//                  [--compress] [--exit-on-stdin-eof] [--parent-pid PID]
+//                  [--compress] [--verify-egress] [--exit-on-stdin-eof] [--parent-pid PID]
 //
 // Binds 127.0.0.1 only. The first stdout line is `listening http://127.0.0.1:PORT`;
 // nothing else goes to stdout. Control endpoints live under /_control/ (no token).
@@ -14,9 +14,9 @@ import express from "express";
 import { Faults } from "./lib/faults.js";
 import { Store } from "./lib/store.js";
 
-const USAGE = "usage: node server.js [--port N] [--mode scim2|v1] [--token T] [--page-size N]"
+const USAGE = "usage: node server.js [--port N] [--mode scim2|meta|v1] [--token T] [--page-size N]"
   + " [--latency-ms N] [--[no-]numeric-ids] [--[no-]strict] [--[no-]require-user-agent]"
-  + " [--compress] [--exit-on-stdin-eof] [--parent-pid PID]";
+  + " [--compress] [--verify-egress] [--exit-on-stdin-eof] [--parent-pid PID]";
 
 function die(msg) {
   process.stderr.write(`server.js: ${msg}\n${USAGE}\n`);
@@ -27,13 +27,13 @@ function parseArgs(argv) {
   const opts = {
     port: 0, host: "127.0.0.1", mode: "scim2", token: "test-token", page_size: 100,
     latency_ms: 0, numeric_ids: undefined, strict: undefined, require_user_agent: undefined,
-    exit_on_stdin_eof: false, parent_pid: undefined, compress: false,
+    exit_on_stdin_eof: false, parent_pid: undefined, compress: false, verify_egress: false,
   };
   const ints = { "--port": "port", "--page-size": "page_size", "--latency-ms": "latency_ms",
     "--parent-pid": "parent_pid" };
   const flags = { "--numeric-ids": "numeric_ids", "--strict": "strict",
     "--require-user-agent": "require_user_agent", "--exit-on-stdin-eof": "exit_on_stdin_eof",
-    "--compress": "compress" };
+    "--compress": "compress", "--verify-egress": "verify_egress" };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
     if (ints[a]) {
@@ -55,7 +55,7 @@ function parseArgs(argv) {
       die(`unknown argument ${JSON.stringify(a)}`);
     }
   }
-  if (opts.mode !== "scim2" && opts.mode !== "v1") die(`--mode must be scim2 or v1, got ${opts.mode}`);
+  if (!["scim2", "meta", "v1"].includes(opts.mode)) die(`--mode must be scim2, meta or v1, got ${opts.mode}`);
   if (!/^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(opts.host)) die("--host must be a loopback address");
   if (opts.page_size < 1) die("--page-size must be at least 1");
   if (opts.token === "") die("--token must not be empty");
@@ -64,16 +64,18 @@ function parseArgs(argv) {
 
 const opts = parseArgs(process.argv.slice(2));
 const v1 = opts.mode === "v1";
-const base = v1 ? "/scim/v1" : "/scim/v2";
+const meta = opts.mode === "meta";
+// Meta serves SCIM at the root of its host (https://scim.workplace.com/Users).
+const base = v1 ? "/scim/v1" : meta ? "" : "/scim/v2";
 // Live settings; /_control/config changes them.
 const cfg = {
   token: opts.token,
   page_size: opts.page_size,
   strict: opts.strict ?? v1,
-  require_user_agent: opts.require_user_agent ?? v1,
+  require_user_agent: opts.require_user_agent ?? (v1 || meta),
   compress: opts.compress,
 };
-const store = new Store({ numericIds: opts.numeric_ids ?? v1 });
+const store = new Store({ numericIds: opts.numeric_ids ?? (v1 || meta) });
 const faults = new Faults({ base, mode: opts.mode, latency_ms: opts.latency_ms });
 let port = 0;
 const origin = () => `http://${opts.host}:${port}`;
@@ -202,7 +204,7 @@ function checkAgent(req, res, next) {
 }
 
 const impl = await import(v1 ? "./lib/v1.js" : "./lib/scim2.js");
-mode = impl.install(app, { base, cfg, store, origin });
+mode = impl.install(app, { base, cfg, store, origin, meta, verify: opts.verify_egress });
 
 app.use((req, res) => {
   res.status(404).type("application/json").send({ error: `no endpoint ${req.method} ${req.path}` });

@@ -64,15 +64,21 @@ end
 local START_OPTIONS = {
   mode = true, token = true, page_size = true, latency_ms = true, numeric_ids = true,
   strict = true, require_user_agent = true, node = true, start_timeout = true, compress = true,
+  verify_egress = true,
 }
 
 --- Starts a server.
--- @tparam[opt] table opts `mode` ("scim2" or "v1", default "scim2"), `token`
+-- @tparam[opt] table opts `mode` ("scim2", "meta" or "v1", default "scim2"; meta: SCIM 2.0
+--   at the root as Meta serves it, with Meta's extensions, a User-Agent required and claimed
+--   accounts undeletable), `token`
 --   (default "test-token"), `page_size` (maximum page size, default 100),
---   `latency_ms` (added to every request, default 0), `numeric_ids` (default: true in
---   v1 mode), `strict` (v1: reject unknown and read-only attributes; default true in
---   v1), `require_user_agent` (default true in v1), `compress` (gzip answers when the
---   client accepts it; default false), `node` (the node binary),
+--   `latency_ms` (every answer waits until this long after its request arrived, default 0),
+--   `numeric_ids` (default: true in v1 and meta modes), `strict` (v1: reject unknown and
+--   read-only attributes; default true in v1), `require_user_agent` (default true in v1 and
+--   meta), `compress` (gzip answers when the
+--   client accepts it; default false), `verify_egress` (check every SCIM 2.0 answer the
+--   server builds itself against SCIMMY's own serialisation, a 500 on a difference; default:
+--   on when the environment sets SCIM_SERVER_VERIFY_EGRESS=1), `node` (the node binary),
 --   `start_timeout` (seconds, default 15).
 -- @return the server object; raises if the server cannot start.
 function server.start(opts)
@@ -84,8 +90,8 @@ function server.start(opts)
     end
   end
   local mode = opts.mode or "scim2"
-  if mode ~= "scim2" and mode ~= "v1" then
-    error("server.start: mode must be \"scim2\" or \"v1\", got " .. tostring(mode), 2)
+  if mode ~= "scim2" and mode ~= "meta" and mode ~= "v1" then
+    error("server.start: mode must be \"scim2\", \"meta\" or \"v1\", got " .. tostring(mode), 2)
   end
   for _, key in ipairs{ "page_size", "latency_ms" } do
     local v = opts[key]
@@ -116,6 +122,9 @@ function server.start(opts)
   local flags = { numeric_ids = "numeric-ids", strict = "strict",
                   require_user_agent = "require-user-agent" }
   if opts.compress then args[#args + 1] = "--compress" end
+  local verify = opts.verify_egress
+  if verify == nil then verify = os.getenv("SCIM_SERVER_VERIFY_EGRESS") == "1" end
+  if verify then args[#args + 1] = "--verify-egress" end
   for key, flag in pairs(flags) do
     if opts[key] ~= nil then args[#args + 1] = (opts[key] and "--" or "--no-") .. flag end
   end
@@ -143,7 +152,7 @@ function server.start(opts)
     token = token,
     origin = origin,
     port = tonumber(origin:match(":(%d+)$")),
-    url = origin .. (mode == "v1" and "/scim/v1/" or "/scim/v2/"),
+    url = origin .. (mode == "v1" and "/scim/v1/" or mode == "meta" and "/" or "/scim/v2/"),
     _pipe = pipe,
     _files = { tmp, out, log },
     _body = tmp .. ".body",

@@ -12,6 +12,10 @@ const RULE_KEYS = new Set([
   "detail", "rate_limit", "burst",
 ]);
 
+// A rule with none of these only adds latency.
+const ACTIONS = ["status", "drop", "stall_ms", "malformed", "oversize_bytes", "rate_limit"];
+const hasAction = (spec) => ACTIONS.some((k) => spec[k] !== undefined && spec[k] !== false);
+
 const t0 = process.hrtime.bigint();
 
 /** Milliseconds since the server started, to 0.01 ms. */
@@ -76,7 +80,7 @@ export function compileRule(rule, index) {
   if (rule.stall_then !== undefined && !["drop", "serve"].includes(rule.stall_then))
     fail("fault 'stall_then' must be \"drop\" or \"serve\"");
   // With rate_limit, `status` is the answer over the limit (default 429), not an action.
-  const actions = ["status", "drop", "stall_ms", "malformed", "oversize_bytes", "rate_limit"]
+  const actions = ACTIONS
     .filter((k) => rule[k] !== undefined && rule[k] !== false)
     .filter((k) => !(k === "status" && rule.rate_limit !== undefined));
   if (actions.length > 1) fail(`fault rule ${index + 1}: choose one of ${actions.join(", ")}`);
@@ -125,6 +129,24 @@ function selects(rule) {
   rule.remaining -= 1;
   rule.applied += 1;
   return true;
+}
+
+// Added latency stands for the network and the provider's own work, so the
+// request is served at once and only its answer waits until `due` (ms, as
+// now()). Waiting before serving instead would make the requests that arrive
+// together wait together and then queue for the CPU together: with a window of
+// 32 the server would idle through each 20 ms wait, then do 32 requests' work
+// while no wait runs, and added latency and CPU time would add up instead of
+// overlapping as they do at a real provider with many workers.
+function holdResponse(res, due) {
+  const end = res.end;
+  res.end = function heldEnd(...args) {
+    const wait = due - now();
+    if (wait <= 0.5 || this.destroyed) return end.apply(this, args);
+    const timer = setTimeout(() => end.apply(this, args), Math.ceil(wait));
+    this.once("close", () => clearTimeout(timer));
+    return this;
+  };
 }
 
 function scimError(status, detail, mode) {
@@ -222,9 +244,10 @@ export class Faults {
         }
       }
       const latency = (rule && rule.latency_ms) || this.latency_ms;
-      if (!rule) {
-        if (latency > 0) setTimeout(next, latency);
-        else next();
+      if (!rule || !hasAction(rule)) {
+        // Plain latency: serve now, answer no earlier than `latency` after arrival.
+        if (latency > 0) holdResponse(res, req._rec.t + latency);
+        next();
         return;
       }
       const act = () => this.inject(rule, req, res, next, (f) => { fault = f; });

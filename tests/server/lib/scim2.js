@@ -3,7 +3,10 @@
 // Groups); the /Users routes are ours so that paging is honest (itemsPerPage =
 // what was returned, count capped at the published maxResults), filters on
 // quoted values accept JSON escapes, userName is unique case-insensitively,
-// and ETag / If-Match work.
+// and ETag / If-Match work. Answers to plain requests are built from a plan of
+// SCIMMY's schema (egressOf) rather than a second SCIMMY pass: see README, "Speed".
+// Meta mode (install's `meta`) adds Meta's extensions, name.formatted required, a
+// server-kept account status, and refuses to delete claimed accounts.
 import express from "express";
 import SCIMMY from "scimmy";
 import SCIMMYRouters from "scimmy-routers";
@@ -13,6 +16,54 @@ const CORE = "urn:ietf:params:scim:schemas:core:2.0:User";
 const ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 const LIST = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 const SCIM_TYPE = "application/scim+json; charset=utf-8";
+// Meta's extensions (meta mode), named as lua/scim/dialects/meta.lua names them.
+export const DATES = "urn:ietf:params:scim:schemas:extension:facebook:starttermdates:2.0:User";
+export const STATUS = "urn:ietf:params:scim:schemas:extension:facebook:accountstatusdetails:2.0:User";
+export const AUTH = "urn:ietf:params:scim:schemas:extension:facebook:authmethod:2.0:User";
+export const FRONTLINE = "urn:ietf:params:scim:schemas:extension:facebook:frontline:2.0:User";
+const STATUS_FIELDS = { invited: "boolean", invitedDate: "integer", claimed: "boolean",
+  claimedDate: "integer" };
+
+/** Meta's schema extensions as SCIMMY definitions; SCIMMY validates them like the core's. */
+function metaExtensions() {
+  const { SchemaDefinition: Def, Attribute: Attr } = SCIMMY.Types;
+  // The provider keeps these: "out" only, so a client's values are ignored (RFC 7643 readOnly).
+  const status = (type, name, description) => new Attr(type, name,
+    { direction: "out", mutable: false, description });
+  return [
+    new Def("StartTermDates", DATES, "Employment start and termination dates", [
+      new Attr("integer", "startDate", { description: "Start date, UNIX seconds" }),
+      new Attr("integer", "termDate", { description: "Termination date, UNIX seconds" }),
+    ]),
+    new Def("AccountStatusDetails", STATUS, "Account status, kept by the provider (read-only)", [
+      status("boolean", "invited", "Whether the person was invited"),
+      status("integer", "invitedDate", "When the last invitation was sent, UNIX seconds"),
+      status("boolean", "claimed", "Whether the person has claimed (activated) the account"),
+      status("integer", "claimedDate", "When the account was claimed, UNIX seconds"),
+    ]),
+    new Def("AuthMethod", AUTH, "How the person logs in", [
+      new Attr("string", "authMethod", { canonicalValues: ["password", "sso"],
+        description: "\"password\" or \"sso\"" }),
+    ]),
+    new Def("Frontline", FRONTLINE, "Frontline worker", [
+      new Attr("boolean", "isFrontline", { description: "Whether the person is a frontline worker" }),
+    ]),
+  ];
+}
+
+/** A seeded account status: only the known fields, with their types; raises a 400 otherwise. */
+function seededStatus(value, where) {
+  if (!isObject(value)) throw new SCIMMY.Types.Error(400, "invalidValue", `${where}: ${STATUS} must be an object`);
+  const out = {};
+  for (const [k, v] of Object.entries(value)) {
+    const type = STATUS_FIELDS[k];
+    if (!type) throw new SCIMMY.Types.Error(400, "invalidValue", `${where}: unknown attribute '${STATUS}:${k}'`);
+    if (type === "boolean" ? typeof v !== "boolean" : !Number.isInteger(v))
+      throw new SCIMMY.Types.Error(400, "invalidValue", `${where}: '${STATUS}:${k}' must be ${type === "boolean" ? "a boolean" : "an integer"}`);
+    out[k] = v;
+  }
+  return out;
+}
 
 // Attributes a simple `attr op "value"` filter is answered for directly, and
 // whether they compare case-exactly (RFC 7643: id and externalId do).
@@ -119,6 +170,120 @@ export function normalizePatch(body, current) {
   return { ...body, Operations };
 }
 
+// ---- responses without a second SCIMMY pass ----
+// SCIMMY builds a response by constructing a full schema instance ("out"),
+// which costs as much as validating the request did. Our records are made by
+// SCIMMY's own inbound coercion (ingress below), so their values are already
+// coerced; what "out" adds is only the shape: attributes in definition order,
+// "in"-only and never-returned attributes (password) left out, `schemas`
+// listing the extensions present, meta.resourceType and meta.location. A plan
+// compiled once from the schema definition does just that. `verify` mode
+// compares every answer with SCIMMY's (a spec runs with it on).
+
+const shown = (a) => a.config.direction !== "in" && a.config.returned !== false
+  && a.config.returned !== "never";
+
+function planOf(attributes) {
+  const plan = [];
+  for (const a of attributes) {
+    if (a instanceof SCIMMY.Types.SchemaDefinition) {
+      plan.push({ name: a.id, ext: true, sub: planOf(a.attributes) });
+    } else if (shown(a)) {
+      plan.push({ name: a.name, multi: a.config.multiValued === true,
+        sub: a.type === "complex" ? planOf(a.subAttributes) : null });
+    }
+  }
+  return plan;
+}
+
+function isEmpty(v) {
+  if (v === undefined || v === null) return true;
+  if (typeof v !== "object") return false;
+  if (Array.isArray(v)) return v.length === 0;
+  for (const k in v) if (!isEmpty(v[k])) return false;
+  return true;
+}
+
+function shape(plan, src) {
+  const out = {};
+  for (const p of plan) {
+    const v = src[p.name];
+    if (v === undefined || v === null) continue;
+    if (p.ext) {
+      if (typeof v !== "object" || isEmpty(v)) continue;
+      out[p.name] = shape(p.sub, v);
+    } else if (p.sub === null) {
+      out[p.name] = v;
+    } else if (p.multi) {
+      out[p.name] = v.map((e) => shape(p.sub, e));
+    } else {
+      out[p.name] = shape(p.sub, v);
+    }
+  }
+  return out;
+}
+
+/**
+ * A function record -> response object for a SCIMMY resource class, as
+ * `new Resource.schema(record, "out", basepath)` would serialise it.
+ */
+export function egressOf(Resource) {
+  let plan = null;
+  let extIds = null;
+  let def = null;
+  return (record) => {
+    if (plan === null) {        // compiled on first use: after every extension is declared
+      def = Resource.schema.definition;
+      plan = planOf(def.attributes);
+      extIds = plan.filter((p) => p.ext).map((p) => p.name);
+    }
+    const schemas = [def.id];
+    for (const id of extIds) if (!isEmpty(record[id])) schemas.push(id);
+    if (Array.isArray(record.schemas)) for (const id of record.schemas) schemas.push(id);
+    const src = { ...record, schemas: [...new Set(schemas)], meta: { ...record.meta,
+      resourceType: def.name, location: `${Resource.basepath()}${record.id ? `/${record.id}` : ""}` } };
+    return shape(plan, src);
+  };
+}
+
+// A JSON body parser for the common case only: Content-Length within the
+// limit, no Content-Encoding, a JSON or SCIM type in UTF-8. It reads the body
+// in one piece and parses it as body-parser's strict mode does; anything else
+// (chunked, gzip, other charsets or types, too large) goes to `fallback`
+// (express.json), which answers those cases as before. This saves
+// body-parser's per-request stream, type and charset machinery.
+const JSON_TYPE_RE = /^application\/(?:scim\+)?json\s*(?:;\s*charset\s*=\s*"?utf-8"?\s*)?$/i;
+const STRICT_RE = /^[\x20\x09\x0a\x0d]*[{[]/;
+
+export function jsonBody(fallback, limit) {
+  return (req, res, next) => {
+    const h = req.headers;
+    const length = h["content-length"];
+    if (req._body || length === undefined || h["transfer-encoding"] !== undefined
+        || (h["content-encoding"] !== undefined && h["content-encoding"].toLowerCase() !== "identity")
+        || !JSON_TYPE_RE.test(h["content-type"] || "") || !(Number(length) <= limit))
+      return fallback(req, res, next);
+    req._body = true;
+    const chunks = [];
+    req.on("data", (chunk) => chunks.push(chunk));
+    req.on("end", () => {
+      const text = chunks.length === 1 ? chunks[0].toString("utf8") : Buffer.concat(chunks).toString("utf8");
+      if (text === "") {
+        req.body = {};
+        return next();
+      }
+      try {
+        if (!STRICT_RE.test(text)) throw new SyntaxError("JSON body must be an object or an array");
+        req.body = JSON.parse(text);
+      } catch (ex) {
+        return next(Object.assign(ex, { status: 400, type: "entity.parse.failed" }));
+      }
+      return next();
+    });
+    // A client that disconnects mid-body gets no answer; nothing else to do.
+  };
+}
+
 function scimError(status, scimType, detail) {
   const body = { schemas: ["urn:ietf:params:scim:api:messages:2.0:Error"], status: String(status) };
   if (scimType) body.scimType = scimType;
@@ -151,29 +316,37 @@ function intParam(query, name, dflt) {
  * Installs the SCIM 2.0 provider on `app` at `base` ("/scim/v2").
  * `cfg` is the live server config (page_size, token...); `store` the user store.
  */
-export function install(app, { base, cfg, store, origin }) {
+export function install(app, { base, cfg, store, origin, meta = false, verify = false }) {
   const groups = new Map();
   const User = SCIMMY.Resources.User;
   User.extend(SCIMMY.Schemas.EnterpriseUser, false);
+  if (meta) for (const ext of metaExtensions()) User.extend(ext, false);
   const basepath = () => `${origin()}${base}`;
 
   // Create or replace, atomically with respect to the uniqueness check: no
   // await between the check and the insert, so concurrent creates of one
   // userName give one 201 and 409s.
-  function ingress(resource, instance) {
+  function ingress(resource, instance, seedStatus) {
     const data = JSON.parse(JSON.stringify(instance));
     if (typeof data.userName !== "string" || data.userName.trim() === "")
       throw new SCIMMY.Types.Error(400, "invalidValue", "userName is required");
+    // Meta requires name.formatted (its reference marks it required).
+    if (meta && !(isObject(data.name) && typeof data.name.formatted === "string"
+                  && data.name.formatted.trim() !== ""))
+      throw new SCIMMY.Types.Error(400, "invalidValue", "name.formatted is required");
     const owner = store.nameOwner(data.userName);
     const stamp = new Date().toISOString();
     let id = resource.id;
     let created = stamp;
+    if (meta) delete data[STATUS];              // the provider's to set, never the client's
     if (id !== undefined) {
       const current = store.get(id);
       if (!current) throw new SCIMMY.Types.Error(404, null, `Resource ${id} not found`);
       created = current.meta.created;
+      if (meta) data[STATUS] = current[STATUS];
     } else {
       id = store.newId();
+      if (meta) data[STATUS] = { invited: false, claimed: false, ...seedStatus };
     }
     if (owner !== undefined && owner !== id)
       throw new SCIMMY.Types.Error(409, "uniqueness", `userName ${JSON.stringify(data.userName)} is already taken`);
@@ -196,6 +369,11 @@ export function install(app, { base, cfg, store, origin }) {
       return resource.filter ? resource.filter.match(store.all()) : store.all();
     },
     degress: (resource) => {
+      // Meta deletes only accounts never claimed; claimed ones can only be deactivated.
+      const u = store.get(resource.id);
+      if (meta && u && u[STATUS] && u[STATUS].claimed === true)
+        throw new SCIMMY.Types.Error(400, null, `User ${resource.id} has claimed the account and`
+          + " cannot be deleted; deactivate it instead (active = false)");
       if (!store.delete(resource.id))
         throw new SCIMMY.Types.Error(404, null, `Resource ${resource.id} not found`);
     },
@@ -242,18 +420,47 @@ export function install(app, { base, cfg, store, origin }) {
     bulk: { supported: false, maxOperations: 0, maxPayloadSize: 1048576 },
   });
 
-  const json = express.json({ type: ["application/scim+json", "application/json"], limit: "8mb" });
+  const json = jsonBody(express.json({ type: ["application/scim+json", "application/json"],
+    limit: "8mb" }), 8 * 1024 * 1024);
   const users = express.Router();
 
   const etagOf = (u) => u && u.meta && u.meta.version;
   // A record's full "out" JSON, made by SCIMMY once per version: records are
   // replaced, never changed in place, so the cache is never stale. This keeps
   // GET and paging cheap (the benchmark compares the client with wrk here).
+  const egress = egressOf(User);
   const jsonOf = (u) => {
-    if (u.__json === undefined)
-      Object.defineProperty(u, "__json", { value: JSON.stringify(new User.schema(u, "out", User.basepath())) });
+    if (u.__json === undefined) {
+      const text = JSON.stringify(egress(u));
+      if (verify) verifyEgress(u, text);
+      Object.defineProperty(u, "__json", { value: text });
+    }
     return u.__json;
   };
+  // --verify-egress: every answer made by `egress` must equal SCIMMY's own.
+  function verifyEgress(u, text) {
+    const want = JSON.stringify(new User.schema(u, "out", User.basepath()));
+    if (want === text) return;
+    process.stderr.write(`server.js: egress differs from SCIMMY for ${u.id}:\n ours   ${text}\n SCIMMY ${want}\n`);
+    throw new SCIMMY.Types.Error(500, null, `egress of ${u.id} differs from SCIMMY's`);
+  }
+  // What SCIMMY's Resource#write does around ingress (its checks and error
+  // mapping), minus building the "out" instance: jsonOf does that.
+  function write(resource, instance) {
+    const verb = resource.id !== undefined ? "PUT" : "POST";
+    if (instance === undefined)
+      throw new SCIMMY.Types.Error(400, "invalidSyntax", `Missing request body payload for ${verb} operation`);
+    if (Object(instance) !== instance || Array.isArray(instance))
+      throw new SCIMMY.Types.Error(400, "invalidSyntax",
+        `Operation ${verb} expected request body payload to be single complex value`);
+    try {
+      return ingress(resource, new User.schema(instance, "in"));
+    } catch (ex) {
+      if (ex instanceof SCIMMY.Types.Error) throw ex;
+      if (ex instanceof TypeError) throw new SCIMMY.Types.Error(400, "invalidValue", ex.message);
+      throw new SCIMMY.Types.Error(404, null, `Resource ${resource.id} not found`);
+    }
+  }
   const plain = (q) => q.attributes === undefined && q.excludedAttributes === undefined;
   const send = (res, status, body, etag) => {
     res.status(status).type(SCIM_TYPE);
@@ -324,21 +531,27 @@ export function install(app, { base, cfg, store, origin }) {
     }
   });
 
-  users.post("/", json, async (req, res) => {
+  // The answer to a write: ours for a plain request, SCIMMY's for attributes=/excludedAttributes=.
+  const written = (req, resource, u) => (plain(req.query) ? jsonOf(u)
+    : new User.schema(u, "out", User.basepath(), resource.attributes));
+
+  users.post("/", json, (req, res) => {
     try {
-      const out = await new User(req.query).write(req.body);
-      res.set("Location", out.meta.location);
-      send(res, 201, out, etagOf(out));
+      const resource = new User(req.query);
+      const u = write(resource, req.body);
+      res.set("Location", u.meta.location);
+      send(res, 201, written(req, resource, u), etagOf(u));
     } catch (ex) {
       sendError(res, ex);
     }
   });
 
-  users.put("/:id", json, async (req, res) => {
+  users.put("/:id", json, (req, res) => {
     try {
       precondition(req, req.params.id);
-      const out = await new User(req.params.id, req.query).write(req.body);
-      send(res, 200, out, etagOf(out));
+      const resource = new User(req.params.id, req.query);
+      const u = write(resource, req.body);
+      send(res, 200, written(req, resource, u), etagOf(u));
     } catch (ex) {
       sendError(res, ex);
     }
@@ -347,10 +560,23 @@ export function install(app, { base, cfg, store, origin }) {
   users.patch("/:id", json, async (req, res) => {
     try {
       precondition(req, req.params.id);
-      const body = normalizePatch(req.body, store.get(req.params.id));
-      const out = await new User(req.params.id, req.query).patch(body);
-      if (out) send(res, 200, out, etagOf(out));
-      else res.status(204).end();
+      const current = store.get(req.params.id);
+      const body = normalizePatch(req.body, current);
+      const resource = new User(req.params.id, req.query);
+      if (!current || !isObject(body)) {
+        await resource.patch(body);     // SCIMMY's own 404 / 400 for these
+        throw new SCIMMY.Types.Error(404, null, `Resource ${req.params.id} not found`);
+      }
+      // SCIMMY's Resource#patch reads (with the request's attribute filter, so
+      // ?attributes= would lose the rest of the user), applies, always writes and
+      // builds the answer twice. We apply to the whole user as read() gives it,
+      // write only when the operations changed something (a no-op PATCH leaves
+      // the version alone) and answer from the stored record.
+      const message = new SCIMMY.Messages.PatchOp(body);
+      const target = await message.apply(new User.schema(structuredClone(current), "out", User.basepath()));
+      if (!target) return res.status(204).end();
+      const u = write(resource, target);
+      send(res, 200, written(req, resource, u), etagOf(u));
     } catch (ex) {
       sendError(res, ex);
     }
@@ -367,7 +593,7 @@ export function install(app, { base, cfg, store, origin }) {
   });
 
   app.use(`${base}/Users`, users);
-  app.use(base, new SCIMMYRouters({
+  app.use(base || "/", new SCIMMYRouters({
     type: "bearer",
     handler: () => "admin",      // the token was checked in front of everything
     baseUri: () => origin(),
@@ -386,11 +612,16 @@ export function install(app, { base, cfg, store, origin }) {
     /** Inserts users without going through HTTP; returns their SCIM resources. */
     seed(list) {
       const out = [];
-      for (const u of list) {
+      // Meta's read-only account status can only be set here (checked before any insert).
+      const statuses = list.map((u, i) => (meta && isObject(u) && u[STATUS] !== undefined
+        ? seededStatus(u[STATUS], `seed user ${i + 1}`) : undefined));
+      list.forEach((u, i) => {
+        if (!isObject(u)) throw new SCIMMY.Types.Error(400, "invalidValue", `seed user ${i + 1}: expected an object`);
         // The schema constructor validates, as a POST would.
-        const schemas = u[ENTERPRISE] ? [CORE, ENTERPRISE] : [CORE];
-        out.push(ingress({}, new User.schema({ schemas, ...u }, "in")));
-      }
+        const schemas = Array.isArray(u.schemas) ? u.schemas
+          : [CORE, ...Object.keys(u).filter((k) => k.startsWith("urn:") && k !== STATUS)];
+        out.push(ingress({}, new User.schema({ ...u, schemas }, "in"), statuses[i]));
+      });
       return out;
     },
     generated(i, prefix) {

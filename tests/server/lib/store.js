@@ -1,4 +1,4 @@
-// The in-memory user store shared by both modes: resources by id in insertion
+// The in-memory user store shared by every mode: resources by id in insertion
 // order (so paging is stable), plus a case-insensitive userName index, since
 // SCIM's userName is caseExact=false and must be unique that way.
 import { randomUUID } from "node:crypto";
