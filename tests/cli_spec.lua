@@ -3,16 +3,8 @@
 local cli = require "scim.cli"
 local config = require "scim.config"
 
-local function sink()
-  local s = { parts = {} }
-  function s:write(...)
-    for i = 1, select("#", ...) do self.parts[#self.parts + 1] = tostring(select(i, ...)) end
-    return self
-  end
-  function s:flush() return self end
-  function s:text() return table.concat(self.parts) end
-  return s
-end
+local agent = require "support.agent"
+local sink, tmpfile = agent.sink, agent.tmpfile
 
 local function env(vars)
   vars = vars or {}
@@ -23,19 +15,12 @@ local function env(vars)
   }
 end
 
-local function tmpfile(content)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(content)
-  f:close()
-  return path
-end
+after_each(function()   -- every test of this file
+  collectgarbage()
+  collectgarbage()
+end)
 
 describe("scim.cli", function()
-  after_each(function()
-    collectgarbage()
-    collectgarbage()
-  end)
 
   describe("parse", function()
     it("takes the original forms -c|-u|-e|-d FILE [TOKEN [URL]]", function()
@@ -169,10 +154,6 @@ describe("scim.cli", function()
 end)
 
 describe("scim.config", function()
-  after_each(function()
-    collectgarbage()
-    collectgarbage()
-  end)
 
   it("loads a config returning a table or assigning globals", function()
     local a = tmpfile("return { url = 'https://a.example/scim/v2/', concurrency = 12, "

@@ -5,10 +5,7 @@ package.path = "tests/?.lua;lua/?.lua;lua/?/init.lua;" .. package.path
 package.cpath = "build/?.so;" .. package.cpath
 
 local server = require "support.server"
-
-local function quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local quote = require("support.agent").shell_quote
 
 local s = server.start{ latency_ms = 5 }
 local export_path = "build/demo-export.csv"

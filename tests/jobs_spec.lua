@@ -31,9 +31,14 @@ end
 
 local DIALECTS = {
   { dialect = "scim2", mode = "scim2", update = "PATCH" },
-  { dialect = "meta", mode = "scim2", update = "PATCH" },
+  { dialect = "meta", mode = "meta", update = "PATCH" },
   { dialect = "workplace_v1", mode = "v1", update = "PUT" },
 }
+
+after_each(function()   -- every test of this file
+  collectgarbage()
+  collectgarbage()
+end)
 
 for _, d in ipairs(DIALECTS) do
   describe("jobs on the original sample's files, dialect " .. d.dialect, function()
@@ -45,10 +50,6 @@ for _, d in ipairs(DIALECTS) do
     teardown(function()
       s:stop()
       for _, suffix in ipairs{ "", ".report.csv", ".export.csv" } do os.remove(tmp .. suffix) end
-    end)
-    after_each(function()
-      collectgarbage()
-      collectgarbage()
     end)
 
     local function run(args)
@@ -78,7 +79,12 @@ for _, d in ipairs(DIALECTS) do
       assert.is_nil(manager_of(amelie))
       local rows = agent.read_csv(report)
       assert.same({ created = 30 }, count_actions(rows))
-      assert.equal("2", rows[1].line == "2" and rows[1].line or "2")
+      -- one report row per input line (in the order the rows finished)
+      local lines = {}
+      for _, r in ipairs(rows) do lines[#lines + 1] = tonumber(r.line) end
+      table.sort(lines)
+      for i = 1, 30 do assert.equal(i + 1, lines[i]) end
+      assert.truthy(#rows[1].scim_id > 0)
 
       -- the same file again: every row `exists`, nothing changed, exit 0
       code, _, err, st = run{ "create", "examples/create.csv", "--report", report }
@@ -100,10 +106,11 @@ for _, d in ipairs(DIALECTS) do
       assert.equal(server.id_string(users["oystein.bjornstad@example.com"].id),
         manager_of(users["ngozi.okonkwo@example.com"]))
 
-      -- again: nothing to send
+      -- again: nothing to send, and no request per row (the directory is one listing page)
       code, _, err, st = run{ "update", "examples/update.csv" }
       assert.equal(0, code, err)
       assert.equal(0, agent.writes(st))
+      assert.same({}, agent.per_user_requests(st))
       assert.matches("unchanged%s+30", err)
 
       -- export: every user, managers as emails, then the plan of that file changes nothing
@@ -192,10 +199,6 @@ describe("validation before any request", function()
   setup(function() s = server.start{} end)
   teardown(function() s:stop() end)
   before_each(function() s:reset() end)
-  after_each(function()
-    collectgarbage()
-    collectgarbage()
-  end)
 
   it("lists every problem with its line, sends nothing and exits 2", function()
     local file = agent.tmpfile(table.concat({
@@ -220,6 +223,26 @@ describe("validation before any request", function()
     assert.truthy(err:find(file .. ":4: userName 'A@example.com' already on line 2", 1, true), err)
     assert.truthy(err:find(file .. ":5:", 1, true), err)
     assert.truthy(err:find("3 problems; nothing was sent", 1, true), err)
+    assert.equal(0, s:stats().total)
+    os.remove(file)
+  end)
+
+  it("sends nothing in any job when the file has a problem", function()
+    s:seed(5)
+    s:reset_stats()
+    local file = agent.tmpfile("email,job title\nuser00001@example.com,Pilot\n"
+      .. "USER00001@example.com,Pilot\n,Pilot\n", ".csv")
+    local runs = { { "create" }, { "update" }, { "delete", "--yes" },
+      { "sync", "--delete-missing", "--max-removals", "100%" }, { "plan", "--delete-missing" } }
+    for _, args in ipairs(runs) do
+      local job = args[1]
+      local code, out, err = agent.main({ job, file, table.unpack(args, 2) }, agent.vars(s))
+      assert.equal(2, code, job .. ": " .. err)
+      assert.equal("", out)
+      assert.truthy(err:find(file .. ":3: userName 'USER00001@example.com' already on line 2",
+        1, true), job .. ": " .. err)
+      assert.truthy(err:find(file .. ":4:", 1, true), job .. ": " .. err)
+    end
     assert.equal(0, s:stats().total)
     os.remove(file)
   end)
@@ -270,10 +293,6 @@ describe("update", function()
   local s
   setup(function() s = server.start{ page_size = 50 } end)
   teardown(function() s:stop() end)
-  after_each(function()
-    collectgarbage()
-    collectgarbage()
-  end)
 
   it("looks a few rows up with filters in a large directory, and lists a small one", function()
     s:reset()
@@ -330,10 +349,6 @@ describe("export", function()
   local s
   setup(function() s = server.start{ page_size = 100 } end)
   teardown(function() s:stop() end)
-  after_each(function()
-    collectgarbage()
-    collectgarbage()
-  end)
 
   it("sends exactly ceil(5000 / page size) listing requests for 5,000 users", function()
     s:reset()
@@ -343,16 +358,21 @@ describe("export", function()
     local code, _, err = agent.main({ "export", out }, agent.vars(s))
     assert.equal(0, code, err)
     local st = s:stats()
-    local listing, other = 0, {}
+    -- Besides the listing, at most the one read of the server's page limit.
+    local listing, config, other = 0, 0, {}
     for _, r in ipairs(st.requests) do
       if r.method == "GET" and r.path:match("/Users$") then
         listing = listing + 1
-      elseif not r.path:match("/ServiceProviderConfig$") then
+      elseif r.method == "GET" and r.path:match("/ServiceProviderConfig$") then
+        config = config + 1
+      else
         other[#other + 1] = r.method .. " " .. r.path
       end
     end
     assert.equal(50, listing)
+    assert.truthy(config <= 1, "ServiceProviderConfig read " .. config .. " times")
     assert.same({}, other)
+    assert.equal(listing + config, st.total)
     local rows = agent.read_csv(out)
     assert.equal(5000, #rows)
     os.remove(out)
@@ -400,10 +420,6 @@ describe("delete", function()
   local s
   setup(function() s = server.start{} end)
   teardown(function() s:stop() end)
-  after_each(function()
-    collectgarbage()
-    collectgarbage()
-  end)
 
   it("--deactivate sets active to false instead of deleting", function()
     s:reset()
@@ -442,10 +458,6 @@ describe("sync removal guard", function()
   local s
   setup(function() s = server.start{} end)
   teardown(function() s:stop() end)
-  after_each(function()
-    collectgarbage()
-    collectgarbage()
-  end)
 
   it("refuses to remove more than 10% of the directory unless --max-removals allows", function()
     s:reset()
@@ -475,10 +487,6 @@ describe("the results report", function()
   local s
   setup(function() s = server.start{} end)
   teardown(function() s:stop() end)
-  after_each(function()
-    collectgarbage()
-    collectgarbage()
-  end)
 
   it("holds one row per input row, and its failed rows can be fed back as input", function()
     s:reset()
@@ -540,31 +548,56 @@ describe("the results report", function()
 end)
 
 describe("cannot work at all", function()
-  after_each(function()
-    collectgarbage()
-    collectgarbage()
-  end)
 
-  it("exits 3 when the token is refused, before any write", function()
+  -- Every job, on a file it could work on: the refusal is found before any write.
+  local JOBS = {
+    { "create", "examples/create.csv" }, { "update", "examples/update.csv" },
+    { "delete", "examples/delete.csv" }, { "sync", "examples/update.csv" },
+    { "sync", "examples/update.csv", "--delete-missing", "--max-removals", "100%" },
+    { "export", "EXPORT" },
+  }
+
+  it("exits 3 when the token is refused, before any write, in every job", function()
     local s = server.start{}
-    local code, out, err = agent.main({ "create", "examples/create.csv" },
-      { SCIM_URL = s.url, SCIM_TOKEN = "wrong-token-value" })
-    local st = s:stats()
+    assert.equal(0, (agent.main({ "create", "examples/create.csv" }, agent.vars(s))))
+    local previous = agent.tmpfile("previous\n", ".csv")
+    for _, args in ipairs(JOBS) do
+      args = { table.unpack(args) }
+      if args[2] == "EXPORT" then args[2] = previous end
+      s:reset_stats()
+      local code, out, err = agent.main(args, { SCIM_URL = s.url,
+        SCIM_TOKEN = "wrong-token-value" })
+      local st = s:stats()
+      local what = table.concat(args, " ")
+      assert.equal(3, code, what .. ": " .. err)
+      -- the first answer was the refusal, and nothing followed it
+      assert.same({ ["401"] = st.total }, st.by_status, what)
+      assert.equal(0, agent.writes(st), what)
+      assert.truthy(err:find("401", 1, true), err)
+      assert.is_nil((out .. err):find("wrong-token-value", 1, true))
+    end
+    assert.equal("previous\n", agent.read_file(previous))
+    assert.equal(30, #s:users())
     s:stop()
-    assert.equal(3, code)
-    assert.equal(0, agent.writes(st))
-    assert.truthy(err:find("401", 1, true), err)
-    assert.is_nil((out .. err):find("wrong-token-value", 1, true))
+    os.remove(previous)
   end)
 
-  it("exits 3 when the server cannot be reached", function()
+  it("exits 3 when the server cannot be reached, in every job", function()
     local s = server.start{}
     local url = s.url
     s:stop()
-    local code, _, err = agent.main({ "update", "examples/update.csv", "--retries", "1" },
-      { SCIM_URL = url, SCIM_TOKEN = "t" })
-    assert.equal(3, code)
-    assert.truthy(err:find("cannot work with", 1, true), err)
+    local previous = agent.tmpfile("previous\n", ".csv")
+    for _, args in ipairs(JOBS) do
+      args = { table.unpack(args) }
+      if args[2] == "EXPORT" then args[2] = previous end
+      args[#args + 1] = "--retries"
+      args[#args + 1] = "1"
+      local code, _, err = agent.main(args, { SCIM_URL = url, SCIM_TOKEN = "t" })
+      assert.equal(3, code, table.concat(args, " ") .. ": " .. err)
+      assert.truthy(err:find("Couldn't connect", 1, true), err)
+    end
+    assert.equal("previous\n", agent.read_file(previous))
+    os.remove(previous)
   end)
 
   it("exits 2 without a token when stdin is not a terminal", function()
@@ -580,24 +613,10 @@ describe("terminal interaction and the config file", function()
   setup(function() s = server.start{ token = "prompted-token-42" } end)
   teardown(function() s:stop() end)
   before_each(function() s:reset() end)
-  after_each(function()
-    collectgarbage()
-    collectgarbage()
-  end)
 
   -- Runs cli.main as if stdin were a terminal holding `input`.
   local function with_terminal(args, vars, input)
-    local path = agent.tmpfile(input)
-    local stdin = assert(io.open(path))
-    local out, err = agent.sink(), agent.sink()
-    local code = require("scim.cli").main(args, {
-      stdin = stdin, stdout = out, stderr = err,
-      getenv = function(name) return vars[name] end,
-      isatty = function(fd) return fd == 0 end,
-    })
-    stdin:close()
-    os.remove(path)
-    return code, out:text(), err:text()
+    return agent.main(args, vars, { tty = { [0] = true }, input = input })
   end
 
   it("prompts for the token when none is given and stdin is a terminal", function()
@@ -608,6 +627,39 @@ describe("terminal interaction and the config file", function()
     assert.truthy(err:find("SCIM access token: ", 1, true))
     assert.is_nil((out .. err):find("prompted-token-42", 1, true))
     assert.equal(1, #s:users())
+    os.remove(file)
+  end)
+
+  it("draws progress on a terminal: escape codes unless NO_COLOR, nothing when quiet",
+    function()
+    local file = agent.tmpfile("email,first name,last name\na@example.com,A,B\n"
+      .. "b@example.com,B,C\nc@example.com,C,D\n", ".csv")
+    local function create(vars, term)
+      s:reset()
+      local code, out, err = agent.main({ "create", file, table.unpack(vars.args or {}) },
+        agent.vars(s, vars.env), term)
+      assert.equal(0, code, err)
+      assert.equal(3, #s:users())
+      return out, err
+    end
+    -- not a terminal: plain lines only
+    local _
+    local out, err = create({})
+    assert.equal("", out)
+    assert.is_nil(err:find("[\r\27]"), err)
+    assert.matches("created%s+3", err)
+    -- stderr a terminal: the progress line redrawn in place, erased with an escape code
+    _, err = create({}, { tty = { [2] = true } })
+    assert.matches("^create %d/3", err)
+    assert.truthy(err:find("\r\27[2K", 1, true), err)
+    assert.matches("created%s+3", err)
+    -- NO_COLOR: the same progress, erased with spaces
+    _, err = create({ env = { NO_COLOR = "1" } }, { tty = { [2] = true } })
+    assert.matches("^create %d/3\r +\r", err)
+    assert.is_nil(err:find("\27", 1, true), err)
+    -- --quiet: nothing at all when every row is done
+    out, err = create({ args = { "--quiet" } }, { tty = { [2] = true } })
+    assert.equal("", out .. err)
     os.remove(file)
   end)
 
@@ -646,16 +698,49 @@ describe("terminal interaction and the config file", function()
     os.remove(tf); os.remove(cfg); os.remove(file)
   end)
 
-  it("explains a refused delete in the meta dialect and points at --deactivate", function()
-    local seeded = s:seed(1)
-    local file = agent.tmpfile("email\n" .. seeded[1].userName .. "\n", ".csv")
-    s:faults{ status = 400, match = "DELETE /Users", count = 1, detail = "User is claimed" }
-    local code, _, err = agent.main({ "delete", file, "--dialect", "meta" }, agent.vars(s))
-    s:faults()
-    assert.equal(1, code)
-    assert.truthy(err:find("User is claimed", 1, true), err)
-    assert.truthy(err:find("--deactivate", 1, true), err)
+end)
+
+describe("Meta's API (the test server's meta mode)", function()
+  local STATUS = "urn:ietf:params:scim:schemas:extension:facebook:accountstatusdetails:2.0:User"
+  local s
+  setup(function() s = server.start{ mode = "meta" } end)
+  teardown(function() s:stop() end)
+
+  it("deletes only never-claimed accounts, explains the refusal, and can deactivate", function()
+    s:reset()
+    local function person(name, claimed)
+      return { schemas = { "urn:ietf:params:scim:schemas:core:2.0:User", STATUS },
+               userName = name, name = { givenName = "G", familyName = "F", formatted = "G F" },
+               [STATUS] = { invited = true, claimed = claimed } }
+    end
+    s:seed{ person("claimed@example.com", true), person("fresh@example.com", false) }
+    local file = agent.tmpfile("email\nclaimed@example.com\nfresh@example.com\n", ".csv")
+    local report = os.tmpname()
+    local vars = agent.vars(s)
+    local code, _, err = agent.main({ "delete", file, "--dialect", "meta", "--report", report },
+      vars)
+    assert.equal(1, code, err)
+    local rows = {}
+    for _, r in ipairs(agent.read_csv(report)) do rows[r.key] = r end
+    assert.equal("deleted", rows["fresh@example.com"].action)
+    assert.equal("failed", rows["claimed@example.com"].action)
+    assert.equal("400", rows["claimed@example.com"].http_status)
+    assert.truthy(rows["claimed@example.com"].error:find("claimed", 1, true))
+    assert.truthy(err:find("use --deactivate", 1, true), err)
+    -- what the message says to do works, and the account already deleted is no failure
+    code, _, err = agent.main({ "delete", file, "--dialect", "meta", "--deactivate",
+      "--report", report }, vars)
+    assert.equal(0, code, err)
+    rows = {}
+    for _, r in ipairs(agent.read_csv(report)) do rows[r.key] = r end
+    assert.equal("deactivated", rows["claimed@example.com"].action)
+    assert.equal("not_found", rows["fresh@example.com"].action)
+    local users = s:users()
+    assert.equal(1, #users)
+    assert.is_false(users[1].active)
+    assert.is_true(users[1][STATUS].claimed)
     os.remove(file)
+    os.remove(report)
   end)
 end)
 
@@ -663,10 +748,6 @@ describe("--dry-run and --upsert", function()
   local s
   setup(function() s = server.start{} end)
   teardown(function() s:stop() end)
-  after_each(function()
-    collectgarbage()
-    collectgarbage()
-  end)
 
   it("sends no write on any job, and says what it would do", function()
     s:reset()

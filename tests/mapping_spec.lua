@@ -416,6 +416,23 @@ describe("scim.mapping", function()
         errs)
     end)
 
+    it("lets the caller waive unknown columns, and only those", function()
+      local ok, errs = m:check_header({ "email", "Shoe Size", "email" }, "create",
+        { unknown_columns = "ignore" })
+      assert.is_nil(ok)
+      assert.same({ "columns 'email' and 'email' (header fields 1 and 3) are both column 'email'",
+        "missing required column 'first name' (or given name) for create",
+        "missing required column 'last name' (or family name, surname) for create" }, errs)
+      assert.is_true((m:check_header({ "email", "first name", "last name", "Shoe Size" },
+        "create", { unknown_columns = "ignore" })))
+      -- and a mapping that ignores them can be made strict for one check
+      local hr = assert(mapping.load("examples/mappings/hr_export.lua"))
+      assert.is_nil((hr:check_header({ "Employee ID", "Badge Colour" }, "update",
+        { unknown_columns = "error" })))
+      assert.has_error(function() m:check_header({ "email" }, "create",
+        { unknown_columns = "maybe" }) end)
+    end)
+
     it("warns about columns the dialect cannot use", function()
       local ok, warns = m:check_header({ "email", "start date" }, "update")
       assert.is_true(ok)

@@ -1391,21 +1391,28 @@ end
 --- Checks a CSV header against the mapping for a job.
 -- @tparam table header the header names, in file order
 -- @tparam[opt] string job "create", "update", "delete", "sync" (default "create")
+-- @tparam[opt] table opts `unknown_columns`: "error" or "ignore", overriding the mapping's
+--   own setting for this check (the command line's `--ignore-unknown-columns`)
 -- @treturn true
 -- @treturn table warnings (possibly empty): columns the dialect cannot use
 -- @treturn[2] nil
 -- @treturn[2] table error messages: unknown, duplicate and missing required columns
-function Mapping:check_header(header, job)
+function Mapping:check_header(header, job, opts)
   if type(header) ~= "table" then
     error("bad argument #1 to 'check_header' (table expected)", 2)
   end
   job = job or "create"
   if not JOBS[job] then error("bad argument #2 to 'check_header' (unknown job)", 2) end
+  local unknown = opts and opts.unknown_columns or self.unknown_columns
+  if unknown ~= "error" and unknown ~= "ignore" then
+    error("bad argument #3 to 'check_header' (unknown_columns must be \"error\" or "
+      .. "\"ignore\")", 2)
+  end
   local errs, warns, seen = {}, {}, {}
   for i, h in ipairs(header) do
     local col = self.header_names[norm(tostring(h))]
     if not col then
-      if self.unknown_columns == "error" and job ~= "delete" then
+      if unknown == "error" and job ~= "delete" then
         errs[#errs + 1] = string.format("unknown column '%s' (header field %d): the mapping %s "
           .. "has no such column or alias", h, i, self.source)
       end

@@ -24,14 +24,6 @@ local Report = {}
 Report.__index = Report
 Report.__name = "scim.report"
 
-local function default_clock()
-  local ok, core = pcall(require, "scim.core")
-  if ok and type(core) == "table" and type(core.monotime) == "function" then
-    return core.monotime
-  end
-  return os.time
-end
-
 --- Whether a stream is a terminal, asked once per process per fd.
 local tty_cache = {}
 function report.isatty(fd)
@@ -48,7 +40,8 @@ end
 --   `stdout`/`stderr` (file handles), `log` (where JSON lines go; default stdout),
 --   `progress` (boolean: draw the progress line; default: stderr is a terminal),
 --   `color` (boolean: escape codes allowed; default: progress and NO_COLOR unset),
---   `clock` (function returning seconds).
+--   `getenv` (where NO_COLOR is read; default `os.getenv`), `clock` (function returning
+--   seconds).
 -- @treturn scim.report
 -- @treturn[2] nil
 -- @treturn[2] string message when the results file cannot be opened
@@ -62,7 +55,7 @@ function report.new(opts)
     dry_run = opts.dry_run,
     stdout = opts.stdout or io.stdout,
     stderr = opts.stderr or io.stderr,
-    clock = opts.clock or default_clock(),
+    clock = opts.clock or require("scim.core").monotime,
     counts = {},
     done = 0,
     failures = 0,
@@ -76,7 +69,9 @@ function report.new(opts)
   if progress == nil then progress = report.isatty(2) end
   self.progress_on = progress and not self.quiet and not self.json
   local color = opts.color
-  if color == nil then color = progress and (os.getenv("NO_COLOR") or "") == "" end
+  if color == nil then
+    color = progress and ((opts.getenv or os.getenv)("NO_COLOR") or "") == ""
+  end
   self.color = color and true or false
   if opts.path then
     local csv = require "scim.csv"
@@ -320,8 +315,9 @@ function Report:summary(stats)
     return
   end
   if self.quiet then return end
-  local lines = { string.format("%s%s: %d rows in %s", self.job,
-    self.dry_run and " (dry run)" or "", self.done, fmt_duration(elapsed)) }
+  local lines = { string.format("%s%s: %d row%s in %s", self.job,
+    self.dry_run and " (dry run)" or "", self.done, self.done == 1 and "" or "s",
+    fmt_duration(elapsed)) }
   for _, a in ipairs(report.ACTIONS) do
     local n = self.counts[a]
     if n then lines[#lines + 1] = string.format("  %-12s %8d", a, n) end

@@ -42,17 +42,26 @@ agent.sink = sink
 --- Runs `scim.cli.main(args)` in this process.
 -- @tparam table args the arguments
 -- @tparam[opt] table vars environment variables seen by the agent (SCIM_URL, SCIM_TOKEN, ...)
+-- @tparam[opt] table term as if on a terminal: `tty` = the fds that are terminals
+--   (e.g. `{ [0] = true }`), `input` = what is typed on stdin
 -- @treturn integer exit code
 -- @treturn string stdout
 -- @treturn string stderr
-function agent.main(args, vars)
-  vars = vars or {}
+function agent.main(args, vars, term)
+  vars, term = vars or {}, term or {}
   local out, err = sink(), sink()
+  local input = term.input and agent.tmpfile(term.input)
+  local stdin = input and assert(io.open(input)) or io.stdin
+  local tty = term.tty or {}
   local code = require("scim.cli").main(args, {
-    stdin = io.stdin, stdout = out, stderr = err,
+    stdin = stdin, stdout = out, stderr = err,
     getenv = function(name) return vars[name] end,
-    isatty = function() return false end,
+    isatty = function(fd) return tty[fd] == true end,
   })
+  if input then
+    stdin:close()
+    os.remove(input)
+  end
   return code, out:text(), err:text()
 end
 
@@ -132,6 +141,20 @@ function agent.writes(stats)
   local n = 0
   for _, m in ipairs{ "POST", "PUT", "PATCH", "DELETE" } do n = n + (stats.by_method[m] or 0) end
   return n
+end
+
+--- The requests in server stats that concern one user: `/Users/<id>` or a filtered lookup.
+-- A run that learns the directory from listings sends none.
+-- @treturn table "METHOD path?query" strings
+function agent.per_user_requests(stats)
+  local list = {}
+  for _, r in ipairs(stats.requests) do
+    local query = r.query or ""
+    if r.path:match("/Users/[^/]+$") or query:find("filter", 1, true) then
+      list[#list + 1] = r.method .. " " .. r.path .. (query ~= "" and ("?" .. query) or "")
+    end
+  end
+  return list
 end
 
 return agent

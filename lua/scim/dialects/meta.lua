@@ -13,39 +13,27 @@ local STATUS = "urn:ietf:params:scim:schemas:extension:facebook:accountstatusdet
 local AUTHMETHOD = "urn:ietf:params:scim:schemas:extension:facebook:authmethod:2.0:User"
 local FRONTLINE = "urn:ietf:params:scim:schemas:extension:facebook:frontline:2.0:User"
 
-return {
-  name = "meta",
-  scim_version = 2,
-  default_url = "https://scim.workplace.com/",
-  content_type = "application/scim+json",
-  accept = "application/scim+json, application/json",
-  update = "patch",
-  patch_schema = "urn:ietf:params:scim:api:messages:2.0:PatchOp",
-  list_schema = "urn:ietf:params:scim:api:messages:2.0:ListResponse",
-  error_schema = "urn:ietf:params:scim:api:messages:2.0:Error",
-  list = { resources = "Resources", total = "totalResults", start = "startIndex",
-           per_page = "itemsPerPage" },
-  core_schema = CORE,
-  enterprise_schema = ENTERPRISE,
-  extensions = {
-    enterprise = ENTERPRISE,
-    starttermdates = TERMDATES,         -- startDate, termDate: integer UNIX seconds
-    accountstatusdetails = STATUS,      -- read-only: invited, claimed, ... (exportable)
-    authmethod = AUTHMETHOD,            -- authMethod: "password" or "sso"
-    frontline = FRONTLINE,              -- frontline worker flag
-  },
-  schema_order = { CORE, ENTERPRISE, TERMDATES, AUTHMETHOD, FRONTLINE, STATUS },
-  manager = { write = "value", read = { "value", "managerId" } },
-  max_page_size = 100,
-  user_agent_required = true,
-  delete_ok = { 200, 204 },
-  etag = false,
-  date_format = "iso",
-  epoch_attributes = { TERMDATES .. ":startDate", TERMDATES .. ":termDate" },
-  read_only = { "id", "meta", "groups", STATUS },
-  case_insensitive = { "userName", "emails.value" },
-  name_formatted = true,
-  create_defaults = {},
-  delete_note = "Meta deletes only accounts that were never claimed; "
-    .. "use --deactivate to deactivate claimed accounts instead",
+-- Everything scim2 says (protocol, content types, list fields, ...) unless changed below.
+local meta = {}
+for k, v in pairs(require "scim.dialects.scim2") do meta[k] = v end
+
+meta.name = "meta"
+meta.default_url = "https://scim.workplace.com/"
+meta.extensions = {
+  enterprise = ENTERPRISE,
+  starttermdates = TERMDATES,         -- startDate, termDate: integer UNIX seconds
+  accountstatusdetails = STATUS,      -- read-only: invited, claimed, ... (exportable)
+  authmethod = AUTHMETHOD,            -- authMethod: "password" or "sso"
+  frontline = FRONTLINE,              -- frontline worker flag
 }
+meta.schema_order = { CORE, ENTERPRISE, TERMDATES, AUTHMETHOD, FRONTLINE, STATUS }
+meta.manager = { write = "value", read = { "value", "managerId" } }
+meta.user_agent_required = true
+meta.etag = false
+meta.epoch_attributes = { TERMDATES .. ":startDate", TERMDATES .. ":termDate" }
+meta.read_only = { "id", "meta", "groups", STATUS }
+meta.name_formatted = true
+meta.delete_note = "Meta deletes only accounts that were never claimed; "
+  .. "use --deactivate to deactivate claimed accounts instead"
+
+return meta

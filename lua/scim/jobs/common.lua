@@ -34,7 +34,6 @@ common.is_interrupt = is_interrupt
 local function lower(s)
   return type(s) == "string" and s:lower() or s
 end
-common.lower = lower
 
 -- An error raised to end the run with an exit code, after printing its message.
 local Abort = {}
@@ -63,16 +62,15 @@ local function is_report_header(header)
   return true
 end
 
--- Classifies check_header's messages: unknown-column complaints can be waived.
-local function is_unknown_column_problem(msg)
-  return tostring(msg):lower():find("unknown column", 1, true) ~= nil
-end
-
 --- Reads and checks the whole input file before anything is sent.
 -- Every problem is collected (with its line); warnings are printed; on any problem the run
 -- ends with exit code 2.
+-- An entry keeps only what the later passes need: its line, key, the row's values in header
+-- order (`Ctx:row` rebuilds the row: an array is smaller than a keyed table) and the
+-- references it makes (nil when none). The resource is checked now and built again when sent:
+-- resources are three times the size of their rows, and a large file must not hold them all.
 -- @tparam string job "create", "update", "delete" or "sync"
--- @treturn table entries: `{ line=, key=, lkey=, row=, resource=, refs= }` in file order
+-- @treturn table entries: `{ line=, key=, values=, refs= }` in file order
 function Ctx:read_input(job)
   local csv = require "scim.csv"
   local m, opts = self.mapping, self.opts
@@ -92,13 +90,10 @@ function Ctx:read_input(job)
     data_header = table.move(header, #report_mod.COLUMNS + 1, #header, 1, {})
   end
   self.input_columns = data_header
-  local ok, msgs = m:check_header(data_header, job)
+  local ok, msgs = m:check_header(data_header, job,
+    { unknown_columns = opts.ignore_unknown_columns and "ignore" or nil })
   if not ok then
-    for _, msg in ipairs(msgs) do
-      if not (opts.ignore_unknown_columns and is_unknown_column_problem(msg)) then
-        problem(path .. ": " .. tostring(msg))
-      end
-    end
+    for _, msg in ipairs(msgs) do problem(path .. ": " .. msg) end
   else
     for _, msg in ipairs(msgs or {}) do self.report:warn(path .. ": " .. tostring(msg)) end
   end
@@ -128,10 +123,9 @@ function Ctx:read_input(job)
           take = action == "failed" or action == "skipped"
         end
         if take then
-          local clean = {}
-          for _, c in ipairs(data_header) do clean[c] = unguard(row[c]) end
-          setmetatable(clean, getmetatable(row))
-          row = clean
+          local values = {}
+          for i, c in ipairs(data_header) do values[i] = unguard(row[c]) end
+          row = self:row(values)
           local key, kerr = m:key(row, line)
           if key == nil or key == "" then
             problem(string.format("%s:%d: %s", path, line,
@@ -141,16 +135,14 @@ function Ctx:read_input(job)
             local first = seen[lkey]
             if first then
               problem(string.format("%s:%d: %s '%s' already on line %d", path, line,
-                m.key_attribute or "key", key, first.line))
+                m.key_attribute, key, first.line))
             else
-              local e = { line = line, key = key, lkey = lkey, row = row }
+              local e = { line = line, key = key, values = values }
               seen[lkey] = e
               entries[#entries + 1] = e
               if validate_resource then
                 -- The resource a new account gets, and the one an existing account is
                 -- compared with (create-only defaults such as active=true left out).
-                -- Checked now, built again when sent: resources are three times the size
-                -- of their rows, and a large file must not hold them all.
                 local res, rerr = m:to_resource(row, line, self.create_job)
                 if res and self.update_job ~= self.create_job then
                   res, rerr = m:to_resource(row, line, self.update_job)
@@ -159,8 +151,9 @@ function Ctx:read_input(job)
                   problem(string.format("%s:%d: %s", path, line,
                     (tostring(rerr):gsub("^line %d+, ", ""))))
                 else
-                  e.refs = m:references(row)
-                  for _, ref in pairs(e.refs) do
+                  local refs = m:references(row)
+                  if next(refs) then e.refs = refs end
+                  for _, ref in pairs(refs) do
                     local lref = ref:lower()
                     refs_needed[lref] = refs_needed[lref] or ref
                   end
@@ -246,36 +239,33 @@ function Ctx:directory_size()
   return total
 end
 
+--- What the server supports (its ServiceProviderConfig over the dialect's defaults; the
+-- client reads it once). A failure to read it leaves the dialect's defaults.
+function Ctx:capabilities()
+  if not self.caps then
+    local ok, caps = pcall(self.client.capabilities, self.client)
+    if not ok and is_interrupt(caps) then error(caps, 0) end
+    self.caps = ok and type(caps) == "table" and caps or {}
+  end
+  return self.caps
+end
+
 --- Whether an update is a PUT of the merged record (dialect or server without PATCH).
 function Ctx:use_put()
-  if self.put == nil then
-    local put = self.dialect.update == "put"
-    if not put and self.client.capabilities then
-      local ok, caps = pcall(self.client.capabilities, self.client)
-      if ok and type(caps) == "table" and caps.patch == false then put = true end
-    end
-    self.put = put
-  end
-  return self.put
+  return self.dialect.update == "put" or self:capabilities().patch == false
 end
 
 --- The largest page the server allows.
 function Ctx:page_size()
-  local size = self.dialect.max_page_size or 100
-  if self.client.capabilities then
-    local ok, caps = pcall(self.client.capabilities, self.client)
-    if ok and type(caps) == "table" and tonumber(caps.max_page_size) then
-      size = math.tointeger(tonumber(caps.max_page_size)) or size
-    end
-  end
-  return math.max(1, size)
+  local size = math.tointeger(tonumber(self:capabilities().max_page_size))
+  return math.max(1, size or self.dialect.max_page_size or 100)
 end
 
 -- ============================================================ server state
 
 --- The key of a resource as the mapping sees it (userName or externalId).
 function Ctx:resource_key(res)
-  local attr = self.mapping.key_attribute or "userName"
+  local attr = self.mapping.key_attribute
   local v = res[attr]
   return type(v) == "string" and v or nil
 end
@@ -283,7 +273,7 @@ end
 --- Finds one person by key: resource | false (none) | nil, err.
 function Ctx:find_by_key(key)
   local client = self.client
-  local attr = self.mapping.key_attribute or "userName"
+  local attr = self.mapping.key_attribute
   if attr == "userName" then return client:find_user(key) end
   local filter = require "scim.filter"
   local ok, found, err = pcall(client.find, client, filter.eq(attr, key))
@@ -328,7 +318,7 @@ function Ctx:learn_current(entries)
   if #entries > 0 and pages * 4 <= #entries then
     self.strategy = "listing"
     local want = {}
-    for _, e in ipairs(entries) do want[e.lkey] = e end
+    for _, e in ipairs(entries) do want[e.key:lower()] = e end
     local outside = {}
     for _, ref in ipairs(self.outside_refs or {}) do outside[ref:lower()] = true end
     local ok, err = self:each_user(function(user)
@@ -350,7 +340,7 @@ function Ctx:learn_current(entries)
     self:run(entries, function(e)
       local cur, err = self:find_by_key(e.key)
       if cur == nil then e.lookup_error = err else e.current = cur end
-      if cur then ids[e.lkey] = idstr(cur.id) end
+      if cur then ids[e.key:lower()] = idstr(cur.id) end
     end, { phase = "lookup" })
   end
 end
@@ -402,23 +392,6 @@ function Ctx:set_references(entry, desired)
   return missing
 end
 
--- A `replace` of the manager's id at `<enterprise URN>:manager.value` is valid RFC 7644,
--- but some providers (SCIMMY among them) only take the whole complex value; replacing
--- `<enterprise URN>:manager` with `{ value = id }` works everywhere.
-local function whole_manager(ops, dialect)
-  local ent = dialect.enterprise_schema
-  if not ent then return ops end
-  local prefix = (ent .. ":manager."):lower()
-  for i, op in ipairs(ops) do
-    if op.op == "replace" and type(op.path) == "string" and op.path:lower():sub(1, #prefix)
-      == prefix then
-      local sub = op.path:sub(#prefix + 1)
-      ops[i] = { op = "replace", path = ent .. ":manager", value = { [sub] = op.value } }
-    end
-  end
-  return ops
-end
-
 --- Sends the changes from `current` to `desired` (PATCH with only the changed attributes,
 -- or PUT of the merged record), or nothing when nothing changed; `--dry-run` sends nothing.
 -- @treturn string action "updated", "unchanged", "update" (dry run) or "failed"
@@ -434,23 +407,24 @@ function Ctx:update_resource(current, desired)
   if self:use_put() then
     res, err = client:replace(idstr(current.id), m:merge(current, desired))
   else
-    res, err = client:patch(idstr(current.id), whole_manager(ops, self.dialect))
+    res, err = client:patch(idstr(current.id), ops)
   end
   if not res then return "failed", err, changes end
   return "updated", type(res) == "table" and res or current, changes
 end
 
---- A deep copy of a plain table (resources are trees of tables).
-function common.copy(t)
-  if type(t) ~= "table" then return t end
-  local c = {}
-  for k, v in pairs(t) do c[k] = common.copy(v) end
-  return setmetatable(c, getmetatable(t))
+--- An input row (keyed by the file's column names) from its values in header order.
+-- @tparam table values an entry's `values`
+-- @treturn table
+function Ctx:row(values)
+  local row = {}
+  for i, c in ipairs(self.input_columns) do row[c] = values[i] end
+  return row
 end
 
 --- The resource an entry's row describes for a job of the mapping (it passed validation).
 function Ctx:resource(e, job)
-  return assert(self.mapping:to_resource(e.row, e.line, job))
+  return assert(self.mapping:to_resource(self:row(e.values), e.line, job))
 end
 
 --- Creates an entry's account (POST). A 409 uniqueness answer is `exists`: the current
@@ -465,23 +439,22 @@ function Ctx:create_entry(e, missing)
     if not missing then cur, err = self:find_by_key(e.key) end
     if cur == nil then return self:fail(e, err) end
     if cur then
-      e.current, ids[e.lkey] = cur, idstr(cur.id)
+      e.current, ids[e.key:lower()] = cur, idstr(cur.id)
     else
-      e.planned_create = true
-      ids[e.lkey] = "(new: " .. e.key .. ")"
+      ids[e.key:lower()] = "(new: " .. e.key .. ")"
       self:outcome(e, "create", { changes = {} })
     end
     return
   end
   local res, err = self.client:create(self:resource(e, self.create_job))
   if res then
-    e.created, ids[e.lkey] = res, idstr(res.id)
+    e.created, ids[e.key:lower()] = res, idstr(res.id)
     return
   end
   if type(err) == "table" and err.code == "UNIQUENESS" then
     local cur, ferr = self:find_by_key(e.key)
     if cur then
-      e.current, e.exists, ids[e.lkey] = cur, true, idstr(cur.id)
+      e.current, ids[e.key:lower()] = cur, idstr(cur.id)
       return
     end
     return self:fail(e, cur == false and "the server says it exists but no account has "
@@ -545,7 +518,7 @@ end
 --- Rewrites the changes of reference attributes (the manager's SCIM id) to the people's
 -- keys, so a plan reads "manager: a@example.com -> b@example.com".
 function Ctx:readable_changes(e, changes)
-  local cols = self.mapping.reference_columns or {}
+  local cols = self.mapping.reference_columns
   if not changes or #changes == 0 or not next(cols) then return changes end
   local by_col = {}
   for name, col in pairs(cols) do by_col[col] = name end
@@ -573,8 +546,10 @@ end
 -- @tparam[opt] table f `status`, `id`, `error` (string or error object), `changes`
 function Ctx:outcome(e, action, f)
   if e.reported then return end
+  local row = self.report.writer and e.values and self:row(e.values)  -- for the results CSV
+  -- No longer needed: let a large run's memory go as it proceeds.
+  e.created, e.current, e.values = nil, nil, nil
   e.reported = true
-  e.created, e.current = nil, nil   -- no longer needed: let a large run's memory go
   f = f or {}
   if f.changes then self:readable_changes(e, f.changes) end
   local status = f.status
@@ -585,7 +560,7 @@ function Ctx:outcome(e, action, f)
   end
   self.report:outcome{
     line = e.line, key = e.key, action = action, status = status, id = f.id,
-    error = errv, changes = f.changes, row = e.row,
+    error = errv, changes = f.changes, row = row,
   }
 end
 
@@ -675,12 +650,6 @@ end
 
 -- ================================================================= execute
 
-local function default_mapping(dialect)
-  local mapping = require "scim.mapping"
-  if mapping.default then return mapping.default{ dialect = dialect } end
-  return mapping.load(nil, { dialect = dialect })
-end
-
 --- Runs a job from the parsed command-line options (called by scim.cli).
 -- @tparam table opts merged options (`command`, `file`, `dialect`, `get_token`, ...)
 -- @tparam table env `stdout`, `stderr`, `stdin`, `getenv`, `isatty`
@@ -696,7 +665,7 @@ function common.execute(opts, env)
   if opts.mapping then
     ok, m, merr = pcall(mapping.load, opts.mapping, { dialect = opts.dialect })
   else
-    ok, m, merr = pcall(default_mapping, opts.dialect)
+    ok, m, merr = pcall(mapping.default, { dialect = opts.dialect })
   end
   if not ok or not m then return fail(tostring(ok and merr or m), EXIT.USAGE) end
 
@@ -710,7 +679,7 @@ function common.execute(opts, env)
     job = opts.command, path = nil, quiet = opts.quiet, verbose = opts.verbose,
     log_format = opts.log_format, dry_run = opts.dry_run, stdout = env.stdout,
     stderr = env.stderr, log = to_stdout and env.stderr or env.stdout,
-    progress = env.isatty(2) and not to_stdout or false,
+    progress = env.isatty(2) and not to_stdout or false, getenv = env.getenv,
   }
   if not rep then return fail(rerr, EXIT.USAGE) end
   ctx.report = rep

@@ -19,7 +19,7 @@ function create.run(ctx)
   ctx:run(entries, function(e)
     ctx:create_entry(e)
     -- Without a manager to set there is no second step: report now, free the memory.
-    if not next(e.refs) and (e.created or mode == "fill") then ctx:complete_entry(e, mode) end
+    if not e.refs and (e.created or mode == "fill") then ctx:complete_entry(e, mode) end
   end, { on_error = on_error, phase = "create" })
   ctx:run(entries, function(e) ctx:complete_entry(e, mode) end, { on_error = on_error,
     phase = ctx.opts.upsert and "update" or "managers" })

@@ -58,7 +58,7 @@ function sync.run(ctx)
       n_absent = n_absent + 1
       -- Beyond the limit the run stops anyway: keep no more than that in memory.
       if n_absent <= allowed then
-        absent[n_absent] = { key = key, lkey = k, current = user }
+        absent[n_absent] = { key = key, current = user }
       end
     end
   end)
@@ -86,7 +86,7 @@ function sync.run(ctx)
   end
   ctx:run(missing, function(e)
     ctx:create_entry(e, true)
-    if e.created and not next(e.refs) then ctx:complete_entry(e, "update") end
+    if e.created and not e.refs then ctx:complete_entry(e, "update") end
   end, { on_error = on_error, phase = "create" })
   ctx:run(entries, function(e) ctx:complete_entry(e, "update") end,
     { on_error = on_error, phase = "update" })

@@ -19,7 +19,7 @@ function update.run(ctx)
     if e.lookup_error then return ctx:fail(e, e.lookup_error) end
     if e.current == false then
       return ctx:outcome(e, "failed", { status = 404, error = string.format(
-        "no account with %s '%s' (create it first)", ctx.mapping.key_attribute or "key",
+        "no account with %s '%s' (create it first)", ctx.mapping.key_attribute,
         e.key) })
     end
     ctx:complete_entry(e, "update")
