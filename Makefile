@@ -114,4 +114,4 @@ install: deps
 	luarocks --lua-version=5.4 make --deps-mode=none $(LUAROCKS_FLAGS) scim-agent-scm-1.rockspec
 
 clean:
-	rm -rf build
+	rm -rf build scim csrc/*.o  # scim/ and *.o: what luarocks make leaves in the tree
