@@ -288,9 +288,14 @@ static int reader_read(lua_State *L) {
 }
 
 /* The generic-for iterator: row, line, or nothing at the end; raises on a
-** parse error. [-0, +(0|2), e] */
+** parse error. The reader is upvalue 1, so the iterator also works called
+** alone (e.g. by scim.run), not only with generic-for's state argument.
+** [-0, +(0|2), e] */
 static int reader_iter(lua_State *L) {
-  reader *r = checkidle(L, 1);
+  reader *r;
+  lua_settop(L, 0);
+  lua_pushvalue(L, lua_upvalueindex(1));  /* the reader at index 1 */
+  r = checkidle(L, 1);
   int st = fetch(r);
   if (st == SCIM_CSV_ROW) {
     push_row_line(L, r);
@@ -301,10 +306,11 @@ static int reader_iter(lua_State *L) {
   return lua_error(L);
 }
 
-/* reader:rows() -> iterator, reader. [-0, +2, -] */
+/* reader:rows() -> iterator, reader. [-0, +2, m] */
 static int reader_rows(lua_State *L) {
   checkreader(L, 1);
-  lua_pushcfunction(L, reader_iter);
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, reader_iter, 1);
   lua_pushvalue(L, 1);
   return 2;
 }

@@ -47,7 +47,7 @@ describe("scim.cli", function()
       assert.is_true(o.deactivate_missing)
       assert.same({ percent = 5 }, o.max_removals)
       assert.is_true(o.dry_run)
-      o = assert(cli.parse{ "sync", "f.csv", "--max-removals", "25" })
+      o = assert(cli.parse{ "sync", "f.csv", "--delete-missing", "--max-removals", "25" })
       assert.same({ count = 25 }, o.max_removals)
     end)
 
@@ -78,6 +78,10 @@ describe("scim.cli", function()
         { { "create", "a.csv", "--deactivate" }, "does not apply to create" },
         { { "sync", "a.csv", "--max-removals", "lots" }, "a count N or a percentage P%" },
         { { "sync", "a.csv", "--deactivate-missing", "--delete-missing" }, "choose one of" },
+        { { "sync", "a.csv", "--max-removals", "5" },
+          "--max-removals needs --deactivate-missing" },
+        { { "export", "out.csv", "--report", "r.csv" },
+          "option --report does not apply to export" },
         { { "create", "a.csv", "--quiet", "--verbose" }, "choose one of --quiet and --verbose" },
         { { "-c", "a.csv", "t", "https://a/", "extra" }, "unexpected argument 'extra'" },
         { { "-c", "a.csv", "t", "https://a/", "--url", "https://b/" }, "either as an argument" },

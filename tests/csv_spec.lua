@@ -317,6 +317,20 @@ describe("scim.csv reader", function()
       assert.same({ "b@x", "Bob", "", "" }, r:read())
     end)
 
+    it("has an iterator that works called alone, without generic-for's state", function()
+      local r <close> = assert(csv.from_string(TEXT))
+      local next_row = r:rows()
+      local row, line = next_row()
+      assert.equal("a@x", row.email)
+      assert.equal(2, line)
+      assert.equal("b@x", next_row().email)
+      assert.is_nil(next_row())
+      local it = csv.rows(FIX .. "upload_cr.csv")
+      local n = 0
+      while it() do n = n + 1 end
+      assert.is_true(n > 0)
+    end)
+
     it("makes strings only for opts.columns", function()
       local r <close> = assert(csv.from_string(TEXT, { columns = { "email", "MANAGER", "x" } }))
       local row = r:read()

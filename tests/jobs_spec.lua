@@ -606,6 +606,18 @@ describe("cannot work at all", function()
     assert.equal(2, code)
     assert.truthy(err:find("no token", 1, true), err)
   end)
+
+  it("exits 2 for plain http to another host, or no URL, before any traffic", function()
+    -- Refused while parsing the URL: no name is looked up, nothing is sent anywhere.
+    local code, _, err = agent.main({ "create", "examples/create.csv" },
+      { SCIM_URL = "http://scim.example.invalid/scim/v2/", SCIM_TOKEN = "t" })
+    assert.equal(2, code)
+    assert.truthy(err:find("use https, or --allow-http", 1, true), err)
+    code, _, err = agent.main({ "-c", "examples/create.csv", "t" }, {})
+    assert.equal(2, code)
+    assert.truthy(err:find("no URL", 1, true), err)
+    assert.truthy(err:find("--dialect meta", 1, true), err)
+  end)
 end)
 
 describe("terminal interaction and the config file", function()

@@ -17,7 +17,7 @@ local COMMANDS = {
   export = "write every account to FILE ('-' for stdout)",
   delete = "delete (or --deactivate) the accounts of FILE's rows",
   sync = "make the server match FILE: create, update, and optionally remove the absent",
-  plan = "sync --dry-run: print what sync would do",
+  plan = "print what sync would do (sync --dry-run)",
 }
 local COMMAND_ORDER = { "create", "update", "export", "delete", "sync", "plan" }
 local LEGACY = { ["-c"] = "create", ["-u"] = "update", ["-e"] = "export", ["-d"] = "delete" }
@@ -158,6 +158,9 @@ function cli.parse(argv)
   end
   if opts.deactivate_missing and opts.delete_missing then
     return nil, "choose one of --deactivate-missing and --delete-missing"
+  end
+  if opts.max_removals and not (opts.deactivate_missing or opts.delete_missing) then
+    return nil, "--max-removals needs --deactivate-missing or --delete-missing"
   end
   if opts.quiet and opts.verbose then return nil, "choose one of --quiet and --verbose" end
   return opts

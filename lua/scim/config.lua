@@ -26,6 +26,7 @@ config.OPTIONS = {
   { name = "retries", kind = "integer", min = 1, max = 20, arg = "N",
     help = "attempts per request, the first included (default 5)" },
   { name = "report", kind = "string", arg = "FILE.csv",
+    jobs = { create = true, update = true, delete = true, sync = true, plan = true },
     help = "write one result row per input row" },
   { name = "dry-run", kind = "flag", help = "read the server, send no write, print the plan" },
   { name = "yes", kind = "flag", help = "do not ask before deleting" },

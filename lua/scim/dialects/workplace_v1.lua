@@ -18,7 +18,8 @@
 -- attributes (id, meta, ...), and a merge replaced whole multi-valued arrays (losing e.g.
 -- a home phone number); a DELETE counted as done only on 200. It sent no emails, so the
 -- default mapping writes the work email only in the other dialects.
--- Updates here are GET, merge (scim.mapping merge), PUT. List responses are SCIM 1.1:
+-- Updates here merge (scim.mapping merge) into the record the job already read (from the
+-- listing or a lookup: no extra GET) and PUT the result. List responses are SCIM 1.1:
 -- the same totalResults/itemsPerPage/startIndex/Resources fields, no ListResponse schema.
 -- @module scim.dialects.workplace_v1
 

@@ -196,7 +196,16 @@ function Ctx:connect(skip_check)
   if self.client then return self.client end
   local opts = self.opts
   if not opts.url then
-    self:abort(EXIT.USAGE, "no URL: give --url, set SCIM_URL, or use a dialect with a default")
+    self:abort(EXIT.USAGE, "no URL: give --url or set SCIM_URL (--dialect meta and "
+      .. "workplace_v1 have default URLs)")
+  end
+  -- A URL the engine would refuse is a usage error (exit 2), said in the CLI's own terms.
+  local _, uerr, ucode = require("scim.http").check_url(opts.url, opts.allow_http)
+  if ucode == "HTTP_REFUSED" then
+    self:abort(EXIT.USAGE, opts.url .. ": plain http is refused except to loopback; "
+      .. "use https, or --allow-http")
+  elseif uerr then
+    self:abort(EXIT.USAGE, opts.url .. ": " .. tostring(uerr))
   end
   local token, terr = opts.get_token()
   if not token then self:abort(EXIT.USAGE, terr) end
