@@ -37,6 +37,7 @@ build = {
     ["scim.client"] = "lua/scim/client.lua",
     ["scim.filter"] = "lua/scim/filter.lua",
     ["scim.http"] = "lua/scim/http.lua",
+    ["scim.json"] = "lua/scim/json.lua",
     ["scim.config"] = "lua/scim/config.lua",
     ["scim.csv"] = "lua/scim/csv.lua",
     ["scim.report"] = "lua/scim/report.lua",

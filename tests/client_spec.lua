@@ -1,7 +1,7 @@
 -- scim.client: unit specs against a fake engine (no network), then integration specs
 -- against the real test SCIM server (tests/server) over scim.http.
 local client = require "scim.client"
-local json = client.json
+local json = require "scim.json"
 
 local BASE = "http://127.0.0.1:9/scim/v2/"
 local TOKEN = "s3cret-t0ken-value"
@@ -82,81 +82,6 @@ describe("scim.client", function()
     collectgarbage()
   end)
 
-  describe("json", function()
-    it("encodes empty arrays as arrays when marked or SCIM multi-valued", function()
-      assert.equal('{"a":{},"b":[],"emails":[],"schemas":["x"]}',
-        json.encode{ a = {}, b = json.array(), emails = {}, schemas = { "x" } })
-      assert.equal("[]", json.encode(json.array()))
-      assert.equal('{"Operations":[{"op":"add","path":"x","value":[]}]}',
-        json.encode{ Operations = { { op = "add", path = "x", value = json.array() } } })
-    end)
-
-    it("encodes scalars, nulls and integral floats exactly", function()
-      assert.equal('{"a":1700000000,"b":0.5,"c":true,"d":null,"e":"x\\"\\n\\u0001/"}',
-        json.encode{ a = 1.7e9, b = 0.5, c = true, d = json.null, e = 'x"\n\1/' })
-      assert.equal("0.1", json.encode(0.1))
-      assert.equal("-3", json.encode(-3.0))
-    end)
-
-    it("names the field it cannot encode", function()
-      local s, err = json.encode{ name = { givenName = "ok\255" } }
-      assert.is_nil(s)
-      assert.equal("field 'name.givenName' is not valid UTF-8", err)
-      s, err = json.encode{ emails = { { value = 1 / 0 } } }
-      assert.is_nil(s)
-      assert.equal("field 'emails[1].value' is not a finite number", err)
-      assert.equal("field 'x' mixes array items with other keys",
-        select(2, json.encode{ x = { 1, 2, y = 3 } }))
-      assert.equal("field 'x' has a function value, which JSON cannot hold",
-        select(2, json.encode{ x = print }))
-      assert.equal("field '' has a non-string key true", select(2, json.encode{ [true] = 1 }))
-      local cyc = {}
-      cyc.self = cyc
-      assert.matches("nested too deeply", select(2, json.encode(cyc)))
-    end)
-
-    it("decodes empty arrays as marked arrays, drops nulls, makes integers", function()
-      local v = assert(json.decode(
-        '{"a":[],"b":{},"c":[ ],"d":null,"e":[1,null,3],"f":"[]","g":"\\"[]","n":42.0,"x":1.5}'))
-      assert.equal(json.array_mt, getmetatable(v.a))
-      assert.is_nil(next(v.a))
-      assert.is_nil(getmetatable(v.b))
-      assert.equal(json.array_mt, getmetatable(v.c))
-      assert.is_nil(v.d)
-      assert.same({ 1, 3 }, v.e)
-      assert.equal("[]", v.f)
-      assert.equal('"[]', v.g)
-      assert.equal("integer", math.type(v.n))
-      assert.equal(1.5, v.x)
-      -- A decoded record encodes back to the same JSON.
-      assert.equal('{"a":[],"b":{},"c":[],"e":[1,3],"f":"[]","g":"\\"[]","n":42,"x":1.5}',
-        json.encode(v))
-      assert.equal(json.array_mt, getmetatable(json.decode("[]")))
-      assert.equal(json.array_mt, getmetatable(json.decode("[[]]")[1]))
-    end)
-
-    it("keeps integers too long for a double exact", function()
-      local v = assert(json.decode('{"id":1000123456789012345,"p":1.1234567890123456789,'
-        .. '"s":"1234567890123456789","a":[-1000000000000000001],"e":12345678901234567e2}'))
-      assert.equal(1000123456789012345, v.id)
-      assert.equal("integer", math.type(v.id))
-      assert.equal("float", math.type(v.p))
-      assert.equal("1234567890123456789", v.s)
-      assert.equal(-1000000000000000001, v.a[1])
-      assert.equal('{"a":[-1000000000000000001],"id":1000123456789012345}',
-        json.encode{ id = v.id, a = v.a })
-      assert.equal(1000123456789012345, json.decode("1000123456789012345"))
-    end)
-
-    it("reports malformed JSON", function()
-      local v, err = json.decode('{"a":')
-      assert.is_nil(v)
-      assert.is_string(err)
-      assert.is_nil(json.decode("null"))
-      assert.is_nil(json.decode('{"a": "unterminated [] }'))
-    end)
-  end)
-
   describe("construction", function()
     it("validates its options without echoing the token", function()
       assert.has_error(function() client.new{ url = BASE, bogus = 1 } end,
@@ -173,6 +98,11 @@ describe("scim.client", function()
       assert.not_matches("Evil", err)
       assert.has_error(function() client.new{ url = BASE, timeout = "3", engine = {} } end,
         "scim.client.new: option 'timeout' must be a number, not string")
+      for _, bad in ipairs{ 0, -1, 2.5, 0 / 0, math.huge } do
+        assert.has_error(function() client.new{ url = BASE, max_pages = bad, engine = {} } end,
+          "scim.client.new: max_pages must be a whole number, at least 1")
+      end
+      assert.equal(3, client.new{ url = BASE, max_pages = 3.0, engine = {} }.max_pages)
     end)
 
     it("keeps the token out of the object", function()
@@ -197,6 +127,30 @@ describe("scim.client", function()
       assert.equal("https://scim.workplace.com/", m.url)
       assert.equal("meta", m.dialect.name)
       assert.matches("scim.client", tostring(c))
+    end)
+
+    it("blames the caller for a misused method", function()
+      local c = new_client(function() return response(204) end)
+      local function raised(f)
+        local ok, err = pcall(f)
+        assert.is_false(ok)
+        return err
+      end
+      -- The position is the line of the call in this file, not one inside scim.client.
+      local here = "^tests/client_spec%.lua:%d+: "
+      assert.matches(here .. "bad argument #1 to 'get' %(non%-empty id string expected, "
+        .. "got an empty string%)$", raised(function() c:get("") end))
+      assert.matches(here .. "bad argument #2 to 'patch' %(operation 1: remove needs a path%)$",
+        raised(function() c:patch("1", { { op = "remove" } }) end))
+      assert.matches(here .. "bad argument #1 to 'create' %(resource table expected, got nil%)$",
+        raised(function() c:create() end))
+      assert.matches(here .. "bad argument #2 to 'replace'",
+        raised(function() c:replace("1", "x") end))
+      assert.matches(here .. "bad argument #1 to 'find_user'",
+        raised(function() c:find_user(7) end))
+      assert.matches(here .. "users: count must be a positive integer$",
+        raised(function() c:users{ count = 0 } end))
+      assert.matches(here .. "bad self to 'get'", raised(function() c.get({}, "1") end))
     end)
 
     it("raises when used after close", function()
@@ -333,6 +287,16 @@ describe("scim.client", function()
       assert.equal("a [2Jb c", select(2, c:get("9")).detail)
       res = response(500, string.rep("x", 2000), { ["content-type"] = "text/plain" })
       assert.is_true(#tostring(select(2, c:get("9"))) < 300)
+      -- Not UTF-8: each stray byte shows as "?", and a long body keeps its first 200 bytes.
+      res = response(500, "caf\233 \255\254 ok", { ["content-type"] = "text/plain" })
+      assert.equal("caf? ?? ok", select(2, c:get("9")).detail)
+      res = response(500, "a\255" .. string.rep("x", 2000), { ["content-type"] = "text/plain" })
+      assert.equal("a?" .. string.rep("x", 198) .. "...", select(2, c:get("9")).detail)
+      -- A character the cut would split is left out whole.
+      res = response(500, string.rep("x", 199) .. "é", { ["content-type"] = "text/plain" })
+      assert.equal(string.rep("x", 199) .. "...", select(2, c:get("9")).detail)
+      res = response(500, string.rep("x", 198) .. "é!", { ["content-type"] = "text/plain" })
+      assert.equal(string.rep("x", 198) .. "é", select(2, c:get("9")).detail:sub(1, 200))
     end)
 
     it("never shows the token, even when a server echoes it", function()

@@ -28,6 +28,10 @@ describe("scim.filter", function()
       assert.equal("x eq 0.1", filter.eq("x", 0.1))
       assert.equal("x eq 1e+300", filter.eq("x", 1e300))
       assert.equal("title eq null", filter.eq("title", nil))
+      -- Written as request bodies are: integral floats as integers, long ids exactly.
+      assert.equal("x eq 3", filter.eq("x", 3.0))
+      assert.equal("id eq 1000123456789012345", filter.eq("id", 1000123456789012345))
+      assert.equal("x eq -9223372036854775808", filter.eq("x", math.mininteger))
     end)
 
     it("refuses values that are not JSON literals", function()

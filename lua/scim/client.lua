@@ -16,18 +16,15 @@
 -- local user = assert(client:find_user("ada@example.com"))
 -- for u in client:users{ filter = 'title eq "Engineer"' } do print(u.userName) end
 
-local cjson = require "cjson"
 local filter = require "scim.filter"
+local json = require "scim.json"
 
-local type, pairs, next, ipairs, tostring, tonumber, error = type, pairs, next, ipairs,
-  tostring, tonumber, error
-local setmetatable, getmetatable, rawlen = setmetatable, getmetatable, rawlen
-local pcall, require = pcall, require
+local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring,
+  tonumber, error
+local setmetatable, getmetatable, pcall, require = setmetatable, getmetatable, pcall, require
 local math_type, math_tointeger, math_huge = math.type, math.tointeger, math.huge
-local string_format, table_concat, table_sort = string.format, table.concat, table.sort
+local string_format, table_concat = string.format, table.concat
 local utf8_len = utf8.len
-
-local null = cjson.null
 
 local client = {}
 
@@ -36,261 +33,6 @@ local client = {}
 local secrets = setmetatable({}, { __mode = "k" })
 -- client -> "Bearer <token>" when it must go on each request (a shared engine).
 local auth_headers = setmetatable({}, { __mode = "k" })
-
--- {====================================================================
--- JSON: lua-cjson does the parsing; this layer fixes what Debian's cjson 2.1.0 cannot
--- express: it has no array marker (an empty table always encodes as `{}` and a decoded
--- `[]` comes back indistinguishable from `{}`), it decodes every number as a float, and
--- it hands nulls over as a lightuserdata most code would trip on.
--- =====================================================================
-
-local json = {}
-client.json = json
-
---- The metatable that marks a Lua table as a JSON array, so `{}` encodes as `[]`.
--- Arrays decoded by `json.decode` carry it too.
-json.array_mt = { __name = "scim.json.array" }
-local array_mt = json.array_mt
-json.null = null
-
--- Newer lua-cjson versions have their own markers; honour them when present.
-local ARRAY_MTS = { [array_mt] = true }
-if type(cjson.array_mt) == "table" then ARRAY_MTS[cjson.array_mt] = true end
-if type(cjson.empty_array_mt) == "table" then ARRAY_MTS[cjson.empty_array_mt] = true end
-
---- Mark a table (or a new empty one) as a JSON array.
--- @tparam[opt] table t the table
--- @treturn table t, with the array marker
-function json.array(t)
-  return setmetatable(t or {}, array_mt)
-end
-
--- RFC 7643/7644 multi-valued attributes and message fields: an unmarked empty table under
--- one of these names is an empty array, never an empty object.
-local MULTI_VALUED = {
-  schemas = true, emails = true, phoneNumbers = true, ims = true, photos = true,
-  addresses = true, groups = true, entitlements = true, roles = true,
-  x509Certificates = true, members = true, Operations = true, Resources = true,
-  Errors = true,
-}
-
-local ESCAPES = {
-  ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
-  ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t", ["\127"] = "\\u007f",
-}
-for b = 0, 31 do
-  local c = string.char(b)
-  ESCAPES[c] = ESCAPES[c] or string_format("\\u%04x", b)
-end
-
-local function path_join(path, k)
-  if type(k) == "number" then return path .. "[" .. k .. "]" end
-  if path == "" then return k end
-  return path .. "." .. k
-end
-
-local MAX_DEPTH = 64
-
-local function encode_value(v, buf, path, depth, key)
-  local t = type(v)
-  if t == "string" then
-    if utf8_len(v) == nil then
-      error({ json = "field '" .. path .. "' is not valid UTF-8" })
-    end
-    buf[#buf + 1] = '"' .. v:gsub('[%c"\\]', ESCAPES) .. '"'
-  elseif t == "number" then
-    if v ~= v or v == math_huge or v == -math_huge then
-      error({ json = "field '" .. path .. "' is not a finite number" })
-    end
-    local i = math_type(v) == "integer" and v or math_tointeger(v)
-    if i then
-      buf[#buf + 1] = string_format("%d", i)
-    else
-      local s = string_format("%.14g", v)
-      if tonumber(s) ~= v then s = string_format("%.17g", v) end
-      buf[#buf + 1] = s
-    end
-  elseif t == "boolean" then
-    buf[#buf + 1] = v and "true" or "false"
-  elseif v == null then
-    buf[#buf + 1] = "null"
-  elseif t == "table" then
-    if depth > MAX_DEPTH then
-      error({ json = "field '" .. path .. "' is nested too deeply (a cycle?)" })
-    end
-    local n = rawlen(v)
-    if n > 0 or ARRAY_MTS[getmetatable(v)] or (next(v) == nil and MULTI_VALUED[key]) then
-      for k in next, v do
-        if math_type(k) ~= "integer" or k < 1 or k > n then
-          error({ json = "field '" .. path .. "' mixes array items with other keys" })
-        end
-      end
-      buf[#buf + 1] = "["
-      for i = 1, n do
-        if i > 1 then buf[#buf + 1] = "," end
-        encode_value(v[i], buf, path_join(path, i), depth + 1, nil)
-      end
-      buf[#buf + 1] = "]"
-    else
-      -- Sorted keys: the same resource always encodes to the same bytes (golden tests,
-      -- readable traces).
-      local keys = {}
-      for k in next, v do
-        if type(k) ~= "string" then
-          error({ json = "field '" .. path .. "' has a non-string key " .. tostring(k) })
-        end
-        keys[#keys + 1] = k
-      end
-      table_sort(keys)
-      buf[#buf + 1] = "{"
-      for i, k in ipairs(keys) do
-        if i > 1 then buf[#buf + 1] = "," end
-        encode_value(k, buf, path, depth, nil)
-        buf[#buf + 1] = ":"
-        encode_value(v[k], buf, path_join(path, k), depth + 1, k)
-      end
-      buf[#buf + 1] = "}"
-    end
-  else
-    error({ json = "field '" .. path .. "' has a " .. t .. " value, which JSON cannot hold" })
-  end
-end
-
---- Encode a Lua value as JSON text.
--- Empty tables marked with `json.array` (or under a SCIM multi-valued name such as
--- `emails` or `schemas`) encode as `[]`; `json.null` as `null`; integral floats as integers;
--- object keys are sorted.
--- @param v the value
--- @treturn string|nil the JSON text
--- @treturn string the problem, naming the field, e.g. "field 'name.givenName' is not valid UTF-8"
-function json.encode(v)
-  local buf = {}
-  local ok, err = pcall(encode_value, v, buf, "", 0, nil)
-  if not ok then
-    if type(err) == "table" and err.json then return nil, err.json end
-    error(err, 0)
-  end
-  return table_concat(buf)
-end
-
--- Decoded strings no real document holds. Before cjson runs, `[]` is rewritten to an
--- array of EMPTY_MARK, so empty arrays can be told from empty objects afterwards, and an
--- integer too long for a double (16+ digits: legacy Workplace ids are JSON numbers) to a
--- string INT_MARK .. digits, so it becomes an exact 64-bit Lua integer instead of a
--- rounded float.
-local EMPTY_MARK = "\0scim:empty-array\0"
-local EMPTY_MARK_JSON = '["\\u0000scim:empty-array\\u0000"]'
-local INT_MARK = "\0scim:int\0"
-local INT_MARK_JSON = '"\\u0000scim:int\\u0000'
-
--- Rewrite every `[ ]` and long integer outside string literals; strings are skipped
--- whole (escapes included).
-local function mark_literals(s)
-  local out, pos, last = {}, 1, 1
-  while true do
-    local i = s:find('["%[%-%d]', pos)
-    if not i then break end
-    local b = s:byte(i)
-    if b == 34 then
-      local j = i + 1
-      while true do
-        local q = s:find('["\\]', j)
-        if not q then return s end  -- unterminated string: cjson reports it
-        if s:byte(q) == 92 then j = q + 2 else j = q + 1 break end
-      end
-      pos = j
-    elseif b == 91 then
-      local e = s:match("^%[%s*%]()", i)
-      if e then
-        out[#out + 1] = s:sub(last, i - 1)
-        out[#out + 1] = EMPTY_MARK_JSON
-        last, pos = e, e
-      else
-        pos = i + 1
-      end
-    else
-      -- The whole number token; only a plain integer that fits in 64 bits is rewritten
-      -- (fractions and exponents stay doubles).
-      local digits, e = s:match("^(%-?[%d%.eE%+%-]*)()", i)
-      if #digits >= 16 and digits:find("^%-?%d+$")
-          and math_type(tonumber(digits)) == "integer" then
-        out[#out + 1] = s:sub(last, i - 1)
-        out[#out + 1] = INT_MARK_JSON .. digits .. '"'
-        last = e
-      end
-      pos = e
-    end
-  end
-  if last == 1 then return s end
-  out[#out + 1] = s:sub(last)
-  return table_concat(out)
-end
-
--- After cjson: nulls removed (RFC 7643 §2.5: null and unassigned are the same state),
--- arrays marked and compacted, empty-array marks turned back into marked empty arrays,
--- integral floats turned into integers (ids and epoch dates print as "17", not "17.0").
-local function fix(v)
-  local is_array = v[1] ~= nil
-  local holes = false
-  for k, x in next, v do
-    if x == null then
-      v[k] = nil
-      holes = holes or is_array
-    elseif type(x) == "table" then
-      if x[1] == EMPTY_MARK and x[2] == nil then
-        v[k] = setmetatable({}, array_mt)
-      else
-        fix(x)
-      end
-    elseif math_type(x) == "float" then
-      local i = math_tointeger(x)
-      if i then v[k] = i end
-    elseif type(x) == "string" and x:find(INT_MARK, 1, true) == 1 then
-      v[k] = math_tointeger(tonumber(x:sub(#INT_MARK + 1)))
-    end
-  end
-  if is_array then
-    if holes then
-      local n, max = 0, 0
-      for k in next, v do if k > max then max = k end end
-      for i = 1, max do
-        local x = v[i]
-        if x ~= nil then n = n + 1 v[i] = nil v[n] = x end
-      end
-    end
-    setmetatable(v, array_mt)
-  end
-end
-
---- Decode JSON text.
--- Objects and arrays become tables (arrays marked with `json.array_mt`, empty ones
--- included); nulls become absent fields; integral numbers become integers.
--- @tparam string s JSON text
--- @return the value
--- @treturn[2] nil
--- @treturn[2] string cjson's message, e.g. "Expected value but found T_END at character 1"
-function json.decode(s)
-  if type(s) ~= "string" then return nil, "JSON text must be a string" end
-  local marked = s
-  if s:find("%[%s*%]") or s:find("%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d") then
-    marked = mark_literals(s)
-  end
-  local ok, v = pcall(cjson.decode, marked)
-  if not ok then return nil, tostring(v):gsub("^[^:]*:%d+: ", "") end
-  if type(v) == "table" then
-    if v[1] == EMPTY_MARK and v[2] == nil then return setmetatable({}, array_mt) end
-    fix(v)
-  elseif v == null then
-    return nil, "the document is null"
-  elseif math_type(v) == "float" then
-    v = math_tointeger(v) or v
-  elseif type(v) == "string" and v:find(INT_MARK, 1, true) == 1 then
-    v = math_tointeger(tonumber(v:sub(#INT_MARK + 1)))
-  end
-  return v
-end
-
--- }====================================================================
 
 -- {====================================================================
 -- Errors
@@ -370,15 +112,23 @@ local function new_error(fields, secret)
 end
 
 -- Collapse a text body into one short line for a message (control characters, which a
--- hostile server could use to rewrite a terminal, become spaces).
+-- hostile server could use to rewrite a terminal, become spaces). Bytes that are not
+-- UTF-8 (a Latin-1 body) become "?", so the message can go into JSON logs.
 local function squeeze(s, max)
   s = s:gsub("%c", " "):gsub(" +", " "):gsub("^ ", ""):gsub(" $", "")
-  if #s > max then
-    s = s:sub(1, max)
-    -- Do not cut a UTF-8 sequence in half.
-    while #s > 0 and utf8_len(s) == nil do s = s:sub(1, -2) end
-    s = s .. "..."
+  local cut = #s > max
+  if cut then s = s:sub(1, max) end
+  local _, bad = utf8_len(s)
+  while bad do
+    -- A sequence the cut split in half is dropped, not shown as "?".
+    if cut and bad > #s - 3 and not s:find("[\192-\255]", bad + 1) then
+      s = s:sub(1, bad - 1)
+      break
+    end
+    s = s:sub(1, bad - 1) .. "?" .. s:sub(bad + 1)
+    _, bad = utf8_len(s, bad + 1)
   end
+  if cut then s = s .. "..." end
   return s
 end
 
@@ -501,9 +251,6 @@ local DIALECT_DEFAULTS = {
   update = "patch",
   core_schema = "urn:ietf:params:scim:schemas:core:2.0:User",
   max_page_size = 100,
-  user_agent_required = false,
-  etag = true,
-  delete_ok = { 200, 204 },
   list = { resources = "Resources", total = "totalResults", start = "startIndex",
            per_page = "itemsPerPage" },
   users_path = "Users",
@@ -575,20 +322,18 @@ local function supported(section)
   return nil
 end
 
+-- ServiceProviderConfig sections that are a plain "supported" flag -> capability field.
+local SPC_FLAGS = { patch = "patch", etag = "etag", sort = "sort",
+  changePassword = "change_password", filter = "filter" }
+
 -- RFC 7643 §5 ServiceProviderConfig on top of the dialect's defaults: whatever the server
 -- states wins; whatever it leaves out keeps the dialect's value.
 local function merge_capabilities(caps, spc)
   caps.source = "server"
-  local p = supported(spc.patch)
-  if p ~= nil then caps.patch = p end
-  local e = supported(spc.etag)
-  if e ~= nil then caps.etag = e end
-  local s = supported(spc.sort)
-  if s ~= nil then caps.sort = s end
-  local cp = supported(spc.changePassword)
-  if cp ~= nil then caps.change_password = cp end
-  local f = supported(spc.filter)
-  if f ~= nil then caps.filter = f end
+  for name, field in pairs(SPC_FLAGS) do
+    local v = supported(spc[name])
+    if v ~= nil then caps[field] = v end
+  end
   if type(spc.filter) == "table" then
     local max = positive(spc.filter.maxResults)
     if max then caps.max_page_size = max end
@@ -613,16 +358,53 @@ local Client = {}
 Client.__name = "scim.client"
 Client.__index = Client
 
-local OPTIONS = {
-  url = "string", token = "string", dialect = "any", concurrency = "number",
-  rate = "number", timeout = "number", connect_timeout = "number", retries = "number",
-  user_agent = "string", ca_file = "string", insecure = "boolean", allow_http = "boolean",
-  proxy = "string", max_body = "number", trace = "function", engine = "table",
-  max_pages = "number", headers = "table", http = "table",
+-- Options passed on to `scim.http.new` as they are.
+local ENGINE_OPTIONS = {
+  concurrency = "number", rate = "number", timeout = "number", connect_timeout = "number",
+  retries = "number", user_agent = "string", ca_file = "string", insecure = "boolean",
+  allow_http = "boolean", proxy = "string", max_body = "number", trace = "function",
 }
+-- Every option `client.new` takes, with its type ("any": checked where it is used).
+local OPTIONS = {
+  url = "string", token = "string", dialect = "any", engine = "table", max_pages = "number",
+  headers = "table", http = "table",
+}
+for k, t in pairs(ENGINE_OPTIONS) do OPTIONS[k] = t end
 
 -- The ETag cache is bounded so a million-user run does not keep a million versions.
 local ETAG_CACHE_MAX = 4096
+
+-- The base URL, checked and ending in "/". Raises at the caller of `client.new`.
+local function base_url(url, d)
+  if not url then
+    error("scim.client.new: no url given and the " .. tostring(d.name or "scim2")
+      .. " dialect has no default", 3)
+  end
+  if not url:find("^[hH][tT][tT][pP][sS]?://[^/%s]+") or url:find("[%s%c]") then
+    error("scim.client.new: url must be an http:// or https:// URL, got '" .. safe_url(url)
+      .. "'", 3)
+  end
+  if url:find("[?#]") then
+    error("scim.client.new: url must not have a query or fragment: '" .. safe_url(url) .. "'", 3)
+  end
+  if url:sub(-1) ~= "/" then url = url .. "/" end
+  return url
+end
+
+-- A `scim.http` engine of our own: `opts.http`, then the pass-through options, then the
+-- headers with the token.
+local function new_engine(opts, auth)
+  local eo = {}
+  for k, v in pairs(opts.http or {}) do eo[k] = v end
+  for k in pairs(ENGINE_OPTIONS) do
+    if opts[k] ~= nil then eo[k] = opts[k] end
+  end
+  local headers = {}
+  for k, v in pairs(opts.headers or {}) do headers[k] = v end
+  headers.Authorization = auth
+  eo.headers = headers
+  return require("scim.http").new(eo)
+end
 
 --- Make a client.
 -- @tparam table opts options:
@@ -652,60 +434,42 @@ function client.new(opts)
     end
   end
   local dialect, d = load_dialect(opts.dialect)
-  local url = opts.url or d.default_url
-  if not url then
-    error("scim.client.new: no url given and the " .. tostring(d.name or "scim2")
-      .. " dialect has no default", 2)
-  end
-  if not url:find("^[hH][tT][tT][pP][sS]?://[^/%s]+") or url:find("[%s%c]") then
-    error("scim.client.new: url must be an http:// or https:// URL, got '" .. safe_url(url)
-      .. "'", 2)
-  end
-  if url:find("[?#]") then
-    error("scim.client.new: url must not have a query or fragment: '" .. safe_url(url) .. "'", 2)
-  end
-  if url:sub(-1) ~= "/" then url = url .. "/" end
+  local url = base_url(opts.url or d.default_url, d)
   local token = opts.token
-  if token and (token == "" or token:find("[%c]")) then
+  if token and (token == "" or token:find("%c")) then
     -- Never echo the token itself.
     error("scim.client.new: token must be non-empty and free of control characters", 2)
   end
-  if opts.max_pages and opts.max_pages < 1 then
-    error("scim.client.new: max_pages must be at least 1", 2)
+  local max_pages = opts.max_pages and math_tointeger(opts.max_pages)
+  if opts.max_pages and not (max_pages and max_pages >= 1) then
+    error("scim.client.new: max_pages must be a whole number, at least 1", 2)
   end
+  local auth = token and ("Bearer " .. token) or nil
 
   local self = setmetatable({
     url = url,
     dialect = dialect,  -- the dialect table as its module returned it
     d = d,              -- the same with defaults for the fields it leaves out
     users_url = url .. d.users_path,
-    max_pages = opts.max_pages or 100000,
+    max_pages = max_pages or 100000,
     etags = {}, n_etags = 0,
-    extra_headers = opts.headers,
   }, Client)
-
   secrets[self] = token
-  local auth = token and ("Bearer " .. token) or nil
   if opts.engine then
+    -- A shared engine does not know our token or headers: they go on each request.
     self.engine, self.owns_engine = opts.engine, false
-    auth_headers[self] = auth  -- sent per request: the shared engine does not know our token
+    self.extra_headers = opts.headers
+    auth_headers[self] = auth
   else
-    local headers = {}
-    for k, v in pairs(opts.headers or {}) do headers[k] = v end
-    headers.Authorization = auth
-    self.extra_headers = nil
-    local http = require "scim.http"
-    local eo = {}
-    for k, v in pairs(opts.http or {}) do eo[k] = v end
-    for _, k in ipairs{ "concurrency", "rate", "retries", "timeout", "connect_timeout",
-        "user_agent", "ca_file", "insecure", "proxy", "allow_http", "max_body", "trace" } do
-      if opts[k] ~= nil then eo[k] = opts[k] end
-    end
-    eo.headers = headers
-    self.engine = http.new(eo)
-    self.owns_engine = true
+    self.engine, self.owns_engine = new_engine(opts, auth), true
   end
   return self
+end
+
+-- Raise "bad argument #n to 'name' (what)" where `error(_, level)` would (default 2: at
+-- the caller of the method that calls this).
+local function argerror(n, name, what, level)
+  error(string_format("bad argument #%d to '%s' (%s)", n, name, what), (level or 2) + 1)
 end
 
 local function check_open(self, name)
@@ -718,8 +482,8 @@ end
 local function check_id(id, name)
   if math_type(id) == "integer" then id = tostring(id) end
   if type(id) ~= "string" or id == "" then
-    error("bad argument #1 to '" .. name .. "' (non-empty id string expected, got "
-      .. (id == "" and "an empty string" or type(id)) .. ")", 3)
+    argerror(1, name, "non-empty id string expected, got "
+      .. (id == "" and "an empty string" or type(id)), 3)
   end
   return id
 end
@@ -738,13 +502,11 @@ local function remember_etag(self, id, version)
   self.etags[id] = version
 end
 
+-- A resource's version: its meta.version, else the response's ETag.
 local function version_of(resource, res)
   local meta = type(resource) == "table" and resource.meta
   local v = type(meta) == "table" and meta.version or nil
-  if type(v) ~= "string" and res and res.headers then
-    v = res.headers.etag
-    if type(v) == "table" then v = v[1] end
-  end
+  if type(v) ~= "string" and res and res.headers then v = res.headers.etag end
   return type(v) == "string" and v ~= "" and v or nil
 end
 
@@ -786,15 +548,15 @@ local function decode_body(self, res, method, url, empty)
     return nil, local_error(self, method, url, "invalid JSON in response: " .. why, "BAD_JSON",
       res.status)
   end
-  if type(doc) ~= "table" or getmetatable(doc) == array_mt then
+  if type(doc) ~= "table" or json.is_array(doc) then
     return nil, local_error(self, method, url, "the response is JSON but not an object",
       "BAD_JSON", res.status)
   end
   return doc
 end
 
--- Request + status check + decode. `ok_status(status)` says which statuses succeed
--- (default: any 2xx).
+-- Request + status check (any 2xx succeeds) + decode: the document (or `empty` for an
+-- empty body) and the response, or nil and an error object.
 local function call(self, method, url, body_tbl, headers, empty)
   local body
   if body_tbl ~= nil then
@@ -814,6 +576,15 @@ end
 
 local function fail(err) return nil, err, err.code end
 
+-- The end of a request on user `id` that `call` made: the fail triple, or the result
+-- (`true` for an empty 2xx) with the version it came back with remembered (none for
+-- `true`: the old one is stale).
+local function settle(self, id, doc, res)
+  if not doc then return fail(res) end
+  remember_etag(self, id, doc ~= true and version_of(doc, res) or nil)
+  return doc
+end
+
 local function user_url(self, id)
   return self.users_url .. "/" .. escape(id)
 end
@@ -828,8 +599,7 @@ end
 function Client:create(resource)
   check_open(self, "create")
   if type(resource) ~= "table" then
-    error("bad argument #1 to 'create' (resource table expected, got " .. type(resource) .. ")",
-      2)
+    argerror(1, "create", "resource table expected, got " .. type(resource))
   end
   if resource.schemas == nil then
     local copy = {}
@@ -838,9 +608,7 @@ function Client:create(resource)
     resource = copy
   end
   local doc, res = call(self, "POST", self.users_url, resource)
-  if not doc then return fail(res) end
-  remember_etag(self, doc.id, version_of(doc, res))
-  return doc
+  return settle(self, doc and doc.id, doc, res)
 end
 
 --- Read one user (GET /Users/{id}).
@@ -858,10 +626,7 @@ function Client:get(id, opts)
     { "attributes", attribute_list(opts.attributes, "attributes") },
     { "excludedAttributes", attribute_list(opts.excluded_attributes, "excluded_attributes") },
   }
-  local doc, res = call(self, "GET", url)
-  if not doc then return fail(res) end
-  remember_etag(self, id, version_of(doc, res))
-  return doc
+  return settle(self, id, call(self, "GET", url))
 end
 
 --- Replace a user (PUT /Users/{id}).
@@ -880,8 +645,7 @@ function Client:replace(id, resource, opts)
   check_open(self, "replace")
   id = check_id(id, "replace")
   if type(resource) ~= "table" then
-    error("bad argument #2 to 'replace' (resource table expected, got " .. type(resource) .. ")",
-      2)
+    argerror(2, "replace", "resource table expected, got " .. type(resource))
   end
   opts = opts or {}
   local version = opts.etag
@@ -889,12 +653,7 @@ function Client:replace(id, resource, opts)
   local headers
   local etag_ok = not (self.caps and self.caps.etag == false)
   if version and etag_ok then headers = { ["If-Match"] = version } end
-  local url = user_url(self, id)
-  local doc, res = call(self, "PUT", url, resource, headers, true)
-  if not doc then return fail(res) end
-  if doc == true then remember_etag(self, id, nil) return true end
-  remember_etag(self, id, version_of(doc, res))
-  return doc
+  return settle(self, id, call(self, "PUT", user_url(self, id), resource, headers, true))
 end
 
 local PATCH_OPS = { add = "add", remove = "remove", replace = "replace" }
@@ -911,23 +670,19 @@ function Client:patch(id, operations)
   check_open(self, "patch")
   id = check_id(id, "patch")
   if type(operations) ~= "table" or operations[1] == nil then
-    error("bad argument #2 to 'patch' (non-empty array of operations expected)", 2)
+    argerror(2, "patch", "non-empty array of operations expected")
   end
   local ops = json.array()
   for i, o in ipairs(operations) do
     local op = type(o) == "table" and type(o.op) == "string" and PATCH_OPS[o.op:lower()]
     if not op then
-      error("bad argument #2 to 'patch' (operation " .. i .. " needs op add, remove or replace)",
-        2)
+      argerror(2, "patch", "operation " .. i .. " needs op add, remove or replace")
+    elseif o.path ~= nil and type(o.path) ~= "string" then
+      argerror(2, "patch", "operation " .. i .. ": path must be a string")
+    elseif op == "remove" and o.path == nil then
+      argerror(2, "patch", "operation " .. i .. ": remove needs a path")
     end
-    if o.path ~= nil and type(o.path) ~= "string" then
-      error("bad argument #2 to 'patch' (operation " .. i .. ": path must be a string)", 2)
-    end
-    if op == "remove" and o.path == nil then
-      error("bad argument #2 to 'patch' (operation " .. i .. ": remove needs a path)", 2)
-    end
-    local copy = { op = op, path = o.path, value = o.value }
-    ops[i] = copy
+    ops[i] = { op = op, path = o.path, value = o.value }
   end
   local url = user_url(self, id)
   local schema = patch_schema(self.d)
@@ -935,12 +690,8 @@ function Client:patch(id, operations)
     return fail(local_error(self, "PATCH", url, "the " .. tostring(self.d.name)
       .. " dialect has no PATCH; use replace", "NOT_SUPPORTED"))
   end
-  local doc, res = call(self, "PATCH", url,
-    { schemas = json.array{ schema }, Operations = ops }, nil, true)
-  if not doc then return fail(res) end
-  if doc == true then remember_etag(self, id, nil) return true end
-  remember_etag(self, id, version_of(doc, res))
-  return doc
+  return settle(self, id, call(self, "PATCH", url,
+    { schemas = json.array{ schema }, Operations = ops }, nil, true))
 end
 
 --- Delete a user (DELETE /Users/{id}).
@@ -1077,7 +828,7 @@ end
 -- The paging loop shared by `users` and `find`: a function returning the next resource,
 -- nil at the end, or nil and an error object.
 local function pager(self, o)
-  local count = o.count or self:capabilities().max_page_size or 100
+  local count = o.count or self:capabilities().max_page_size
   local start = o.start_index or 1
   local limit = o.limit
   local page, pos, delivered, pages = nil, 0, 0, 0
@@ -1166,7 +917,7 @@ end
 function Client:find(f, opts)
   check_open(self, "find")
   if f ~= nil and type(f) ~= "string" then
-    error("bad argument #1 to 'find' (filter string or nil expected)", 2)
+    argerror(1, "find", "filter string or nil expected")
   end
   local o = list_options(opts, "find")
   o.filter = f
@@ -1190,7 +941,7 @@ end
 function Client:find_user(user_name, opts)
   check_open(self, "find_user")
   if type(user_name) ~= "string" then
-    error("bad argument #1 to 'find_user' (string expected, got " .. type(user_name) .. ")", 2)
+    argerror(1, "find_user", "string expected, got " .. type(user_name))
   end
   local o = list_options(opts, "find_user")
   if user_name == "" or utf8_len(user_name) == nil then

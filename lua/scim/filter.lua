@@ -9,23 +9,13 @@
 -- filter.eq("userName", 'a" or userName pr "')  --> userName eq "a\" or userName pr \""
 -- filter.all(filter.eq("active", true), filter.sw("name.familyName", "O'Br"))
 
-local type, tostring, select, error = type, tostring, select, error
-local tonumber, string_format = tonumber, string.format
-local math_type, math_huge, utf8_len = math.type, math.huge, utf8.len
-local table_concat = table.concat
+local json = require "scim.json"
+
+local type, select, error = type, select, error
+local string_format, table_concat = string.format, table.concat
+local math_huge, utf8_len = math.huge, utf8.len
 
 local filter = {}
-
--- Escapes for the characters JSON requires escaping; other control bytes get \u00XX.
-local ESCAPES = {
-  ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
-  ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t",
-}
-for b = 0, 31 do
-  local c = string.char(b)
-  ESCAPES[c] = ESCAPES[c] or string_format("\\u%04x", b)
-end
-ESCAPES["\127"] = "\\u007f"
 
 -- A short, printable view of a bad string for a message: bytes outside printable ASCII
 -- as \xNN.
@@ -34,28 +24,21 @@ local function shown(s)
   return '"' .. s .. '"'
 end
 
--- The JSON literal for v, or nil and why not.
+-- The JSON literal for v (written by scim.json, as request bodies are), or nil and why not.
 local function literal(v)
   local t = type(v)
-  if t == "string" then
-    if utf8_len(v) == nil then
-      return nil, "value is not valid UTF-8: " .. shown(v)
-    end
-    return '"' .. v:gsub('[%c"\\]', ESCAPES) .. '"'
+  if v == nil then
+    return "null"
+  elseif t == "string" then
+    if utf8_len(v) == nil then return nil, "value is not valid UTF-8: " .. shown(v) end
   elseif t == "number" then
     if v ~= v or v == math_huge or v == -math_huge then
       return nil, "value must be a finite number"
     end
-    if math_type(v) == "integer" then return string_format("%d", v) end
-    local s = string_format("%.14g", v)
-    if tonumber(s) ~= v then s = string_format("%.17g", v) end
-    return s
-  elseif t == "boolean" then
-    return tostring(v)
-  elseif v == nil then
-    return "null"
+  elseif t ~= "boolean" then
+    return nil, "value must be a string, number, boolean or nil, not " .. t
   end
-  return nil, "value must be a string, number, boolean or nil, not " .. t
+  return (json.encode(v))
 end
 
 --- Write a Lua string as a JSON string literal (quotes included).

@@ -1,12 +1,13 @@
 --- scim-agent: keep a SCIM service provider's users in step with a CSV file.
 -- The public facade: `local scim = require "scim"`. Submodules load on first
--- use (`scim.csv`, `scim.client`, `scim.mapping`, `scim.http`, `scim.filter`),
--- so requiring the facade is cheap and has no require cycles.
+-- use (`scim.csv`, `scim.client`, `scim.mapping`, `scim.http`, `scim.filter`,
+-- `scim.json`), so requiring the facade is cheap and has no require cycles.
 -- @module scim
 local core = require "scim.core"
 
 local SUBMODULES = {
-  csv = true, http = true, client = true, mapping = true, filter = true, report = true,
+  csv = true, http = true, client = true, mapping = true, filter = true, json = true,
+  report = true,
 }
 
 local scim = {

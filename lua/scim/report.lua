@@ -2,7 +2,7 @@
 -- the summary, and `--log-format json` (one JSON object per row outcome).
 -- @module scim.report
 local cjson = require "cjson"
-local json = require("scim.client").json  -- encodes empty arrays as []
+local json = require "scim.json"  -- encodes empty arrays as []
 
 local report = {}
 

@@ -7,7 +7,7 @@
 -- bytes per person); a row whose manager has not been listed yet is spilled to a temporary
 -- file as JSON and written at the end, when every id is known.
 -- @module scim.jobs.export
-local json = require("scim.client").json  -- keeps ids and empty arrays as they came
+local json = require "scim.json"  -- keeps ids and empty arrays as they came
 local common = require "scim.jobs.common"
 local idstr = common.idstr
 
