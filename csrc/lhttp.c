@@ -1029,12 +1029,17 @@ static int multi_next_done(lua_State *L) {
     }
     else {
       size_t n = strlen(r->errbuf);
+      long proxy_status = 0;
       while (n > 0 && (r->errbuf[n - 1] == '\n' || r->errbuf[n - 1] == '\r')) n--;
       if (n > 0)
         lua_pushlstring(L, r->errbuf, n);
       else
         lua_pushstring(L, curl_easy_strerror(rc));
-      lua_pushstring(L, curlcode_name(rc));
+      /* A proxy that answered CONNECT with an error status said no: that is
+      ** its policy, not a network fault (libcurl 7.x calls it RECV_ERROR). */
+      if (curl_easy_getinfo(e, CURLINFO_HTTP_CONNECTCODE, &proxy_status) != CURLE_OK)
+        proxy_status = 0;
+      lua_pushstring(L, proxy_status >= 300 ? "PROXY" : curlcode_name(rc));
     }
     return 4;
   }

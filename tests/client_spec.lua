@@ -97,7 +97,7 @@ describe("scim.client", function()
       assert.is_false(ok)
       assert.not_matches("Evil", err)
       assert.has_error(function() client.new{ url = BASE, timeout = "3", engine = {} } end,
-        "scim.client.new: option 'timeout' must be a number, not string")
+        "scim.client.new: option 'timeout' must be a number, got string")
       for _, bad in ipairs{ 0, -1, 2.5, 0 / 0, math.huge } do
         assert.has_error(function() client.new{ url = BASE, max_pages = bad, engine = {} } end,
           "scim.client.new: max_pages must be a whole number, at least 1")

@@ -3,6 +3,7 @@
 -- policy is in tests/http_spec.lua.
 local core = require "scim.core"
 local server = require "support.server"
+local proxy = require "support.proxy"
 
 local TOKEN = "core-spec-token-5d1f0a"
 
@@ -181,6 +182,26 @@ describe("scim.core HTTP binding", function()
       assert.is_nil(ok)
       assert.equals("COULDNT_CONNECT", code)
       assert.matches("onnect", msg)
+    end)
+
+    it("reports a proxy's refused CONNECT as PROXY, other failures by name", function()
+      local refusing <close> = proxy.start{ refuse = true }
+      local multi <close> = core.multi()
+      -- the proxy says no before any target is reached: none need exist
+      local req <close> = core.request{ url = "https://scim.localhost:1/", proxy = refusing.url }
+      multi:add(req)
+      local _, ok, msg, code = wait_done(multi)
+      assert.is_nil(ok)
+      assert.equals("PROXY", code)
+      assert.equals("CONNECT tunnel failed, response 403", msg)
+      -- proxy = "" (none, whatever the environment says): a plain failure
+      local direct <close> = core.request{ url = "http://127.0.0.1:1/", connect_timeout = 5,
+        proxy = "" }
+      multi:add(direct)
+      _, ok, _, code = wait_done(multi)
+      assert.is_nil(ok)
+      assert.equals("COULDNT_CONNECT", code)
+      assert.equals(1, refusing:stats().refused)
     end)
 
     it("times out a stalled transfer", function()

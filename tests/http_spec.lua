@@ -5,6 +5,7 @@ local http = require "scim.http"
 local core = require "scim.core"
 local cjson = require "cjson"
 local server = require "support.server"
+local proxy = require "support.proxy"
 
 local TOKEN = "http-spec-token-8c2e77b1"
 
@@ -76,7 +77,14 @@ describe("scim.http", function()
       assert.has_error(function() e:request{ url = users(), verb = "GET" } end,
         "request: unknown option 'verb'")
       assert.has_error(function() e:request{} end, "request: option 'url' is required")
-      assert.has_error(function() e:request{ url = users(), retries = 0 } end)
+      assert.has_error(function() e:request{ url = users(), retries = 0 } end,
+        "request: option 'retries' must be a positive whole number")
+      -- engine:each checks each spec the same way, before sending anything
+      assert.has_error(function() e:each{ { url = users() }, { url = users(), retries = 1.5 } } end,
+        "request 2: option 'retries' must be a positive whole number")
+      assert.has_error(function() e:each{ { url = users() }, {} } end,
+        "request 2: option 'url' is required")
+      assert.equals(0, e:stats().requests)
     end)
   end)
 
@@ -526,9 +534,10 @@ describe("scim.http", function()
     end)
   end)
 
-  describe("TLS", function()
+  describe("TLS and proxies", function()
     -- A throwaway HTTPS server (node's http2 module, HTTP/1.1 allowed) with a
-    -- self-signed certificate for 127.0.0.1, made with the openssl tool.
+    -- self-signed certificate for 127.0.0.1 and scim.localhost (a name curl
+    -- resolves to loopback itself, without DNS), made with the openssl tool.
     local dir, pipe, base, ca
 
     local TLS_SERVER = [[
@@ -568,8 +577,8 @@ process.stdin.resume();
       f:close()
       ca = dir .. "/cert.pem"
       assert(os.execute(CLEAN .. "openssl req -x509 -newkey rsa:2048 -nodes -days 1"
-        .. " -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout " .. dir
-        .. "/key.pem -out " .. ca .. " >/dev/null 2>&1"))
+        .. " -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1,DNS:scim.localhost"
+        .. " -keyout " .. dir .. "/key.pem -out " .. ca .. " >/dev/null 2>&1"))
       pipe = assert(io.popen("exec " .. CLEAN .. "node " .. dir .. "/tls.js " .. dir
         .. "/key.pem " .. ca .. " > " .. dir .. "/port 2> " .. dir .. "/log", "w"))
       os.execute("i=0; while [ $i -lt 500 ] && ! [ -s " .. dir .. "/port ]; do sleep 0.02;"
@@ -594,7 +603,15 @@ process.stdin.resume();
       assert.equals(1, e:stats().requests)
       res = assert(new{ ca_file = ca }:request{ url = base .. "/" })
       assert.equals(200, res.status)
+      -- a trusted certificate for other names: the host name is checked too
+      local other = base:gsub("127%.0%.0%.1", "localhost")
+      res, err, code = new{ ca_file = ca }:request{ url = other .. "/" }
+      assert.is_nil(res)
+      assert.equals("PEER_FAILED_VERIFICATION", code)
+      assert.matches("'localhost'", err)
       res = assert(new{ insecure = true }:request{ url = base .. "/" })
+      assert.equals(200, res.status)
+      res = assert(new{ insecure = true }:request{ url = other .. "/" })
       assert.equals(200, res.status)
     end)
 
@@ -623,6 +640,208 @@ process.stdin.resume();
         assert.equals(first.sessions, doc.sessions)  -- no new connection
       end
       assert.equals(8, e:stats().max_inflight)
+    end)
+
+    describe("proxies", function()
+      -- tests/support/proxy.js: forwards plain http, tunnels CONNECT, counts
+      -- both, and reaches every target (127.0.0.1, *.localhost) on loopback.
+      local p, refusing, tls_port
+
+      setup(function()
+        p = proxy.start()
+        refusing = proxy.start{ refuse = true }
+        tls_port = tonumber(base:match(":(%d+)$"))
+      end)
+
+      teardown(function()
+        if p then p:stop() end
+        if refusing then refusing:stop() end
+      end)
+
+      before_each(function()
+        p:reset()
+        refusing:reset()
+      end)
+
+      local function targets(st)
+        local out = {}
+        for i, r in ipairs(st.requests) do out[i] = r.method .. " " .. r.target end
+        return out
+      end
+
+      it("sends plain http through the `proxy` option, loopback included", function()
+        local e = new{ proxy = p.url }
+        for _ = 1, 3 do assert.equals(200, assert(e:request{ url = users() }).status) end
+        local st = p:stats()
+        assert.equals(3, st.forwarded)
+        assert.same({ "GET " .. users(), "GET " .. users(), "GET " .. users() }, targets(st))
+        assert.equals(3, #records("GET"))  -- and each reached the server once
+        assert.equals(200, assert(new():request{ url = users() }).status)
+        assert.equals(3, p:stats().forwarded)  -- no option, no proxy
+        assert.equals(4, #records("GET"))
+      end)
+
+      it("tunnels https through the `proxy` option, HTTP/2 multiplexed inside", function()
+        local e = new{ proxy = p.url, ca_file = ca, concurrency = 4 }
+        local first = cjson.decode(assert(e:request{ url = base .. "/" }).body)
+        assert.equals("2.0", first.version)
+        local specs = {}
+        for i = 1, 4 do specs[i] = { url = base .. "/" .. i } end
+        for _, res in e:each(specs) do
+          assert.equals(first.sessions, cjson.decode(res.body).sessions)
+        end
+        local st = p:stats()
+        assert.equals(1, st.connects)  -- one tunnel carried all five
+        assert.same({ "CONNECT 127.0.0.1:" .. tls_port }, targets(st))
+        assert.equals(4, e:stats().max_inflight)
+      end)
+
+      -- Runs one child lua5.4 with `env` set (libcurl reads proxy variables
+      -- from the process environment, which Lua cannot change): the child
+      -- GETs each URL once and returns `{ status=, code= }` per URL.
+      local CHILD = [=[
+local http, cjson = require "scim.http", require "cjson"
+local e = http.new{ headers = { Authorization = "Bearer " .. arg[1] }, ca_file = arg[2],
+  allow_http = true, retries = 1, proxy = os.getenv("CHILD_PROXY") }
+local out = {}
+for i = 3, #arg do
+  local res, err, code = e:request{ url = arg[i] }
+  out[#out + 1] = { status = res and res.status or 0, code = code or "", err = err or "" }
+end
+e:close()
+io.write(cjson.encode(out))
+]=]
+      local PROXY_VARS = { "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
+        "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY" }
+      local function child(env, urls)
+        local script = dir .. "/child.lua"
+        local f = assert(io.open(script, "w"))
+        f:write(CHILD)
+        f:close()
+        -- the sanitizer preload is kept: the child loads the same build of the module
+        local cmd = { "env" }
+        for _, v in ipairs(PROXY_VARS) do cmd[#cmd + 1] = "-u " .. v end
+        for k, v in pairs(env) do cmd[#cmd + 1] = k .. "='" .. v .. "'" end
+        cmd[#cmd + 1] = "LUA_PATH_5_4='" .. package.path .. "'"
+        cmd[#cmd + 1] = "LUA_CPATH_5_4='" .. package.cpath .. "'"
+        cmd[#cmd + 1] = "lua5.4 " .. script .. " " .. TOKEN .. " " .. ca
+        for _, u in ipairs(urls) do cmd[#cmd + 1] = "'" .. u .. "'" end
+        local ph = assert(io.popen(table.concat(cmd, " ") .. " 2>&1"))
+        local text = ph:read("a")
+        ph:close()
+        local ok, doc = pcall(cjson.decode, text)
+        assert(ok, "child failed: " .. text)
+        assert.is_nil(text:find(TOKEN, 1, true))
+        return doc
+      end
+
+      it("bypasses environment proxies for loopback URLs", function()
+        local all = { http_proxy = p.url, HTTP_PROXY = p.url, HTTPS_PROXY = p.url,
+          ALL_PROXY = p.url }
+        local got = child(all, { users(), base .. "/" })
+        assert.same({ 200, 200 }, { got[1].status, got[2].status })
+        local st = p:stats()
+        assert.same({ 0, 0 }, { st.forwarded, st.connects })
+        assert.equals(1, #records("GET"))
+      end)
+
+      it("uses http_proxy and HTTPS_PROXY for other hosts, as libcurl does", function()
+        -- scim.localhost is not loopback to check_url, so it takes the environment's proxy
+        local plain = "http://scim.localhost:" .. s.port .. "/scim/v2/Users"
+        local secure = "https://scim.localhost:" .. tls_port .. "/"
+        local got = child({ http_proxy = p.url, HTTPS_PROXY = p.url }, { plain, secure })
+        assert.same({ 200, 200 }, { got[1].status, got[2].status })
+        local st = p:stats()
+        assert.same({ "GET " .. plain, "CONNECT scim.localhost:" .. tls_port }, targets(st))
+        assert.equals(1, #records("GET"))
+      end)
+
+      it("ignores upper-case HTTP_PROXY (libcurl's CGI safeguard)", function()
+        local plain = "http://scim.localhost:" .. s.port .. "/scim/v2/Users"
+        local got = child({ HTTP_PROXY = p.url }, { plain })
+        assert.equals(200, got[1].status)
+        assert.same({}, p:stats().requests)
+      end)
+
+      it("honours no_proxy", function()
+        local plain = "http://scim.localhost:" .. s.port .. "/scim/v2/Users"
+        local secure = "https://scim.localhost:" .. tls_port .. "/"
+        local got = child({ http_proxy = p.url, HTTPS_PROXY = p.url, no_proxy = "localhost" },
+          { plain, secure })
+        assert.same({ 200, 200 }, { got[1].status, got[2].status })
+        assert.same({}, p:stats().requests)
+      end)
+
+      it("lets the `proxy` option win over the environment", function()
+        local secure = "https://scim.localhost:" .. tls_port .. "/"
+        local dead = "http://127.0.0.1:1"
+        local got = child({ HTTPS_PROXY = dead }, { secure })
+        assert.equals("COULDNT_CONNECT", got[1].code)  -- the variable is used...
+        got = child({ HTTPS_PROXY = dead, http_proxy = dead, CHILD_PROXY = p.url },
+          { secure, users() })
+        assert.same({ 200, 200 }, { got[1].status, got[2].status })  -- ...until the option
+        assert.same({ "CONNECT scim.localhost:" .. tls_port, "GET " .. users() },
+          targets(p:stats()))
+        -- except that libcurl still applies no_proxy to the option's proxy
+        p:reset()
+        got = child({ no_proxy = "localhost", CHILD_PROXY = p.url }, { secure, users() })
+        assert.same({ 200, 200 }, { got[1].status, got[2].status })
+        assert.same({ "GET " .. users() }, targets(p:stats()))  -- 127.0.0.1 is not "localhost"
+      end)
+
+      it("fails with COULDNT_CONNECT, retried, when the proxy is down", function()
+        local dead = proxy.start()
+        local url = dead.url
+        dead:stop()  -- its port is now closed
+        local e = new{ proxy = url, retries = 2 }
+        local res, err, code = e:request{ url = users() }
+        assert.is_nil(res)
+        assert.equals("COULDNT_CONNECT", code)
+        assert.matches("^GET " .. users():gsub("%p", "%%%0") .. ": Failed to connect to "
+          .. "127%.0%.0%.1 port " .. url:match("%d+$"), err)
+        assert.is_nil(err:find(TOKEN, 1, true))
+        assert.equals(2, e:stats().requests)
+        assert.same({}, records())
+      end)
+
+      it("fails with PROXY, not retried, when the proxy refuses a tunnel", function()
+        local lines = {}
+        local e = new{ proxy = refusing.url, ca_file = ca,
+          trace = function(line) lines[#lines + 1] = line end }
+        local res, err, code = e:request{ url = base .. "/" }
+        assert.is_nil(res)
+        assert.equals("PROXY", code)
+        assert.equals("GET " .. base .. "/: CONNECT tunnel failed, response 403", err)
+        assert.equals(1, e:stats().requests)
+        assert.equals(1, refusing:stats().refused)
+        local all = table.concat(lines, "\n")
+        assert.matches("CONNECT 127%.0%.0%.1:" .. tls_port, all)
+        assert.is_nil(all:find(TOKEN, 1, true))
+        -- plain http has no tunnel: the proxy's 403 is the response, like any status
+        res = assert(new{ proxy = refusing.url }:request{ url = users() })
+        assert.equals(403, res.status)
+        assert.equals(2, refusing:stats().refused)
+        assert.same({}, records())
+      end)
+
+      it("keeps proxy credentials out of traces and errors", function()
+        local lines = {}
+        local user_url = p.url:gsub("^http://", "http://agent:pr0xy-s3cret@")
+        local e = new{ proxy = user_url, ca_file = ca,
+          trace = function(line) lines[#lines + 1] = line end }
+        assert.equals(200, assert(e:request{ url = base .. "/" }).status)
+        assert.equals(200, assert(e:request{ url = users() }).status)
+        local st = p:stats()
+        assert.same({ true, true }, { st.requests[1].proxy_auth, st.requests[2].proxy_auth })
+        local all = table.concat(lines, "\n")
+        assert.matches("Proxy%-Authorization: %[redacted%]", all)
+        assert.is_nil(all:find("pr0xy-s3cret", 1, true))
+        assert.is_nil(all:find("YWdlbnQ6cHIweHktczNjcmV0", 1, true))
+        local _, err, code = new{ proxy = "http://agent:pr0xy-s3cret@127.0.0.1:1", retries = 1 }
+          :request{ url = users() }
+        assert.equals("COULDNT_CONNECT", code)
+        assert.is_nil(err:find("pr0xy-s3cret", 1, true))
+      end)
     end)
   end)
 

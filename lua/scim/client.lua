@@ -17,6 +17,7 @@
 -- for u in client:users{ filter = 'title eq "Engineer"' } do print(u.userName) end
 
 local filter = require "scim.filter"
+local http = require "scim.http"
 local json = require "scim.json"
 
 local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring,
@@ -359,17 +360,14 @@ Client.__name = "scim.client"
 Client.__index = Client
 
 -- Options passed on to `scim.http.new` as they are.
-local ENGINE_OPTIONS = {
-  concurrency = "number", rate = "number", timeout = "number", connect_timeout = "number",
-  retries = "number", user_agent = "string", ca_file = "string", insecure = "boolean",
-  allow_http = "boolean", proxy = "string", max_body = "number", trace = "function",
-}
+local ENGINE_OPTIONS = { "concurrency", "rate", "timeout", "connect_timeout", "retries",
+  "user_agent", "ca_file", "insecure", "allow_http", "proxy", "max_body", "trace" }
 -- Every option `client.new` takes, with its type ("any": checked where it is used).
 local OPTIONS = {
   url = "string", token = "string", dialect = "any", engine = "table", max_pages = "number",
   headers = "table", http = "table",
 }
-for k, t in pairs(ENGINE_OPTIONS) do OPTIONS[k] = t end
+for _, k in ipairs(ENGINE_OPTIONS) do OPTIONS[k] = http.OPTION_TYPES[k] end
 
 -- The ETag cache is bounded so a million-user run does not keep a million versions.
 local ETAG_CACHE_MAX = 4096
@@ -396,14 +394,14 @@ end
 local function new_engine(opts, auth)
   local eo = {}
   for k, v in pairs(opts.http or {}) do eo[k] = v end
-  for k in pairs(ENGINE_OPTIONS) do
+  for _, k in ipairs(ENGINE_OPTIONS) do
     if opts[k] ~= nil then eo[k] = opts[k] end
   end
   local headers = {}
   for k, v in pairs(opts.headers or {}) do headers[k] = v end
   headers.Authorization = auth
   eo.headers = headers
-  return require("scim.http").new(eo)
+  return http.new(eo)
 end
 
 --- Make a client.
@@ -426,13 +424,7 @@ function client.new(opts)
   if type(opts) ~= "table" then
     error("bad argument #1 to 'scim.client.new' (table expected, got " .. type(opts) .. ")", 2)
   end
-  for k, v in pairs(opts) do
-    local want = OPTIONS[k]
-    if not want then error("scim.client.new: unknown option '" .. tostring(k) .. "'", 2) end
-    if want ~= "any" and type(v) ~= want then
-      error("scim.client.new: option '" .. k .. "' must be a " .. want .. ", not " .. type(v), 2)
-    end
-  end
+  http.check_options(opts, OPTIONS, "scim.client.new", 2)
   local dialect, d = load_dialect(opts.dialect)
   local url = base_url(opts.url or d.default_url, d)
   local token = opts.token

@@ -81,12 +81,19 @@ local function check_options(opts, types, what, level)
     local t = types[k]
     if not t then
       error(sformat("%s: unknown option '%s'", what, tostring(k)), level + 1)
-    elseif type(v) ~= t then
+    elseif t ~= "any" and type(v) ~= t then
       error(sformat("%s: option '%s' must be a %s, got %s", what, k, t, type(v)), level + 1)
     end
   end
   return opts
 end
+
+--- Checks an options table: every key must be in `types` (name -> Lua type name, or "any").
+-- Raises "<what>: unknown option 'k'" or "<what>: option 'k' must be a T, got U" where
+-- `error(msg, level)` in the caller would; nil gives {}. Shared with scim.client.
+http.check_options = check_options
+--- The type of every `http.new` option (scim.client passes some of them through).
+http.OPTION_TYPES = OPTION_TYPES
 
 local function positive(opts, key, what, integer, allow_zero)
   local v = opts[key]
@@ -95,6 +102,18 @@ local function positive(opts, key, what, integer, allow_zero)
       or (integer and v ~= floor(v)) then
     error(sformat("%s: option '%s' must be a %s%s number", what, key,
       allow_zero and "non-negative" or "positive", integer and " whole" or ""), 3)
+  end
+end
+
+-- Checks one request spec (for engine:request and engine:each).
+local function check_spec(spec, what, level)
+  check_options(spec, REQUEST_TYPES, what, level + 1)
+  if type(spec) ~= "table" or type(spec.url) ~= "string" then
+    error(what .. ": option 'url' is required", level + 1)
+  end
+  local r = spec.retries
+  if r ~= nil and (r < 1 or r ~= floor(r)) then
+    error(what .. ": option 'retries' must be a positive whole number", level + 1)
   end
 end
 
@@ -135,6 +154,20 @@ local function add_secret(secrets, value)
       secrets[#secrets + 1] = v
     end
   end
+end
+
+-- A copy of a headers option with values as strings; secret values are added
+-- to `secrets`. `what` names the option's owner in the error (raised at `level`).
+local function copy_headers(src, secrets, what, level)
+  local dst = {}
+  for name, value in pairs(src or {}) do
+    if type(name) ~= "string" or (type(value) ~= "string" and type(value) ~= "number") then
+      error(what .. ": option 'headers' must map names to string values", level + 1)
+    end
+    dst[name] = tostring(value)
+    if SECRET_HEADERS[slower(name)] then add_secret(secrets, value) end
+  end
+  return dst
 end
 
 -- == URL policy ==
@@ -226,6 +259,14 @@ local function emit(self, line)
   end
 end
 
+-- The running coroutine when it is scheduled by http.run and may yield
+-- (not inside a C call such as a gsub callback), else nil.
+local function yielding()
+  local co = corunning()
+  if co and managed[co] and isyieldable() then return co end
+  return nil
+end
+
 local function wake(co)
   local sched = co and managed[co]
   if sched then
@@ -250,9 +291,13 @@ local function finish(self, job, res, err, code)
   wake(job.waiter)
 end
 
+-- "METHOD url: reason", scrubbed: the message of every failure.
+local function failure(self, method, url, msg)
+  return method .. " " .. scrub(url, self.secrets) .. ": " .. scrub(tostring(msg), self.secrets)
+end
+
 local function fail(self, job, msg, code)
-  finish(self, job, nil, job.method .. " " .. scrub(job.url, self.secrets) .. ": "
-    .. scrub(tostring(msg), self.secrets), code)
+  finish(self, job, nil, failure(self, job.method, job.url, msg), code)
 end
 
 local function backoff(self, attempts)
@@ -283,12 +328,20 @@ local function response(job, req, headers)
   }
 end
 
+-- Stops tracking req as in flight; returns its job, or nil if untracked.
+local function untrack(self, req)
+  local job = req and self.jobs[req]
+  if job then
+    self.jobs[req] = nil
+    self.inflight = self.inflight - 1
+  end
+  return job
+end
+
 -- One finished transfer: account, then retry or hand the result over.
 local function complete(self, req, ok, msg, code)
-  local job = self.jobs[req]
-  self.jobs[req] = nil
-  self.inflight = self.inflight - 1
-  if not job then req:close() return end
+  local job = untrack(self, req)
+  if not job then req:close() return end  -- not ours (cannot happen): just free it
   if self.trace then
     local lines = req:trace()
     for i = 1, #lines do emit(self, "[" .. job.id .. "] " .. lines[i]) end
@@ -455,7 +508,9 @@ end
 --   per second ceiling), `burst` (token bucket size, default 1), `retries` (max attempts
 --   including the first, default 5), `timeout` (seconds per attempt, default 30),
 --   `connect_timeout` (default 10), `user_agent`, `headers` (sent on every request; secret
---   values are redacted), `ca_file`, `insecure`, `proxy`, `allow_http`, `max_body` (default
+--   values are redacted), `ca_file`, `insecure`, `proxy` (every request goes through it,
+--   loopback included; without it libcurl's http_proxy, HTTPS_PROXY, ALL_PROXY and
+--   no_proxy variables apply, except to loopback URLs), `allow_http`, `max_body` (default
 --   64 MiB), `trace` (function receiving redacted trace lines), `backoff_base` (0.5 s),
 --   `backoff_cap` (30 s), `max_retry_after` (300 s: a longer Retry-After is not waited for),
 --   `forbid_reuse` (a new connection per request), `max_connects`, `min_window` (1).
@@ -463,8 +518,8 @@ end
 -- @raise on a bad option
 -- @usage local engine = http.new{ concurrency = 16, headers = { Authorization = "Bearer " .. t } }
 function http.new(opts)
-  opts = check_options(opts, OPTION_TYPES, "scim.http.new", 2)
   local what = "scim.http.new"
+  opts = check_options(opts, OPTION_TYPES, what, 2)
   positive(opts, "concurrency", what, true)
   positive(opts, "rate", what)
   positive(opts, "burst", what)
@@ -481,14 +536,8 @@ function http.new(opts)
   positive(opts, "max_connects", what, true)
   positive(opts, "min_window", what, true)
   local concurrency = opts.concurrency or 8
-  local headers, secrets = {}, {}
-  for name, value in pairs(opts.headers or {}) do
-    if type(name) ~= "string" or (type(value) ~= "string" and type(value) ~= "number") then
-      error("scim.http.new: option 'headers' must map names to string values", 2)
-    end
-    headers[name] = tostring(value)
-    if SECRET_HEADERS[slower(name)] then add_secret(secrets, value) end
-  end
+  local secrets = {}
+  local headers = copy_headers(opts.headers, secrets, what, 2)
   local self = setmetatable({
     multi = core.multi{
       max_connects = opts.max_connects or max(concurrency, 8),
@@ -541,19 +590,11 @@ local function submit(self, spec)
   local url = spec.url
   local u, err, code = check_url(url, self.allow_http)
   if not u then
-    return nil, method .. " " .. scrub(url, self.secrets) .. ": " .. err, code
+    return nil, failure(self, method, url, err), code
   end
-  local headers, seen = {}, {}
-  if spec.headers then
-    for name, value in pairs(spec.headers) do
-      if type(name) ~= "string" or (type(value) ~= "string" and type(value) ~= "number") then
-        error("request: option 'headers' must map names to string values", 3)
-      end
-      headers[name] = tostring(value)
-      seen[slower(name)] = true
-      if SECRET_HEADERS[slower(name)] then add_secret(self.secrets, value) end
-    end
-  end
+  local headers = copy_headers(spec.headers, self.secrets, "request", 3)
+  local seen = {}
+  for name in pairs(headers) do seen[slower(name)] = true end
   for name, value in pairs(self.headers) do
     if not seen[slower(name)] then headers[name] = value end
   end
@@ -587,22 +628,18 @@ end
 --   for any HTTP status (after retries of 429/502/503/504 the last response)
 -- @treturn[2] nil
 -- @treturn[2] string message "METHOD url: reason", never holding a secret
--- @treturn[2] string code: the CURLE name (e.g. "COULDNT_CONNECT"), "BODY_TOO_LARGE",
+-- @treturn[2] string code: the CURLE name (e.g. "COULDNT_CONNECT"), "PROXY" (a proxy
+--   refused the tunnel; not retried), "BODY_TOO_LARGE",
 --   "HTTP_REFUSED", "UNSUPPORTED_PROTOCOL", "URL_MALFORMAT" or "CLOSED"
 -- @raise on a bad spec or a closed engine
 -- @usage local res, err = engine:request{ method = "GET", url = base .. "Users/42" }
 function Engine:request(spec)
   if self.closed then error("attempt to use a closed scim.http.engine", 2) end
-  check_options(spec, REQUEST_TYPES, "request", 2)
-  if type(spec.url) ~= "string" then error("request: option 'url' is required", 2) end
-  if spec.retries ~= nil and (spec.retries < 1 or spec.retries ~= floor(spec.retries)) then
-    error("request: option 'retries' must be a positive whole number", 2)
-  end
+  check_spec(spec, "request", 2)
   local job, err, code = submit(self, spec)
   if not job then return nil, err, code end
-  local co = corunning()
-  -- Not yieldable (inside a C call such as a gsub callback): wait here instead.
-  if co and managed[co] and isyieldable() then
+  local co = yielding()
+  if co then
     job.waiter = co
     repeat coyield(WAIT) until job.done
   else
@@ -618,11 +655,7 @@ end
 -- in flight is taken out of the multi (closing the request detaches it).
 local function cancel(self, job)
   if job.done then return end
-  local req = job.req
-  if req and self.jobs[req] then
-    self.jobs[req] = nil
-    self.inflight = self.inflight - 1
-  end
+  untrack(self, job.req)
   fail(self, job, "cancelled", "CANCELLED")
 end
 
@@ -638,16 +671,11 @@ function Engine:each(specs)
   if self.closed then error("attempt to use a closed scim.http.engine", 2) end
   if type(specs) ~= "table" then error("bad argument #1 to 'each' (table expected)", 2) end
   local n = #specs
-  for i = 1, n do
-    local spec = specs[i]
-    check_options(spec, REQUEST_TYPES, "request " .. i, 2)
-    if type(spec.url) ~= "string" then error("request " .. i .. ": option 'url' is required", 2) end
-  end
+  for i = 1, n do check_spec(specs[i], "request " .. i, 2) end
   local done = { n = 0 }       -- finished jobs, in completion order
   local open = {}              -- index -> unfinished job
   local submitted, returned, head = 0, 0, 1
-  local co = corunning()
-  local waiter = co and managed[co] and isyieldable() and co or nil
+  local waiter = yielding()
   local ahead = 2 * self.max_window
 
   local function fill()
