@@ -23,8 +23,10 @@ SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
 
 # Debian packages the build and the tests need; `deps` installs only the
 # missing ones, so it is a no-op on a prepared machine.
+# gcc and libclang-rt-14-dev are named: with apt's recommends off, neither
+# comes along (clang alone would become cc, without its sanitizer runtime).
 DEB_PKGS = lua5.4 liblua5.4-dev lua-cjson libcurl4-openssl-dev lua-busted \
-           luarocks lua-check clang valgrind cppcheck wrk curl
+           luarocks lua-check gcc clang libclang-rt-14-dev valgrind cppcheck wrk curl
 
 .PHONY: all build deps test check busted server-deps sanitize asan test-gc \
         lint fuzz bench demo install clean valgrind
