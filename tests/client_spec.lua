@@ -653,17 +653,10 @@ describe("scim.client", function()
     local http = require "scim.http"
     local filter = require "scim.filter"
     local s, c
-
-    setup(function()
-      s = server.start{ mode = "scim2", page_size = 50 }
-    end)
-
-    teardown(function()
-      if s then s:stop() end
-    end)
+    server.per_describe(_ENV, { mode = "scim2", page_size = 50 },
+      function(started) s = started end)
 
     before_each(function()
-      s:reset()
       c = client.new{ url = s.url, token = s.token, http = { backoff_base = 0.01 } }
     end)
 
@@ -899,17 +892,9 @@ describe("scim.client", function()
     local server = require "support.server"
     local s, c
     local CORE = "urn:scim:schemas:core:1.0"
-
-    setup(function()
-      s = server.start{ mode = "v1", page_size = 10 }
-    end)
-
-    teardown(function()
-      if s then s:stop() end
-    end)
+    server.per_describe(_ENV, { mode = "v1", page_size = 10 }, function(started) s = started end)
 
     before_each(function()
-      s:reset()
       c = client.new{ url = s.url, token = s.token, dialect = "workplace_v1" }
     end)
 

@@ -9,18 +9,7 @@ local TOKEN = "core-spec-token-5d1f0a"
 
 describe("scim.core HTTP binding", function()
   local s
-
-  setup(function()
-    s = server.start{ token = TOKEN }
-  end)
-
-  teardown(function()
-    if s then s:stop() end
-  end)
-
-  before_each(function()
-    s:reset()
-  end)
+  server.per_describe(_ENV, { token = TOKEN }, function(started) s = started end)
 
   after_each(function()
     collectgarbage()

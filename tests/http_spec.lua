@@ -11,17 +11,9 @@ local TOKEN = "http-spec-token-8c2e77b1"
 
 describe("scim.http", function()
   local s, engines
-
-  setup(function()
-    s = server.start{ token = TOKEN }
-  end)
-
-  teardown(function()
-    if s then s:stop() end
-  end)
+  server.per_describe(_ENV, { token = TOKEN }, function(started) s = started end)
 
   before_each(function()
-    s:reset()
     engines = {}
   end)
 

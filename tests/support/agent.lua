@@ -1,20 +1,12 @@
 --- Test helpers for running scim-agent: in-process through `scim.cli.main` with captured
 -- output, or as a subprocess (`lua5.4 lua/scim_agent.lua ...`) with environment variables.
 -- @module support.agent
+local util = require "support.util"
+
 local agent = {}
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local shell_quote, read_file = util.shell_quote, util.read_file
 agent.shell_quote = shell_quote
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local data = f:read("a")
-  f:close()
-  return data
-end
 agent.read_file = read_file
 
 --- Writes `text` to a new temporary file and returns its path.

@@ -9,23 +9,15 @@
 -- Like support.server, it talks to the proxy with the curl tool (never
 -- through any proxy), and node exits when our pipe to its stdin closes.
 -- @module support.proxy
-local cjson = require "cjson"
-local server = require "support.server"
+local util = require "support.util"
 
 local proxy = {}
 
 local methods = {}
 local mt = { __name = "support.proxy", __index = methods }
 
-local CLEAN = server.CLEAN_ENV
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local data = f:read("a")
-  f:close()
-  return data
-end
+local CLEAN = util.CLEAN_ENV
+local read_file = util.read_file
 
 -- proxy.js beside this file
 local function script()
@@ -45,8 +37,7 @@ function proxy.start(opts)
   local out, log = tmp .. ".out", tmp .. ".log"
   local pipe = assert(io.popen(table.concat({ "exec", CLEAN, "node", script(),
     opts.refuse and "--refuse" or "", "--exit-on-stdin-eof", ">", out, "2>", log }, " "), "w"))
-  os.execute("i=0; while [ $i -lt 750 ]; do grep -q '^listening ' " .. out
-    .. " 2>/dev/null && break; sleep 0.02; i=$((i+1)); done")
+  util.wait_listening(out, 15)
   local port = tonumber((read_file(out) or ""):match("^listening (%d+)\n"))
   if not port then
     pipe:close()
@@ -60,13 +51,7 @@ end
 
 local function control(self, method, path)
   if not self._pipe then error("support.proxy: the proxy is stopped", 3) end
-  local p = assert(io.popen(CLEAN .. "curl -s -S --max-time 10 --noproxy '*' -X " .. method
-    .. " " .. self.url .. "/_proxy/" .. path))
-  local body = p:read("a")
-  p:close()
-  local ok, doc = pcall(cjson.decode, body)
-  if not ok then error("support.proxy: bad control answer: " .. body, 3) end
-  return doc
+  return (util.must("support.proxy", util.control(self.url .. "/_proxy/", method, path)))
 end
 
 --- Counters since start or the last reset: `forwarded` (plain HTTP requests
@@ -82,16 +67,9 @@ function methods:reset()
 end
 
 --- Stops the proxy (idempotent; also `__close`).
-function methods:stop()
-  if not self._pipe then return end
-  self._pipe:close()  -- node exits on stdin EOF; close waits for it
-  self._pipe = nil
-  for _, f in ipairs(self._files) do os.remove(f) end
-end
+methods.stop = util.release
 
 mt.__close = methods.stop
-mt.__gc = function(self)
-  if self._pipe then pcall(self._pipe.close, self._pipe) end
-end
+mt.__gc = util.finalize
 
 return proxy

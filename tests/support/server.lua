@@ -18,6 +18,7 @@
 -- the legacy API's 15-digit ids cannot be sent back as JSON numbers: send them
 -- as digit strings (the v1 server accepts "managerId": "100040000000001").
 local cjson = require "cjson"
+local util = require "support.util"
 
 local server = {}
 
@@ -32,22 +33,11 @@ local function server_dir()
   return "tests/server"
 end
 
--- Tools we run must not inherit a sanitizer preload (`make asan` sets LD_PRELOAD to
--- libasan for busted): curl hangs at startup under it, node only slows down.
-local CLEAN = "env -u LD_PRELOAD -u ASAN_OPTIONS "
+-- Tools we run must not inherit a sanitizer preload (see support.util).
+local CLEAN = util.CLEAN_ENV
 server.CLEAN_ENV = CLEAN
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local data = f:read("a")
-  f:close()
-  return data
-end
+local shell_quote, read_file = util.shell_quote, util.read_file
 
 local function sleep(seconds)
   os.execute("sleep " .. string.format("%.3f", seconds))
@@ -134,10 +124,7 @@ function server.start(opts)
 
   -- Wait for the first stdout line, in one bounded shell loop (no busy Lua loop).
   local timeout = opts.start_timeout or 15
-  local polls = math.ceil(timeout / 0.02)
-  os.execute(string.format(
-    "i=0; while [ $i -lt %d ]; do grep -q '^listening ' %s 2>/dev/null && break; "
-      .. "sleep 0.02; i=$((i+1)); done", polls, shell_quote(out)))
+  util.wait_listening(out, timeout)
   local line = read_file(out) or ""
   local origin = line:match("^listening (http://127%.0%.0%.1:%d+)\n")
   if not origin then
@@ -170,39 +157,11 @@ end
 -- transport error or an HTTP status >= 400 (`control` below raises it).
 function methods:_control(method, path, body)
   if not self._pipe then error("support.server: the server is stopped", 3) end
-  local cmd = { CLEAN .. "curl -s -S --max-time 10 -X", method }
-  if body ~= nil then
-    local f = assert(io.open(self._body, "wb"))
-    f:write(cjson.encode(body))
-    f:close()
-    cmd[#cmd + 1] = "-H 'Content-Type: application/json' --data-binary @" .. shell_quote(self._body)
-  end
-  cmd[#cmd + 1] = "-w '\\n%{http_code}'"
-  cmd[#cmd + 1] = shell_quote(self.origin .. "/_control/" .. path)
-  cmd[#cmd + 1] = "2>&1"
-  local p = assert(io.popen(table.concat(cmd, " ")))
-  local out = p:read("a")
-  p:close()
-  local text, code = out:match("^(.*)\n(%d%d%d)$")
-  code = tonumber(code)
-  if not code or code == 0 then
-    return nil, "control " .. method .. " " .. path .. " failed: " .. out:gsub("%s+$", "")
-  end
-  local ok, decoded = pcall(cjson.decode, text)
-  if not ok then
-    return nil, "control " .. method .. " " .. path .. ": bad JSON answer: " .. text:sub(1, 200)
-  end
-  if code >= 400 then
-    return nil, "control " .. method .. " " .. path .. ": " .. code .. " "
-      .. tostring(type(decoded) == "table" and decoded.error or text)
-  end
-  return decoded
+  return util.control(self.origin .. "/_control/", method, path, body, self._body)
 end
 
 local function control(self, method, path, body)
-  local res, err = self:_control(method, path, body)
-  if res == nil then error("support.server: " .. err, 3) end
-  return res
+  return (util.must("support.server", self:_control(method, path, body)))
 end
 
 --- Sets the fault rules, replacing any set before.
@@ -340,18 +299,38 @@ end
 function methods:stop()
   if not self._pipe then return end
   self:_control("POST", "shutdown")   -- best effort; closing stdin stops it anyway
-  self._pipe:close()                  -- waits for node to exit
-  self._pipe = nil
-  for _, f in ipairs(self._files) do os.remove(f) end
+  util.release(self)
 end
 
 mt.__close = methods.stop
-mt.__gc = function(self)
-  -- Never raise in a finalizer: closing the pipe is enough to end the server.
-  if self._pipe then pcall(self._pipe.close, self._pipe) end
-end
+mt.__gc = util.finalize
 mt.__tostring = function(self)
   return "support.server(" .. self.mode .. ", " .. (self._pipe and self.url or "stopped") .. ")"
+end
+
+--- Shares one server across a busted `describe` block: started in `setup`, reset
+-- before each test (before the block's own `before_each` hooks registered after this
+-- call), stopped in `teardown`. Busted keeps its hooks in the spec's environment, not
+-- in _G, so the spec passes its `_ENV`.
+--
+--     local s
+--     server.per_describe(_ENV, { mode = "v1" }, function(started) s = started end)
+--
+-- @tparam table env the spec's `_ENV` (its `setup`, `teardown` and `before_each`)
+-- @tparam[opt] table opts for `server.start`
+-- @tparam function use called with the server once it has started
+function server.per_describe(env, opts, use)
+  local s
+  env.setup(function()
+    s = server.start(opts)
+    use(s)
+  end)
+  env.teardown(function()
+    if s then s:stop() end
+  end)
+  env.before_each(function()
+    s:reset()
+  end)
 end
 
 server.sleep = sleep
