@@ -60,7 +60,10 @@ end
 -- Small helpers
 --=====================================================================
 
+local SPACE_BYTE = { [9] = true, [10] = true, [11] = true, [12] = true, [13] = true, [32] = true }
 local function trim(s)
+  -- Runs on every cell: most have no surrounding space, so skip the two gsubs for those.
+  if not (SPACE_BYTE[s:byte(1)] or SPACE_BYTE[s:byte(-1)]) then return s end
   return (s:gsub("^%s+", ""):gsub("%s+$", ""))
 end
 
@@ -602,6 +605,7 @@ local function compile(tbl, opts)
     entries = {},
     columns = {},
     reference_columns = {},
+    reference_entries = {},  -- the entry behind each of reference_columns
     unknown_columns = "error",
     trim = true,
   }, Mapping_mt)
@@ -633,14 +637,13 @@ local function compile(tbl, opts)
       local col = en.column
       local list = m.column_names[col]
       if not list then
-        list = {}
+        local ncol = norm(col)
+        list = { ncol }
         m.column_names[col] = list
-        if names[norm(col)] and names[norm(col)] ~= col then
-          fail(en.label .. ": column '" .. col .. "' is the same header as '"
-            .. names[norm(col)] .. "'")
+        if names[ncol] and names[ncol] ~= col then
+          fail(en.label .. ": column '" .. col .. "' is the same header as '" .. names[ncol] .. "'")
         end
-        names[norm(col)] = col
-        list[1] = norm(col)
+        names[ncol] = col
       end
       for _, a in ipairs(en.aliases) do
         local na = norm(a)
@@ -661,7 +664,10 @@ local function compile(tbl, opts)
         end
         if not prev or prev.export_only then by_path[r.key] = en end
       end
-      if en.reference then m.reference_columns[en.reference] = en.column end
+      if en.reference then
+        m.reference_columns[en.reference] = en.column
+        m.reference_entries[en.reference] = en
+      end
     end
     if en.column and not en.unavailable and en.export ~= false then
       local listed = false
@@ -785,17 +791,22 @@ local function cell(m, nrow, column)
   return nil
 end
 
+-- Every column's cell, once per row: to_resource reads each of them and, when the mapping
+-- has value or transform functions, hands them all to row_view as well.
+local function cells_of(m, nrow)
+  local cells = {}
+  for col in pairs(m.column_names) do cells[col] = cell(m, nrow, col) end
+  return cells
+end
+
 -- The row handed to value and transform functions: the file's own header names plus the
 -- mapping's column names (as written and lower-cased), so row.status and row["Status"] work.
-local function row_view(m, row, nrow)
+local function row_view(row, cells)
   local view = {}
   for k, v in pairs(row) do view[k] = v end
-  for col in pairs(m.column_names) do
-    local v = cell(m, nrow, col)
-    if v ~= nil then
-      view[col] = v
-      view[col:lower()] = v
-    end
+  for col, v in pairs(cells) do
+    view[col] = v
+    view[col:lower()] = v
   end
   return view
 end
@@ -865,9 +876,10 @@ local function is_required(en, job)
   return en.required[job] == true
 end
 
--- Evaluates one entry for a row. Returns "value", v; or "clear" (an empty cell that means
+-- Evaluates one entry for a row (`view` is the row_view, given when the entry has a value
+-- or transform function). Returns "value", v; or "clear" (an empty cell that means
 -- remove); or "error", message; or nothing when there is nothing to write.
-local function entry_value(m, en, row, nrow, view, line, job)
+local function entry_value(en, cells, view, line, job)
   local v
   if en.constant ~= nil then
     local cv, err = convert(en, en.constant)
@@ -875,14 +887,13 @@ local function entry_value(m, en, row, nrow, view, line, job)
     return "value", cv
   end
   if en.column then
-    v = cell(m, nrow, en.column)
+    v = cells[en.column]
     if v == nil then return nil end                 -- column absent: leave the attribute be
     if v == "" and is_required(en, job) then
       return "error", where(line, en) .. ": a value is required"
     end
   end
   if en.value_fn then
-    view = view or row_view(m, row, nrow)
     local ok, res = pcall(en.value_fn, view)
     if not ok then
       return "error", where(line, en) .. ": value function failed: " .. tostring(res)
@@ -898,7 +909,6 @@ local function entry_value(m, en, row, nrow, view, line, job)
       return nil
     end
   elseif en.transform then
-    view = view or row_view(m, row, nrow)
     local ok, res = pcall(en.transform, v, view)
     if not ok then return "error", where(line, en) .. ": transform failed: " .. tostring(res) end
     v = res
@@ -947,13 +957,13 @@ end
 -- @treturn[2] string code: "INVALID_VALUE"
 function Mapping:to_resource(row, line, job)
   if type(row) ~= "table" then error("bad argument #1 to 'to_resource' (table expected)", 2) end
-  local nrow = normalized_row(row)
+  local cells = cells_of(self, normalized_row(row))
   local view
   local resource, cleared = {}, nil
   for _, en in ipairs(self.entries) do
     if not en.unavailable and not en.export_only and not en.reference and job_allows(en, job) then
-      if (en.value_fn or en.transform) and not view then view = row_view(self, row, nrow) end
-      local what, v = entry_value(self, en, row, nrow, view, line, job)
+      if (en.value_fn or en.transform) and not view then view = row_view(row, cells) end
+      local what, v = entry_value(en, cells, view, line, job)
       if what == "error" then return nil, v, "INVALID_VALUE" end
       if what == "value" then
         for _, r in ipairs(en.targets) do
@@ -964,7 +974,7 @@ function Mapping:to_resource(row, line, job)
         for _, r in ipairs(en.targets) do cleared[#cleared + 1] = r end
       end
     elseif en.reference and job_allows(en, job) then
-      local v = cell(self, nrow, en.column)
+      local v = cells[en.column]
       if v == "" and is_required(en, job) then
         return nil, where(line, en) .. ": a value is required", "INVALID_VALUE"
       end
@@ -1004,12 +1014,13 @@ end
 -- @treturn[2] string message
 function Mapping:key(row, line)
   local en = self.key_entry
-  local v = cell(self, normalized_row(row), en.column)
+  local nrow = normalized_row(row)
+  local v = cell(self, nrow, en.column)
   if v == nil or v == "" then
     return nil, where(line, en) .. ": the key (" .. self.key_attribute .. ") is empty"
   end
   if en.transform then
-    local ok, res = pcall(en.transform, v, row_view(self, row, normalized_row(row)))
+    local ok, res = pcall(en.transform, v, row_view(row, cells_of(self, nrow)))
     if not ok then return nil, where(line, en) .. ": transform failed: " .. tostring(res) end
     if res == nil then return nil, where(line, en) .. ": the key is empty" end
     v = tostring(res)
@@ -1034,10 +1045,9 @@ function Mapping:references(row)
     nrow = nrow or normalized_row(row)
     local v = cell(self, nrow, column)
     if v and v ~= "" then
-      local en
-      for _, e in ipairs(self.entries) do if e.reference == name then en = e end end
-      if en and en.transform then
-        local ok, res = pcall(en.transform, v, row_view(self, row, nrow))
+      local en = self.reference_entries[name]
+      if en.transform then
+        local ok, res = pcall(en.transform, v, row_view(row, cells_of(self, nrow)))
         v = ok and res ~= nil and tostring(res) or v
       end
       refs[name] = v
@@ -1183,15 +1193,15 @@ function Mapping:diff(current, desired)
     local en = r.entry
     local d = get_value(desired, r)
     if d ~= nil then
-      local c
+      local c, equal
       if en.reference then
         c = self:reference_id(current, en.reference)
         d = tostring(d)
+        equal = c == d
       else
         c = get_value(current, r)
+        equal = same(en, c, d, current, desired)
       end
-      local equal
-      if en.reference then equal = c == d else equal = same(en, c, d, current, desired) end
       if not equal then
         changes[#changes + 1] = { path = r.text, column = en.column, old = c, new = d }
         local cont = container(current, r, false)
