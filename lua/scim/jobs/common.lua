@@ -334,22 +334,22 @@ function Ctx:learn_current(entries)
       local k = lower(self:resource_key(user))
       if not k then return end
       local e = want[k]
-      if e then e.current = user; ids[k] = idstr(user.id) end
-      if outside[k] then ids[k] = idstr(user.id) end
+      if e then e.current = user end
+      if e or outside[k] then self:set_id(k, idstr(user.id)) end
     end)
     if not ok then self:listing_failed(err) end
     for _, e in ipairs(entries) do
       if e.current == nil then e.current = false end
     end
     for _, ref in ipairs(self.outside_refs or {}) do
-      if ids[ref:lower()] == nil then ids[ref:lower()] = false end
+      if ids[ref:lower()] == nil then self:set_id(ref:lower(), false) end
     end
   else
     self.strategy = "lookups"
     self:run(entries, function(e)
       local cur, err = self:find_by_key(e.key)
       if cur == nil then e.lookup_error = err else e.current = cur end
-      if cur then ids[e.key:lower()] = idstr(cur.id) end
+      if cur then self:set_id(e.key:lower(), idstr(cur.id)) end
     end, { phase = "lookup" })
   end
 end
@@ -367,9 +367,9 @@ function Ctx:resolve_outside_refs()
     self:run(todo, function(ref)
       local r, err = self:find_by_key(ref)
       if r then
-        ids[ref:lower()] = idstr(r.id)
+        self:set_id(ref:lower(), idstr(r.id))
       elseif r == false then
-        ids[ref:lower()] = false
+        self:set_id(ref:lower(), false)
       else
         self.report:warn(string.format("looking up '%s' failed: %s", ref, tostring(err)))
       end
@@ -442,28 +442,30 @@ end
 -- says a listing already found no account. Sets `e.created` or `e.current`, records the id,
 -- and reports failures.
 function Ctx:create_entry(e, missing)
-  local ids = self.ids
   if self.opts.dry_run then
     local cur, err = false, nil
     if not missing then cur, err = self:find_by_key(e.key) end
     if cur == nil then return self:fail(e, err) end
     if cur then
-      e.current, ids[e.key:lower()] = cur, idstr(cur.id)
+      e.current = cur
+      self:set_id(e.key:lower(), idstr(cur.id))
     else
-      ids[e.key:lower()] = "(new: " .. e.key .. ")"
+      self:set_id(e.key:lower(), "(new: " .. e.key .. ")")
       self:outcome(e, "create", { changes = {} })
     end
     return
   end
   local res, err = self.client:create(self:resource(e, self.create_job))
   if res then
-    e.created, ids[e.key:lower()] = res, idstr(res.id)
+    e.created = res
+    self:set_id(e.key:lower(), idstr(res.id))
     return
   end
   if type(err) == "table" and err.code == "UNIQUENESS" then
     local cur, ferr = self:find_by_key(e.key)
     if cur then
-      e.current, ids[e.key:lower()] = cur, idstr(cur.id)
+      e.current = cur
+      self:set_id(e.key:lower(), idstr(cur.id))
       return
     end
     return self:fail(e, cur == false and "the server says it exists but no account has "
@@ -524,6 +526,29 @@ end
 
 -- ================================================================ outcomes
 
+--- Records the SCIM id of a person (`false`: known to exist nowhere).
+-- @tparam string lkey the person's key, lowercased
+-- @tparam string|false id
+function Ctx:set_id(lkey, id)
+  self.ids[lkey] = id
+  self.key_of = nil  -- stale: `key_of_ids` builds it again when next asked
+end
+
+--- The reverse of `ids`: id → the person's key as the file writes it. Built once after the
+-- last `set_id`, not per outcome: that made a run with many manager changes quadratic.
+function Ctx:key_of_ids()
+  local key_of = self.key_of
+  if not key_of then
+    key_of = {}
+    for lkey, id in pairs(self.ids or {}) do
+      if id then key_of[id] = self.by_key and self.by_key[lkey] and self.by_key[lkey].key
+        or lkey end
+    end
+    self.key_of = key_of
+  end
+  return key_of
+end
+
 --- Rewrites the changes of reference attributes (the manager's SCIM id) to the people's
 -- keys, so a plan reads "manager: a@example.com -> b@example.com".
 function Ctx:readable_changes(e, changes)
@@ -535,13 +560,7 @@ function Ctx:readable_changes(e, changes)
   for _, c in ipairs(changes) do
     local name = c.column and by_col[c.column]
     if name then
-      if not key_of then
-        key_of = {}
-        for lkey, id in pairs(self.ids or {}) do
-          if id then key_of[id] = self.by_key and self.by_key[lkey] and self.by_key[lkey].key
-            or lkey end
-        end
-      end
+      key_of = key_of or self:key_of_ids()
       c.old = c.old ~= nil and (key_of[c.old] or ("id " .. tostring(c.old))) or nil
       c.new = e.refs and e.refs[name] or c.new
     end

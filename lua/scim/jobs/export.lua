@@ -196,6 +196,7 @@ end
 -- @treturn integer exit code
 function export.run(ctx)
   local opts, m, rep = ctx.opts, ctx.mapping, ctx.report
+  -- The command line refuses --report for export, but a --config file can still set it.
   if opts.report then rep:warn("--report has no rows to describe in an export; ignored") end
   local limit = map_limit(ctx)
   -- The first listing page is the preflight: an export sends nothing else.

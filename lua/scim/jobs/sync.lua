@@ -50,10 +50,11 @@ function sync.run(ctx)
     local k = key:lower()
     local e = ctx.by_key[k]
     if e then
-      e.current, ids[k] = user, idstr(user.id)
+      e.current = user
+      ctx:set_id(k, idstr(user.id))
       return
     end
-    if outside[k] then ids[k] = idstr(user.id) end
+    if outside[k] then ctx:set_id(k, idstr(user.id)) end
     if removing and not (opts.deactivate_missing and user.active == false) then
       n_absent = n_absent + 1
       -- Beyond the limit the run stops anyway: keep no more than that in memory.
@@ -75,7 +76,7 @@ function sync.run(ctx)
     if e.current == nil then e.current = false end
   end
   for k in pairs(outside) do
-    if ids[k] == nil then ids[k] = false end
+    if ids[k] == nil then ctx:set_id(k, false) end
   end
   ctx:resolve_outside_refs()
   ctx:begin(#entries + #absent)
