@@ -132,21 +132,6 @@ local function remove_dir(dir)
   os.remove(dir)
 end
 
--- The listing requests, the ServiceProviderConfig reads and anything else.
-local function classify(stats)
-  local listing, config, other = 0, 0, {}
-  for _, r in ipairs(stats.requests) do
-    if r.method == "GET" and r.path:match("/Users$") then
-      listing = listing + 1
-    elseif r.method == "GET" and r.path:match("/ServiceProviderConfig$") then
-      config = config + 1
-    else
-      other[#other + 1] = r.method .. " " .. r.path
-    end
-  end
-  return listing, config, other
-end
-
 describe("export with a bounded id → email map", function()
   local s
   setup(function() s = server.start{ page_size = PAGE, numeric_ids = true } end)
@@ -177,7 +162,7 @@ describe("export with a bounded id → email map", function()
 
     -- exactly the listing pages, at most one read of the page limit, nothing else
     local st = s:stats()
-    local listing, config, other = classify(st)
+    local listing, config, other = agent.classify_requests(st)
     assert.equal(math.ceil(n / PAGE), listing)
     assert.truthy(config <= 1, "ServiceProviderConfig read " .. config .. " times")
     assert.same({}, other)

@@ -359,16 +359,7 @@ describe("export", function()
     assert.equal(0, code, err)
     local st = s:stats()
     -- Besides the listing, at most the one read of the server's page limit.
-    local listing, config, other = 0, 0, {}
-    for _, r in ipairs(st.requests) do
-      if r.method == "GET" and r.path:match("/Users$") then
-        listing = listing + 1
-      elseif r.method == "GET" and r.path:match("/ServiceProviderConfig$") then
-        config = config + 1
-      else
-        other[#other + 1] = r.method .. " " .. r.path
-      end
-    end
+    local listing, config, other = agent.classify_requests(st)
     assert.equal(50, listing)
     assert.truthy(config <= 1, "ServiceProviderConfig read " .. config .. " times")
     assert.same({}, other)

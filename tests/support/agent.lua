@@ -149,4 +149,21 @@ function agent.per_user_requests(stats)
   return list
 end
 
+--- Sorts a run's requests: listing pages (`GET .../Users`), `/ServiceProviderConfig`
+-- reads, and anything else (as "METHOD path").
+-- @treturn integer listing, integer config, table other
+function agent.classify_requests(stats)
+  local listing, config, other = 0, 0, {}
+  for _, r in ipairs(stats.requests) do
+    if r.method == "GET" and r.path:match("/Users$") then
+      listing = listing + 1
+    elseif r.method == "GET" and r.path:match("/ServiceProviderConfig$") then
+      config = config + 1
+    else
+      other[#other + 1] = r.method .. " " .. r.path
+    end
+  end
+  return listing, config, other
+end
+
 return agent
