@@ -50,9 +50,13 @@ describe("scim-agent command line", function()
     assert.is_nil(err:find("process list", 1, true))
     assert.equal(30, #agent.read_csv(path))
     no_token(out, err, agent.read_file(path))
-    -- -d FILE with --token-file
+    -- -d FILE with --token-file: with no terminal to confirm, only --yes deletes
     local tf = agent.tmpfile(TOKEN .. "\n")
     code, _, err = agent.spawn({ "-d", "examples/delete.csv", "--token-file", tf, "--url", s.url })
+    assert.equal(2, code, err)
+    assert.equal(30, #s:users())
+    code, _, err = agent.spawn({ "-d", "examples/delete.csv", "--token-file", tf, "--url", s.url,
+      "--yes" })
     assert.equal(0, code, err)
     assert.equal(27, #s:users())
     os.remove(path)

@@ -134,12 +134,12 @@ for _, d in ipairs(DIALECTS) do
       assert.matches("plan: 30 unchanged", plan_out, 1, true)
 
       -- delete three, then again: not_found is not a failure
-      code, _, err, st = run{ "delete", "examples/delete.csv", "--report", report }
+      code, _, err, st = run{ "delete", "examples/delete.csv", "--report", report, "--yes" }
       assert.equal(0, code, err)
       assert.equal(3, st.by_method.DELETE)
       assert.same({ deleted = 3 }, count_actions(agent.read_csv(report)))
       assert.equal(27, #s:users())
-      code, _, err, st = run{ "delete", "examples/delete.csv", "--report", report }
+      code, _, err, st = run{ "delete", "examples/delete.csv", "--report", report, "--yes" }
       assert.equal(0, code, err)
       assert.equal(0, agent.writes(st))
       assert.same({ not_found = 3 }, count_actions(agent.read_csv(report)))
@@ -412,13 +412,31 @@ describe("delete", function()
   setup(function() s = server.start{} end)
   teardown(function() s:stop() end)
 
+  it("refuses without --yes when no one is at a terminal, sending no DELETE", function()
+    s:seed{ { userName = "keep@example.com" } }
+    local file = agent.tmpfile("email\nkeep@example.com\n", ".csv")
+    s:reset_stats()
+    local code, _, err = agent.main({ "delete", file }, agent.vars(s))
+    assert.equal(2, code, err)
+    assert.truthy(err:find("--yes", 1, true), err)
+    assert.equal(0, s:stats().by_method.DELETE or 0)
+    assert.equal(1, #s:users())
+    os.remove(file)
+  end)
+end)
+
+describe("delete", function()
+  local s
+  setup(function() s = server.start{} end)
+  teardown(function() s:stop() end)
+
   it("--deactivate sets active to false instead of deleting", function()
     s:reset()
     local seeded = s:seed(3)
     local file = agent.tmpfile("email\n" .. seeded[1].userName .. "\n" .. seeded[2].userName
       .. "\nnot-there@example.com\n", ".csv")
     local report = os.tmpname()
-    local code, _, err = agent.main({ "delete", file, "--deactivate", "--report", report },
+    local code, _, err = agent.main({ "delete", file, "--deactivate", "--report", report, "--yes" },
       agent.vars(s))
     assert.equal(0, code, err)
     assert.same({ deactivated = 2, not_found = 1 }, count_actions(agent.read_csv(report)))
@@ -543,7 +561,7 @@ describe("cannot work at all", function()
   -- Every job, on a file it could work on: the refusal is found before any write.
   local JOBS = {
     { "create", "examples/create.csv" }, { "update", "examples/update.csv" },
-    { "delete", "examples/delete.csv" }, { "sync", "examples/update.csv" },
+    { "delete", "examples/delete.csv", "--yes" }, { "sync", "examples/update.csv" },
     { "sync", "examples/update.csv", "--delete-missing", "--max-removals", "100%" },
     { "export", "EXPORT" },
   }
@@ -720,8 +738,8 @@ describe("Meta's API (the test server's meta mode)", function()
     local file = agent.tmpfile("email\nclaimed@example.com\nfresh@example.com\n", ".csv")
     local report = os.tmpname()
     local vars = agent.vars(s)
-    local code, _, err = agent.main({ "delete", file, "--dialect", "meta", "--report", report },
-      vars)
+    local code, _, err = agent.main({ "delete", file, "--dialect", "meta", "--report", report,
+      "--yes" }, vars)
     assert.equal(1, code, err)
     local rows = {}
     for _, r in ipairs(agent.read_csv(report)) do rows[r.key] = r end
@@ -732,7 +750,7 @@ describe("Meta's API (the test server's meta mode)", function()
     assert.truthy(err:find("use --deactivate", 1, true), err)
     -- what the message says to do works, and the account already deleted is no failure
     code, _, err = agent.main({ "delete", file, "--dialect", "meta", "--deactivate",
-      "--report", report }, vars)
+      "--report", report, "--yes" }, vars)
     assert.equal(0, code, err)
     rows = {}
     for _, r in ipairs(agent.read_csv(report)) do rows[r.key] = r end

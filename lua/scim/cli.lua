@@ -253,8 +253,43 @@ function cli.main(argv, env)
     return nil, "no token: give --token-file FILE or set SCIM_TOKEN (or a config's token_file)"
   end
 
-  local common = require "scim.jobs.common"
-  return common.execute(merged, env)
+  merged.shown_url = merged.url and cli.safe_url(merged.url)
+  return cli.execute(merged, env)
+end
+
+--- A URL as it may be printed: any user:password part replaced.
+function cli.safe_url(url)
+  return (tostring(url):gsub("^(%a[%w+.-]*://)[^/@]*@", "%1[redacted]@"))
+end
+
+-- The CLI job of each command: the planned jobs share one adapter.
+local JOB_MODULES = { create = "scim.jobs.plan", update = "scim.jobs.plan",
+  delete = "scim.jobs.plan", sync = "scim.jobs.plan", export = "scim.jobs.export" }
+
+--- Runs a job from merged options: loads the mapping, makes the run's context, and turns
+-- what the job returns or raises into the exit code.
+-- @tparam table opts merged options (`command`, `file`, `dialect`, `get_token`, ...)
+-- @tparam table env `stdout`, `stderr`, `stdin`, `getenv`, `isatty`
+-- @treturn integer exit code
+function cli.execute(opts, env)
+  local function fail(msg, code)
+    env.stderr:write("scim-agent: ", msg, "\n")
+    env.stderr:flush()
+    return code
+  end
+  local mapping = require "scim.mapping"
+  local ok, m, merr
+  if opts.mapping then
+    ok, m, merr = pcall(mapping.load, opts.mapping, { dialect = opts.dialect })
+  else
+    ok, m, merr = pcall(mapping.default, { dialect = opts.dialect })
+  end
+  if not ok or not m then return fail(tostring(ok and merr or m), EXIT_USAGE) end
+  local context = require "scim.jobs.context"
+  local ctx, cerr = context.new(opts, env, m)
+  if not ctx then return fail(cerr, EXIT_USAGE) end
+  local job = require(JOB_MODULES[opts.command])
+  return ctx:protect(job.run)
 end
 
 return cli

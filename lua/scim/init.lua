@@ -7,7 +7,7 @@ local core = require "scim.core"
 
 local SUBMODULES = {
   csv = true, http = true, client = true, mapping = true, filter = true, json = true,
-  report = true,
+  report = true, error = true, directory = true,
 }
 
 local scim = {
@@ -22,6 +22,12 @@ local scim = {
 -- @treturn table `{ done = n, failed = n, errors = { {index=, item=, error=}, ... } }`
 function scim.run(items, fn, opts)
   return require("scim.http").run(items, fn, opts)
+end
+
+--- Makes a plan (see scim.plan): `scim.plan{ client=, rows=, job=, ... }`.
+-- @treturn scim.plan | nil, err, code
+function scim.plan(opts)
+  return require("scim.plan").new(opts)
 end
 
 return setmetatable(scim, {

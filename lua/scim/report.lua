@@ -74,25 +74,67 @@ function report.new(opts)
   end
   self.color = color and true or false
   if opts.path then
-    local csv = require "scim.csv"
-    local header, taken = {}, {}
-    for i, c in ipairs(report.COLUMNS) do header[i] = c; taken[c] = true end
-    local copied = {}
-    for _, c in ipairs(opts.input_columns or {}) do
-      -- An input column named like a report column can't be copied without ambiguity.
-      if not taken[c:lower()] then
-        taken[c:lower()] = true
-        header[#header + 1] = c
-        copied[#copied + 1] = c
-      end
-    end
-    -- No formula guard: this file is meant to be read back by scim-agent unchanged.
-    local w, err = csv.writer(opts.path, { header = header, formula_guard = false })
-    if not w then return nil, "cannot write the report: " .. tostring(err) end
-    self.writer, self.copied = w, copied
+    local ok, err = self:attach(opts.path, opts.input_columns)
+    if not ok then return nil, err end
   end
   return self
 end
+
+--- Opens the results CSV at `path`: the report's columns, then the input's (`columns`).
+-- @treturn true | nil, message
+function Report:attach(path, columns)
+  local csv = require "scim.csv"
+  local header, taken = {}, {}
+  for i, c in ipairs(report.COLUMNS) do header[i] = c; taken[c] = true end
+  local copied = {}
+  for _, c in ipairs(columns or {}) do
+    -- An input column named like a report column can't be copied without ambiguity.
+    if not taken[c:lower()] then
+      taken[c:lower()] = true
+      header[#header + 1] = c
+      copied[#copied + 1] = c
+    end
+  end
+  -- No formula guard: this file is meant to be read back by scim-agent unchanged.
+  local w, err = csv.writer(path, { header = header, formula_guard = false })
+  if not w then return nil, "cannot write the report: " .. tostring(err) end
+  self.writer, self.copied = w, copied
+  return true
+end
+
+--- Starts the progress line for `n` rows.
+function Report:begin(n)
+  self.total = n
+  self:draw(true)
+end
+
+--- Sets how many rows are done (a job without per-row outcomes: export), and under which
+-- action the summary counts them.
+function Report:progress(n, action)
+  self.done = n
+  if action then self.counts[action] = n end
+  self:draw(false)
+end
+
+--- Prints an error about one row that failed without an outcome of its own (export).
+function Report:failure(msg)
+  self.failures = self.failures + 1
+  self:error(msg)
+end
+
+--- Erases the progress line (before a prompt).
+function Report:clear()
+  self:_erase()
+end
+
+--- A server- or file-supplied string made safe for a terminal: control characters and
+-- escape sequences are shown escaped, never interpreted.
+function report.safe(s)
+  s = tostring(s)
+  if not s:find("[%c\127]") then return s end
+  return (s:gsub("[%c\127]", function(c) return string.format("\\x%02X", c:byte()) end))
+end
+Report.safe = report.safe
 
 -- Writes a message line to stderr, first erasing the progress line if one is drawn.
 function Report:_line(stream, text)

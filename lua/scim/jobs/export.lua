@@ -21,8 +21,8 @@
 -- file is removed when the job ends, however it ends (a kill -9 excepted).
 -- @module scim.jobs.export
 local json = require "scim.json"  -- keeps ids and empty arrays as they came
-local common = require "scim.jobs.common"
-local idstr, EXIT, is_interrupt = common.idstr, common.EXIT, common.is_interrupt
+local context = require "scim.jobs.context"
+local idstr, EXIT, is_interrupt = context.idstr, context.EXIT, context.is_interrupt
 
 local export = {}
 
@@ -192,7 +192,7 @@ end
 -- ==================================================================== run
 
 --- Runs the job.
--- @tparam scim.jobs.common.Ctx ctx
+-- @tparam scim.jobs.context.Ctx ctx
 -- @treturn integer exit code
 function export.run(ctx)
   local opts, m, rep = ctx.opts, ctx.mapping, ctx.report
@@ -200,7 +200,7 @@ function export.run(ctx)
   if opts.report then rep:warn("--report has no rows to describe in an export; ignored") end
   local limit = map_limit(ctx)
   -- The first listing page is the preflight: an export sends nothing else.
-  ctx:connect(true)
+  local dir = ctx:directory()
   local csv = require "scim.csv"
   local writer, werr = csv.writer(opts.file, { header = m.columns, formula_guard = true })
   if not writer then ctx:abort(EXIT.USAGE, "cannot write " .. opts.file .. ": "
@@ -218,10 +218,9 @@ function export.run(ctx)
     keys, nkeys = {}, 0
   end
 
-  ctx:begin(0)
-  local ok, err = ctx:each_user(function(user)
+  rep:begin(0)
+  local ok, err = dir:list(function(user, key)
     listed = listed + 1
-    local key = ctx:resource_key(user)
     local id = idstr(user.id)
     if id ~= nil and key then
       if nkeys >= limit then
@@ -239,9 +238,8 @@ function export.run(ctx)
     end)
     if not row then
       -- One odd account doesn't stop the export; it is named and the run exits 1.
-      rep.failures = rep.failures + 1
-      rep:error(string.format("user %s (id %s) not exported: %s", tostring(key),
-        tostring(id), tostring(rerr)))
+      rep:failure(string.format("user %s (id %s) not exported: %s", rep.safe(tostring(key)),
+        rep.safe(tostring(id)), tostring(rerr)))
     elseif missing then
       if not spill then spill_path, spill = temps:open() end
       temps:write(spill, "U", esc(missing), "\t", assert(json.encode(user)), "\n")
@@ -249,15 +247,16 @@ function export.run(ctx)
     else
       writer:write(row)
       written = written + 1
-      rep.done = written
-      rep:draw(false)
+      rep:progress(written)
     end
   end)
   if not ok and getmetatable(err) ~= TempError then
     writer:abort()
     ctx.writer = nil
-    ctx:listing_failed(err, "export failed after " .. written .. " rows (" .. opts.file
-      .. " left as it was)")
+    local what = "export failed after " .. written .. " rows (" .. opts.file .. " left as it was)"
+    if err.code == "INTERRUPTED" then ctx:abort(EXIT.FAILED, "interrupted: " .. what) end
+    -- Every listing comes before any write: "cannot work", exit 3.
+    ctx:abort(EXIT.UNAVAILABLE, what .. ": " .. tostring(err.cause or err))
   end
 
   if ok and spill then
@@ -289,8 +288,7 @@ function export.run(ctx)
   ctx.writer = nil
   if not (cok and closed) then ctx:abort(EXIT.FAILED, "cannot write " .. opts.file .. ": "
     .. tostring(cok and cerr or closed)) end
-  rep.done = written
-  rep.counts.exported = written
+  rep:progress(written, "exported")
   if opts.file ~= "-" then rep:info(string.format("exported %d users to %s", written,
     opts.file)) end
   return ctx:finish()

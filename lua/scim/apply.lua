@@ -1,0 +1,262 @@
+--- Applying a plan: exactly the planned writes, concurrently, in an order that needs the
+-- fewest requests, and safe to interrupt.
+--
+-- New accounts are created level by level down the manager tree (managers before their
+-- reports, concurrently within a level), each POST carrying its manager's id; a PATCH sets a
+-- manager only where no order exists (a cycle, or a person managing themselves). A 409 on a
+-- create is a race or a create planned without lookups: the account is looked up and treated
+-- as an existing one. Then the updates (PATCH of what changed, or PUT of the merged record),
+-- then the removals.
+--
+-- After Ctrl-C (or SIGTERM/SIGHUP where caught), a refused token (401/403) or a server asking
+-- to wait longer than the run may (THROTTLED), no new row starts, the requests in flight
+-- finish, and every row not done is reported `skipped`: running the same plan again
+-- finishes the work, without duplicating any of it.
+-- @module scim.apply
+local runner = require "scim.runner"
+local idstr = require("scim.directory").idstr
+
+local apply = {}
+
+-- Error codes after which sending more rows is pointless: every one would be refused too.
+local STOP_CODES = { UNAUTHORIZED = "AUTH", FORBIDDEN = "AUTH", THROTTLED = "THROTTLED" }
+
+local Run = {}
+Run.__index = Run
+
+-- Records an entry's final outcome (once), then lets its memory go.
+function Run:outcome(e, action, f)
+  if e.reported then return end
+  e.reported = true
+  f = f or {}
+  local err = f.error
+  local status = f.status
+  if type(err) == "table" then status = status or err.status end
+  local r = {
+    change = e, key = e.key, line = e.line, action = action, status = status,
+    id = f.id or e.id, error = err, diff = f.diff,
+  }
+  local res = self.result
+  res.done = res.done + 1
+  res.counts[action] = (res.counts[action] or 0) + 1
+  if action == "failed" then res.failed = res.failed + 1 end
+  if self.on_result then self.on_result(r) end
+  e.current, e.created, e.values = nil, nil, nil
+end
+
+function Run:fail(e, err, extra)
+  local code = type(err) == "table" and err.code
+  if code and STOP_CODES[code] and not self.stopped then
+    self.stopped, self.stop_error = STOP_CODES[code], err
+  end
+  if extra then
+    local status = type(err) == "table" and err.status or nil
+    return self:outcome(e, "failed", { error = tostring(err) .. " (" .. extra .. ")",
+      status = status })
+  end
+  self:outcome(e, "failed", { error = err })
+end
+
+-- Runs one phase over `items` (no-op when empty or stopped).
+function Run:phase(name, items)
+  if #items == 0 or self.stopped then return end
+  if self.on_phase then self.on_phase(name, #items) end
+  local why = runner.run(items, function(e) self[name](self, e) end, {
+    concurrency = self.concurrency,
+    stop = function() return self.stopped ~= nil or (self.user_stop and self.user_stop()) end,
+    on_step = self.on_step,
+    on_error = function(e, err) self:fail(e, err) end,
+    on_interrupt = self.on_interrupt,
+  })
+  if why == "interrupted" then self.stopped = "interrupted" end
+  if why == "stopped" and not self.stopped then self.stopped = "stopped" end
+end
+
+-- The manager ids of a new account's POST: what the directory knows now.
+function Run:set_refs(e, resource, deferred)
+  local p, m = self.plan, self.plan.mapping
+  local missing
+  for name, ref in pairs(e.refs or {}) do
+    if not (deferred and deferred[name]) then
+      local id = p.directory:id(ref)
+      if id then m:set_reference(resource, name, id)
+      else
+        missing = missing or {}
+        missing[#missing + 1] = string.format("%s '%s' not found", name, ref)
+      end
+    end
+  end
+  return missing
+end
+
+function Run:create(e)
+  local p = self.plan
+  local resource = p:resource(e, p.input.create_job)
+  local missing = self:set_refs(e, resource, e.deferred)
+  local res, err = p.client:create(resource)
+  if res then
+    local id = idstr(res.id)
+    e.id = id
+    p.directory:set(e.key, id)
+    if e.deferred then
+      -- Its manager can only be set once both exist: the link phase does it.
+      e.created = { id = res.id }
+      self.links[#self.links + 1] = e
+      return
+    end
+    return self:outcome(e, "created", { status = 201, id = id,
+      error = missing and table.concat(missing, "; ") .. " (not set)" or nil })
+  end
+  if type(err) == "table" and err.code == "UNIQUENESS" then
+    local cur, ferr = p.directory:lookup(e.key)
+    if cur then
+      e.current, e.id = cur, idstr(cur.id)
+      p.directory:set(e.key, e.id)
+      self.conflicts[#self.conflicts + 1] = e
+      return
+    end
+    return self:fail(e, cur == false and "the server says it exists but no account has this "
+      .. "key (409)" or ferr)
+  end
+  return self:fail(e, err)
+end
+
+-- Sends the changes that make `current` match `desired`: returns ok, changes (nil, err on
+-- failure; true, {} when nothing changed).
+function Run:send_update(e, current, desired)
+  local p = self.plan
+  local m = p.mapping
+  local ops, changes = m:diff(current, desired)
+  if not ops or #ops == 0 then return true, {} end
+  local res, err
+  if p.directory:use_put() then
+    res, err = p.client:replace(idstr(current.id), m:merge(current, desired))
+  else
+    res, err = p.client:patch(idstr(current.id), ops)
+  end
+  if not res then return nil, err, changes end
+  return true, p:readable(e, changes)
+end
+
+function Run:update(e)
+  local p = self.plan
+  if e.created then
+    -- A link: only the references (the rest was just written).
+    local desired = {}
+    local missing = self:set_refs(e, desired)
+    local ok, changes, chg = self:send_update(e, e.created, desired)
+    if not ok then
+      return self:outcome(e, "failed", { id = e.id, diff = chg, error = "created, but setting "
+        .. "the manager failed: " .. tostring(changes), status = type(changes) == "table"
+        and changes.status })
+    end
+    return self:outcome(e, "created", { status = 201, id = e.id, diff = changes,
+      error = missing and table.concat(missing, "; ") .. " (not set)" or nil })
+  end
+  local existing_only = p.job == "create" and not p.upsert
+  if existing_only and not p:needs_fill(e) then
+    return self:outcome(e, "exists", { status = 409, id = e.id })
+  end
+  local desired, missing = p:desired(e, false)
+  local note = missing and table.concat(missing, "; ") .. " (not set)" or nil
+  local ok, changes, chg = self:send_update(e, e.current, desired)
+  if not ok then
+    if type(changes) == "table" and STOP_CODES[changes.code] then return self:fail(e, changes) end
+    return self:outcome(e, "failed", { id = e.id, error = changes, diff = chg })
+  end
+  if #changes == 0 then
+    return self:outcome(e, existing_only and "exists" or "unchanged", { id = e.id,
+      status = existing_only and 409 or 200, error = note })
+  end
+  self:outcome(e, existing_only and "exists" or "updated", { id = e.id, diff = changes,
+    status = existing_only and 409 or 200, error = note })
+end
+
+function Run:remove(e)
+  local p = self.plan
+  local cur, client = e.current, p.client
+  local id = idstr(cur.id)
+  if e.action == "deactivate" then
+    local res, err
+    if p.directory:use_put() then
+      res, err = client:replace(id, p.mapping:merge(cur, { active = false }))
+    else
+      res, err = client:patch(id, { { op = "replace", path = "active", value = false } })
+    end
+    if not res then return self:fail(e, err) end
+    return self:outcome(e, "deactivated", { id = id, status = 200, diff = e.diff })
+  end
+  local ok, err = client:delete(id)
+  if ok then return self:outcome(e, "deleted", { id = id, status = 204 }) end
+  if type(err) == "table" and err.code == "NOT_FOUND" then
+    return self:outcome(e, "not_found", { id = id, status = 404 })
+  end
+  local note = client.dialect.delete_note
+  local status = type(err) == "table" and err.status
+  return self:fail(e, err, note and status and status >= 400 and status < 500 and note or nil)
+end
+
+-- Reports what needs no request: rows the plan already settled.
+local SETTLED = { unchanged = true, exists = true, not_found = true, failed = true }
+
+--- Applies a plan.
+-- @tparam scim.plan p
+-- @tparam[opt] table opts `concurrency` (default 8), `on_result(r)` (each row's outcome: `r.key`,
+--   `r.line`, `r.action` — created, updated, unchanged, exists, deleted, deactivated,
+--   not_found, failed, skipped —, `r.status`, `r.id`, `r.error`, `r.diff`, `r.change`),
+--   `on_phase(name, n)`, `on_step()`, `on_interrupt()`, `stop()` (true: start no more rows)
+-- @treturn table `{ done=, failed=, counts=, stopped= }`: `stopped` is nil when every row
+--   ran, else "interrupted", "AUTH" (the token was refused; `stop_error` says how),
+--   "THROTTLED" (the server asked to wait past the deadline) or "stopped" (by `stop()`)
+function apply.run(p, opts)
+  opts = opts or {}
+  if p.applied then error("scim.plan: this plan was applied already", 3) end
+  p.applied = true
+  local self = setmetatable({
+    plan = p, concurrency = opts.concurrency or 8, on_result = opts.on_result,
+    on_phase = opts.on_phase, on_step = opts.on_step, on_interrupt = opts.on_interrupt,
+    user_stop = opts.stop,
+    result = { done = 0, failed = 0, counts = {} },
+    links = {}, conflicts = {},
+  }, Run)
+  local creates, updates, removals = {}, {}, {}
+  for e in p:changes() do
+    local a = e.action
+    if SETTLED[a] then
+      self:outcome(e, a, { status = e.status, id = e.id, error = e.error or e.note })
+    elseif a == "create" then creates[#creates + 1] = e
+    elseif a == "update" then updates[#updates + 1] = e
+    else removals[#removals + 1] = e end
+  end
+  -- Creates level by level down the manager tree (see scim.plan's order).
+  local levels = {}
+  for _, e in ipairs(creates) do
+    local l = (e.level or 0) + 1
+    levels[l] = levels[l] or {}
+    table.insert(levels[l], e)
+  end
+  for l = 1, #levels do self:phase("create", levels[l] or {}) end
+  for _, e in ipairs(self.conflicts) do updates[#updates + 1] = e end
+  for _, e in ipairs(self.links) do updates[#updates + 1] = e end
+  self:phase("update", updates)
+  self:phase("remove", removals)
+  local why = self.stopped == "AUTH" and "the server refused the token"
+    or self.stopped == "THROTTLED" and ("the server asked to wait: " .. tostring(self.stop_error))
+    or self.stopped or "not done"
+  for e in p:changes() do
+    if not e.reported then
+      if e.created then
+        -- The account exists; a rerun finds it and sets what is missing (the manager).
+        self:outcome(e, "created", { status = 201, id = e.id,
+          error = "the manager was not set (" .. why .. "): run again to finish" })
+      else
+        self:outcome(e, "skipped", { error = why })
+      end
+    end
+  end
+  local result = self.result
+  result.stopped, result.stop_error = self.stopped, self.stop_error
+  return result
+end
+
+return apply

@@ -1,0 +1,259 @@
+--- Reading and validating a plan's input: every row of a CSV file (or of any iterator or
+-- array of keyed rows) is checked against the mapping before anything is sent. Problems are
+-- collected (each naming its file and line), never raised one at a time.
+--
+-- An entry keeps only what the later phases need: its line, key, the row's values in column
+-- order (an array is smaller than a keyed table) and the references it makes. The resource is
+-- checked now and built again when it is sent: resources are three times the size of their
+-- rows, and a large file must not hold them all.
+-- @module scim.input
+local err_mod = require "scim.error"
+local report_columns = { "line", "key", "action", "http_status", "scim_id", "error" }
+
+local input = {}
+
+-- Collect at most this many problems; one more line says how many were left.
+input.MAX_PROBLEMS = 200
+
+--- The report columns a results CSV of ours starts with (its rows can be fed back).
+input.REPORT_COLUMNS = report_columns
+
+-- A value written by an export's formula guard (`'` before = + - @ tab CR, maybe after
+-- spaces) reads back as the value without the `'`, so export → edit → update round-trips.
+local function unguard(v)
+  if type(v) == "string" and v:find("^'[ \t\r\n]*[=+%-@\t\r]") then return v:sub(2) end
+  return v
+end
+
+local function is_report_header(header)
+  for i, c in ipairs(report_columns) do
+    if type(header[i]) ~= "string" or header[i]:lower() ~= c then return false end
+  end
+  return true
+end
+
+-- Report rows that a rerun takes again: what failed or was skipped, and created accounts
+-- whose manager could not be set yet.
+local function rerun_wanted(row)
+  local action = row.action
+  if action == "failed" or action == "skipped" then return true end
+  return action == "created" and (row.error or ""):find("not set", 1, true) ~= nil
+end
+
+-- Row sources: a path (read here, every parse problem collected), a csv reader, an
+-- iterator yielding `row, line` (e.g. `scim.csv.rows(path)`) or an array of keyed rows.
+-- Returns `next_row() -> row, line | nil, problem, code | nil` and the header (or nil: taken
+-- from the first row's names).
+local function open_source(rows, opts)
+  if type(rows) == "string" then
+    local csv = require "scim.csv"
+    local reader, err, code = csv.open(rows, opts.csv)
+    if not reader then return nil, err, code end
+    return reader, reader.header, rows
+  end
+  if type(rows) == "table" and rows.read and rows.header then
+    return rows, rows.header, rows.name
+  end
+  local next_row
+  if type(rows) == "function" then
+    local done = false
+    next_row = function()
+      if done then return nil end
+      local ok, row, line = pcall(rows)
+      if not ok then done = true; return nil, tostring(row), "PARSE" end
+      if row == nil then done = true end
+      return row, line
+    end
+  elseif type(rows) == "table" then
+    local i = 0
+    next_row = function()
+      i = i + 1
+      local row = rows[i]
+      if row == nil then return nil end
+      local line = type(row) == "table" and (row._line or i + 1)
+      return row, line
+    end
+  else
+    error("scim.plan: 'rows' must be a path, a csv reader, an iterator or an array", 3)
+  end
+  return { read = next_row, close = function() end }, nil, opts.source or "rows"
+end
+
+-- The names of a keyed row, as written, in a stable order.
+local function names_of(row)
+  local names = {}
+  for k in pairs(row) do
+    if type(k) == "string" then names[#names + 1] = k end
+  end
+  table.sort(names)
+  return names
+end
+
+-- Whether a row passes the selection (`where`: { {column=, op="="|"!=", value=} }).
+local function selected(where, row)
+  for _, w in ipairs(where) do
+    local v = row[w.column]
+    if v == nil then
+      local lc = w.column:lower()
+      for k, x in pairs(row) do
+        if type(k) == "string" and k:lower() == lc then v = x break end
+      end
+    end
+    local equal = (v or ""):lower() == w.value:lower()
+    if (w.op == "=") ~= equal then return false end
+  end
+  return true
+end
+
+--- Reads and checks every row.
+-- @tparam table opts `rows` (path, csv reader, iterator or array of keyed rows), `mapping`,
+--   `job` ("create", "update", "delete" or "sync"), `upsert` (create: existing accounts are
+--   updated), `unknown_columns` ("error" or "ignore", default: the mapping's setting),
+--   `where` (list of `{ column=, op="="|"!=", value= }`), `limit` (the first N selected rows),
+--   `csv` (options for the CSV reader when `rows` is a path), `on_warning(msg)`
+-- @treturn table `{ entries=, by_key=, columns=, outside_refs=, selected=, source=,
+--   create_job=, update_job= }`
+-- @treturn[2] nil
+-- @treturn[2] scim.error code "INVALID" with `problems` (strings) and `total`, or the
+--   reader's failure (code from scim.csv) when the source cannot be opened
+-- @treturn[2] string code
+function input.read(opts)
+  local m, job = opts.mapping, opts.job
+  local source, header, name = open_source(opts.rows, opts)
+  if not source then
+    -- A file that cannot be read is invalid input too: nothing is sent.
+    return err_mod.fail(header, "INVALID", { cause_code = name })
+  end
+  name = name or "rows"
+  local problems, total = {}, 0
+  local function problem(msg)
+    total = total + 1
+    if #problems < input.MAX_PROBLEMS then problems[#problems + 1] = msg end
+  end
+  local function warn(msg)
+    if opts.on_warning then opts.on_warning(msg) end
+  end
+  local create_job = job == "update" and "update" or "create"
+  local update_job = (job == "sync" and "sync") or ((job == "update" or opts.upsert) and "update")
+    or "create"
+  local entries, by_key, refs_needed = {}, {}, {}
+  local columns, from_report
+  local where, limit = opts.where or {}, opts.limit
+  local n_selected, n_rows = 0, 0
+
+  local function start(hdr)
+    from_report = is_report_header(hdr)
+    columns = hdr
+    if from_report then columns = table.move(hdr, #report_columns + 1, #hdr, 1, {}) end
+    local ok, msgs = m:check_header(columns, job, { unknown_columns = opts.unknown_columns })
+    if not ok then
+      for _, msg in ipairs(msgs) do problem(name .. ": " .. msg) end
+    else
+      for _, msg in ipairs(msgs or {}) do warn(name .. ": " .. tostring(msg)) end
+    end
+  end
+  if header then start(header) end
+
+  local function take(row, line)
+    if not columns then start(names_of(row)) end
+    n_rows = n_rows + 1
+    if from_report and not rerun_wanted(row) then return end
+    if not selected(where, row) then return end
+    if limit and n_selected >= limit then return end
+    n_selected = n_selected + 1
+    local values, keyed = {}, {}
+    for i, c in ipairs(columns) do
+      local v = unguard(row[c])
+      values[i], keyed[c] = v, v
+    end
+    local key, kerr = m:key(keyed, line)
+    if key == nil or key == "" then
+      return problem(string.format("%s:%s: %s", name, tostring(line),
+        (tostring(kerr or "the key is empty"):gsub("^line %d+, ", ""))))
+    end
+    local lkey = m:key_id(key)
+    local first = by_key[lkey]
+    if first then
+      return problem(string.format("%s:%s: %s '%s' already on line %s", name, tostring(line),
+        m.key_attribute, key, tostring(first.line)))
+    end
+    local e = { line = line, key = key, values = values }
+    by_key[lkey] = e
+    entries[#entries + 1] = e
+    if job == "delete" then return end
+    -- The resource a new account gets, and the one an existing account is compared with
+    -- (create-only defaults such as active=true left out).
+    local res, rerr = m:to_resource(keyed, line, create_job)
+    if res and update_job ~= create_job then res, rerr = m:to_resource(keyed, line, update_job) end
+    if not res then
+      return problem(string.format("%s:%s: %s", name, tostring(line),
+        (tostring(rerr):gsub("^line %d+, ", ""))))
+    end
+    local refs = m:references(keyed)
+    if next(refs) then
+      e.refs = refs
+      for _, ref in pairs(refs) do
+        local lref = m:key_id(ref)
+        refs_needed[lref] = refs_needed[lref] or ref
+      end
+    end
+  end
+
+  local last_error
+  while true do
+    local row, line, code = source:read()
+    if row == nil then
+      if line == nil then break end       -- end of input
+      -- A parse error names file:line:col. After a row with the wrong number of fields the
+      -- reader goes on; after anything else (or the same error again) it can't.
+      if line == last_error then break end
+      last_error = line
+      problem(tostring(line))
+      if code ~= "FIELD_COUNT" then break end
+    else
+      take(row, line)
+    end
+  end
+  source:close()
+  if total > 0 then
+    local msg = string.format("%s: %d problem%s; nothing was sent", name, total,
+      total == 1 and "" or "s")
+    return err_mod.fail(msg, "INVALID", { problems = problems, total = total })
+  end
+  -- References to people outside the file are looked up on the server later.
+  local outside = {}
+  for lref, ref in pairs(refs_needed) do
+    if not by_key[lref] then outside[#outside + 1] = ref end
+  end
+  table.sort(outside)
+  return {
+    entries = entries, by_key = by_key, columns = columns or {}, outside_refs = outside,
+    selected = n_selected, rows = n_rows, source = name, from_report = from_report,
+    create_job = create_job, update_job = update_job,
+  }
+end
+
+--- An entry's row, keyed by the input's column names (for the mapping and the report).
+-- @tparam table columns the input's columns
+-- @tparam table values an entry's `values`
+-- @treturn table
+function input.row(columns, values)
+  local row = {}
+  for i, c in ipairs(columns) do row[c] = values[i] end
+  return row
+end
+
+--- Parses a row selection `COLUMN=VALUE` or `COLUMN!=VALUE`.
+-- @tparam string text
+-- @treturn table `{ column=, op=, value= }`
+-- @treturn[2] nil
+-- @treturn[2] string what is wrong
+function input.parse_where(text)
+  local column, op, value = tostring(text):match("^%s*(.-)%s*(!?=)(.*)$")
+  if not column or column == "" then
+    return nil, "expected COLUMN=VALUE or COLUMN!=VALUE, got '" .. tostring(text) .. "'"
+  end
+  return { column = column, op = op, value = value }
+end
+
+return input

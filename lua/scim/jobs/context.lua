@@ -1,0 +1,167 @@
+--- The CLI's run context: options, environment, report, the client, exit codes and `Abort`.
+-- Only the CLI layer (scim.cli and scim.jobs.*) knows argv, prompts and exit codes; the
+-- library below it (scim.plan, scim.apply, scim.directory) answers with `nil, err, code`.
+-- @module scim.jobs.context
+local report_mod = require "scim.report"
+local err_mod = require "scim.error"
+local directory = require "scim.directory"
+
+local context = {}
+
+--- Exit codes (documented in scim.cli).
+context.EXIT = { OK = 0, FAILED = 1, USAGE = 2, UNAVAILABLE = 3 }
+local EXIT = context.EXIT
+
+context.idstr = directory.idstr
+context.is_interrupt = err_mod.is_interrupt
+
+--- Library error codes that mean "nothing could be done at all" (exit 3).
+local USAGE_CODES = { INVALID = true, GUARD = true, USAGE = true, BAD_MAPPING = true }
+
+--- The exit code for a failed plan.
+function context.exit_for(code)
+  if code == "INTERRUPTED" then return EXIT.FAILED end
+  if USAGE_CODES[code] then return EXIT.USAGE end
+  return EXIT.UNAVAILABLE
+end
+
+local Ctx = {}
+Ctx.__index = Ctx
+context.Ctx = Ctx
+
+-- An error raised to end the run with an exit code, after printing its message.
+local Abort = {}
+Abort.__index = Abort
+Abort.__tostring = function(self) return self.message end
+context.Abort = Abort
+
+--- Ends the job: prints `message` (if any) and exits with `code`.
+function Ctx:abort(code, message) -- luacheck: ignore 212
+  error(setmetatable({ code = code, message = message }, Abort), 0)
+end
+
+--- Creates the client (token and URL resolved now). Exit 2 for a missing token or URL or a
+-- URL the engine would refuse. No request is sent.
+-- @treturn scim.client
+function Ctx:connect()
+  if self.client then return self.client end
+  local opts = self.opts
+  if not opts.url then
+    self:abort(EXIT.USAGE, "no URL: give --url or set SCIM_URL (--dialect meta and "
+      .. "workplace_v1 have default URLs)")
+  end
+  -- A URL the engine would refuse is a usage error (exit 2), said in the CLI's own terms.
+  local _, uerr, ucode = require("scim.http").check_url(opts.url, opts.allow_http)
+  if ucode == "HTTP_REFUSED" then
+    self:abort(EXIT.USAGE, opts.shown_url .. ": plain http is refused except to loopback; "
+      .. "use https, or --allow-http")
+  elseif uerr then
+    self:abort(EXIT.USAGE, opts.shown_url .. ": " .. tostring(uerr))
+  end
+  local token, terr = opts.get_token()
+  if not token then self:abort(EXIT.USAGE, terr) end
+  local report = self.report
+  local trace
+  if opts.verbose then
+    trace = function(line) report:info(line) end
+  end
+  local ok, client, cerr = pcall(require("scim.client").new, {
+    url = opts.url, token = token, dialect = opts.dialect, concurrency = opts.concurrency,
+    rate = opts.rate, timeout = opts.timeout, retries = opts.retries, ca_file = opts.ca_file,
+    insecure = opts.insecure, allow_http = opts.allow_http, trace = trace,
+  })
+  token = nil -- luacheck: ignore 311
+  if not ok or not client then
+    self:abort(EXIT.USAGE, "cannot set up the client: " .. tostring(ok and cerr or client))
+  end
+  self.client = client
+  return client
+end
+
+--- A directory view over the client (export's listing).
+function Ctx:directory()
+  self.dir = self.dir or directory.new{ client = self:connect(), mapping = self.mapping,
+    concurrency = self.opts.concurrency }
+  return self.dir
+end
+
+--- Opens the results CSV (once the input's columns are known: it copies them).
+function Ctx:open_report_file(columns)
+  local path = self.opts.report
+  if not path then return end
+  local ok, err = self.report:attach(path, columns)
+  if not ok then self:abort(EXIT.USAGE, err) end
+end
+
+--- Finishes a job: the plan of a dry run, the summary, the results file, and the exit code
+-- (1 when any row failed or the run was interrupted, 3 when the token was refused mid-run).
+-- @treturn integer exit code
+function Ctx:finish()
+  local rep = self.report
+  if self.opts.dry_run then rep:print_plan() end
+  local stats = self.client and self.client:stats() or {}
+  rep:summary(stats)
+  local ok, err = rep:close()
+  if not ok then
+    rep:error(err)
+    return EXIT.FAILED
+  end
+  if self.stopped == "AUTH" then
+    rep:error("the server refused the token during the run: the rows not done are reported "
+      .. "'skipped'; renew the token and run the same command again to finish")
+    return EXIT.UNAVAILABLE
+  end
+  if self.stopped then
+    rep:error((self.stopped == "THROTTLED" and "the server asked to wait longer than the run "
+      .. "may: " or "interrupted: ") .. "the rows not done are reported 'skipped'; run the "
+      .. "same command again to finish")
+    return EXIT.FAILED
+  end
+  return rep:failed() > 0 and EXIT.FAILED or EXIT.OK
+end
+
+--- Creates the context of one run.
+-- @tparam table opts merged options
+-- @tparam table env `stdout`, `stderr`, `stdin`, `getenv`, `isatty`
+-- @tparam table m the mapping
+-- @treturn Ctx | nil, message
+function context.new(opts, env, m)
+  local to_stdout = opts.command == "export" and opts.file == "-"
+  local rep, rerr = report_mod.new{
+    job = opts.command, quiet = opts.quiet, verbose = opts.verbose,
+    log_format = opts.log_format, dry_run = opts.dry_run, stdout = env.stdout,
+    stderr = env.stderr, log = to_stdout and env.stderr or env.stdout,
+    progress = env.isatty(2) and not to_stdout or false, getenv = env.getenv,
+  }
+  if not rep then return nil, rerr end
+  return setmetatable({ opts = opts, env = env, mapping = m, job = opts.command,
+    report = rep }, Ctx)
+end
+
+--- Runs `fn(ctx)` and turns what it raises into an exit code; always closes what it opened.
+-- @treturn integer exit code
+function Ctx:protect(fn)
+  local rok, code = xpcall(fn, function(e)
+    if getmetatable(e) == Abort then return e end
+    return debug.traceback(tostring(e), 2)
+  end, self)
+  if self.writer then pcall(self.writer.abort, self.writer) end
+  if not rok then
+    self.report:abort()
+    if self.client then pcall(self.client.close, self.client) end
+    if getmetatable(code) == Abort then
+      if code.message then self.report:error(code.message) end
+      return code.code
+    end
+    if err_mod.is_interrupt(code) then
+      self.report:error("interrupted")
+      return EXIT.FAILED
+    end
+    self.report:error("internal error: " .. tostring(code))
+    return EXIT.FAILED
+  end
+  if self.client then pcall(self.client.close, self.client) end
+  return code
+end
+
+return context

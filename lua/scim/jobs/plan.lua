@@ -1,0 +1,122 @@
+--- The CLI adapter of create, update, delete, sync and plan: options → `scim.plan` → print →
+-- `plan:apply` → report and exit code. Everything else is the library's.
+-- @module scim.jobs.plan
+local scim_plan = require "scim.plan"
+local context = require "scim.jobs.context"
+local EXIT = context.EXIT
+
+local job = {}
+
+-- The verbs a dry run prints for each planned action.
+local DRY = { create = "create", update = "update", delete = "delete",
+  deactivate = "deactivate" }
+
+-- Whether the person at the terminal agrees to remove `n` accounts. Without a terminal
+-- (cron, a pipe) nobody can answer: only --yes removes.
+local function confirm(ctx, n, verb)
+  local env = ctx.env
+  if ctx.opts.yes or ctx.opts.dry_run or n == 0 then return true end
+  if not env.isatty(0) then return nil end
+  ctx.report:clear()
+  env.stderr:write(string.format("%s %d account%s on %s? [y/N] ", verb, n,
+    n == 1 and "" or "s", ctx.opts.shown_url))
+  env.stderr:flush()
+  local answer = env.stdin:read("l") or ""
+  return answer:match("^%s*[yY]") ~= nil
+end
+
+-- Prints why a plan could not be made and ends the run with its exit code.
+local function refuse(ctx, err, code)
+  local rep = ctx.report
+  if code == "INVALID" then
+    for _, msg in ipairs(err.problems or {}) do rep:error(msg) end
+    if (err.total or 0) > #(err.problems or {}) then
+      rep:error(string.format("... and %d more problems", err.total - #err.problems))
+    end
+  elseif code == "GUARD" then
+    local keys = err.removals or {}
+    rep:error(string.format("the %d account%s it would remove%s:", err.count or #keys,
+      (err.count or #keys) == 1 and "" or "s", #keys < (err.count or 0)
+      and (" (the first " .. #keys .. ")") or ""))
+    for _, k in ipairs(keys) do rep:error("  " .. rep.safe(k)) end
+  end
+  ctx:abort(context.exit_for(code), tostring(err))
+end
+
+--- Runs the job.
+-- @tparam scim.jobs.context.Ctx ctx
+-- @treturn integer exit code
+function job.run(ctx)
+  local opts, rep = ctx.opts, ctx.report
+  local name = opts.command
+  local p, err, code = scim_plan.new{
+    client = nil, connect = function() return ctx:connect() end,
+    rows = opts.file, mapping = ctx.mapping, job = name, upsert = opts.upsert,
+    deactivate = opts.deactivate,
+    removals = opts.deactivate_missing and "deactivate" or opts.delete_missing and "delete"
+      or nil,
+    max_removals = opts.max_removals,
+    unknown_columns = opts.ignore_unknown_columns and "ignore" or nil,
+    where = opts.where, limit = opts.limit,
+    csv = opts.encoding and { encoding = opts.encoding } or nil,
+    exact = not (name == "create" and not opts.dry_run),
+    concurrency = opts.concurrency or 8,
+    on_phase = function(phase, n) rep:phase(phase, n) end,
+    on_step = function() rep:step() end,
+    on_warning = function(msg) rep:warn(msg) end,
+  }
+  if not p then refuse(ctx, err, code) end
+  ctx:open_report_file(p.columns)
+  if opts.where or opts.limit then
+    rep:info(string.format("%d of %d rows selected", p.input.selected, p.input.rows))
+  end
+  rep:begin(#p.entries + #p.absent)
+
+  if opts.dry_run then
+    for change in p:changes() do
+      rep:outcome{ line = change.line, key = change.key, id = change.id,
+        action = DRY[change.action] or change.action, status = change.status,
+        error = change.error and tostring(change.error) or change.note, changes = change.diff,
+        row = p:row(change) }
+    end
+    return ctx:finish()
+  end
+
+  if name == "delete" then
+    local n = (p.counts.delete or 0) + (p.counts.deactivate or 0)
+    local verb = opts.deactivate and "Deactivate" or "Delete"
+    local yes = confirm(ctx, n, verb)
+    if yes == nil then
+      rep:abort()
+      ctx:abort(EXIT.USAGE, string.format("%s %d account%s needs --yes when no one is at a "
+        .. "terminal to confirm; nothing was sent", verb:lower(), n, n == 1 and "" or "s"))
+    elseif not yes then
+      rep:error("cancelled: nothing was " .. (opts.deactivate and "deactivated" or "deleted"))
+      for change in p:changes() do
+        rep:outcome{ line = change.line, key = change.key, action = "skipped",
+          error = "cancelled", row = p:row(change) }
+      end
+      ctx:finish()
+      return EXIT.FAILED
+    end
+  end
+
+  local result = p:apply{
+    concurrency = opts.concurrency or 8,
+    on_phase = function(phase, n) rep:phase(phase, n) end,
+    on_step = function() rep:step() end,
+    on_interrupt = function()
+      rep:error("interrupted: finishing the requests in flight (Ctrl-C again to quit at once)")
+    end,
+    on_result = function(r)
+      local e = r.error
+      rep:outcome{ line = r.line, key = r.key, action = r.action, status = r.status or
+        (type(e) == "table" and e.status or nil), id = r.id,
+        error = e ~= nil and tostring(e) or nil, changes = r.diff, row = p:row(r.change) }
+    end,
+  }
+  ctx.stopped = result.stopped
+  return ctx:finish()
+end
+
+return job

@@ -1,0 +1,475 @@
+--- The library's workflow, what the CLI and custom scripts both use: validate the input,
+-- learn what the server has, compare, and apply exactly the planned writes.
+--
+--     local plan, err, code = scim.plan{ client = client, rows = "people.csv", job = "sync",
+--                                        removals = "deactivate", max_removals = "10%" }
+--     for change in plan:changes() do print(change.action, change.key) end
+--     local result = plan:apply{ concurrency = 16 }
+--
+-- Making a plan sends only reads (the preflight, a listing or lookups); a bad file returns
+-- `nil, err, "INVALID"` with every problem in `err.problems` and sends nothing at all.
+-- `plan:apply` is in scim.apply.
+-- @module scim.plan
+local err_mod = require "scim.error"
+local input = require "scim.input"
+local directory = require "scim.directory"
+
+local idstr = directory.idstr
+local plan = {}
+
+local Plan = { __name = "scim.plan" }
+Plan.__index = Plan
+
+local JOBS = { create = true, update = true, delete = true, sync = true }
+local REMOVALS = { deactivate = true, delete = true }
+
+--- The guard's default: at most this share of the directory removed by one sync.
+plan.DEFAULT_MAX_REMOVALS = { percent = 10 }
+
+--- Parses a removal limit: a count (`25`, `"25"`) or a share of the directory (`"10%"`).
+-- @treturn table `{ count = n }` or `{ percent = p }` | nil, message
+function plan.parse_limit(v)
+  if type(v) == "table" and (v.count or v.percent) then return v end
+  local s = tostring(v)
+  local p = s:match("^%s*(%d+%.?%d*)%s*%%%s*$")
+  if p and tonumber(p) <= 100 then return { percent = tonumber(p) } end
+  local n = math.tointeger(tonumber(s:match("^%s*(%d+)%s*$")))
+  if n then return { count = n } end
+  return nil, "expected a number of accounts or a percentage such as 10%, got '" .. s .. "'"
+end
+
+--- How many accounts a run may remove.
+function plan.allowed_removals(limit, total)
+  limit = limit or plan.DEFAULT_MAX_REMOVALS
+  if limit.count then return limit.count end
+  return math.floor(total * limit.percent / 100)
+end
+
+local function describe_limit(limit)
+  limit = limit or plan.DEFAULT_MAX_REMOVALS
+  return limit.count and tostring(limit.count) or (limit.percent .. "%")
+end
+
+-- Checks the options; raises on a programming error (wrong type, unknown job).
+local function check_options(o)
+  if type(o) ~= "table" then error("scim.plan: options must be a table", 3) end
+  if type(o.client) ~= "table" and type(o.connect) ~= "function" then
+    error("scim.plan: 'client' is required", 3)
+  end
+  if o.max_removals ~= nil and not plan.parse_limit(o.max_removals) then
+    error("scim.plan: " .. select(2, plan.parse_limit(o.max_removals)), 3)
+  end
+  if o.rows == nil then error("scim.plan: 'rows' is required", 3) end
+  if not JOBS[o.job] then
+    error("scim.plan: 'job' must be create, update, delete or sync, got " .. tostring(o.job), 3)
+  end
+  if o.removals ~= nil and not REMOVALS[o.removals] then
+    error("scim.plan: 'removals' must be nil, \"deactivate\" or \"delete\"", 3)
+  end
+  if o.removals and o.job ~= "sync" then error("scim.plan: 'removals' is for sync only", 3) end
+end
+
+--- Makes a plan.
+-- @tparam table opts
+--   `client` (scim.client), `rows` (a CSV path, a csv reader, an iterator of keyed rows such
+--   as `scim.csv.rows(path)`, or an array of keyed rows), `job` ("create", "update",
+--   "delete" or "sync"), `mapping` (default: the default mapping of the client's dialect),
+--   `removals` (sync: nil, "deactivate" or "delete" the accounts absent from the rows),
+--   `max_removals` (the guard: a count or "P%", default "10%"), `upsert` (create: existing
+--   accounts are updated), `deactivate` (delete: set active=false instead),
+--   `unknown_columns` ("error"|"ignore"), `where` and `limit` (row selection, see
+--   scim.input), `exact` (create: false skips the lookups a large directory would need and
+--   lets apply handle 409s; default true), `concurrency` (lookups in flight), `csv`
+--   (reader options for a path), `on_phase(name, n)`, `on_step()`, `on_warning(msg)`
+-- @treturn scim.plan
+-- @treturn[2] nil
+-- @treturn[2] scim.error printable; `problems` for INVALID, `removals` (keys) for GUARD
+-- @treturn[2] string code: "INVALID" (nothing sent), "GUARD" (nothing written), a client
+--   error code (the preflight failed: UNAUTHORIZED, FORBIDDEN, COULDNT_CONNECT, ...),
+--   "INTERRUPTED"
+function plan.new(opts)
+  check_options(opts)
+  local client = opts.client
+  local m = opts.mapping
+  if m == nil or type(m) == "string" then client = client or opts.connect() end
+  if m == nil then
+    m = require("scim.mapping").default{ dialect = client.dialect.name }
+  elseif type(m) == "string" then
+    local mm, merr = require("scim.mapping").load(m, { dialect = client.dialect.name })
+    if not mm then return err_mod.fail(merr, "USAGE") end
+    m = mm
+  end
+  local job = opts.job
+  local warnings = {}
+  local function warn(msg)
+    warnings[#warnings + 1] = msg
+    if opts.on_warning then opts.on_warning(msg) end
+  end
+  local inp, ierr, icode = input.read{
+    rows = opts.rows, mapping = m, job = job, upsert = opts.upsert,
+    unknown_columns = opts.unknown_columns, where = opts.where, limit = opts.limit,
+    csv = opts.csv, on_warning = warn,
+  }
+  if not inp then return nil, ierr, icode end
+  -- Connected only now: a bad file is reported without asking for a token.
+  client = client or opts.connect()
+
+  local self = setmetatable({
+    client = client, mapping = m, job = job, input = inp, entries = inp.entries,
+    columns = inp.columns, removals = opts.removals, upsert = opts.upsert,
+    deactivate = opts.deactivate or opts.removals == "deactivate",
+    warnings = warnings, warn = warn, absent = {}, counts = {},
+    selected = inp.selected,
+  }, Plan)
+  local dir = directory.new{ client = client, mapping = m, concurrency = opts.concurrency,
+    on_phase = opts.on_phase, on_step = opts.on_step }
+  self.directory = dir
+
+  local total, serr, scode = dir:size()
+  if not total then
+    if err_mod.is_interrupt(serr) then
+      return err_mod.fail("interrupted; nothing was changed", "INTERRUPTED")
+    end
+    return err_mod.fail(string.format("cannot work with %s: %s",
+      tostring(client.url or "the server"), tostring(serr)), scode or "UNAVAILABLE",
+      { cause = serr })
+  end
+
+  local ok, lerr, lcode = self:learn(total, opts)
+  if not ok then return nil, lerr, lcode end
+  ok, lerr, lcode = dir:resolve(inp.outside_refs, warn)
+  if not ok then return nil, lerr, lcode end
+  for _, ref in ipairs(inp.outside_refs) do
+    local id = dir:id(ref)
+    if id == nil then dir:set(ref, false) end
+    if not id then
+      warn(string.format("'%s' is referenced (e.g. as a manager) but is neither in the file "
+        .. "nor on the server", ref))
+    end
+  end
+  self:decide()
+  if self.removals then
+    local allowed = plan.allowed_removals(self.max_removals, self.total)
+    if self.n_absent > allowed then
+      local verb = self.removals
+      return err_mod.fail(string.format(
+        "refusing to %s %d of %d accounts absent from %s: more than max_removals %s allows "
+        .. "(%d); check the file, or raise the limit; nothing was sent", verb, self.n_absent,
+        self.total, inp.source, describe_limit(self.max_removals), allowed), "GUARD",
+        { removals = self.absent_keys, allowed = allowed, count = self.n_absent })
+    end
+    self.absent_keys = nil
+  end
+  return self
+end
+
+-- The resource an entry's row describes for a job of the mapping (it passed validation).
+function Plan:resource(e, job)
+  return assert(self.mapping:to_resource(input.row(self.columns, e.values), e.line, job))
+end
+
+--- An entry's row, keyed by the input's column names (for reports).
+function Plan:row(change)
+  return change.values and input.row(self.columns, change.values) or nil
+end
+
+-- The record kept of an existing account: the whole resource where a PUT may need it
+-- (`keep`), else only its id, `active` and references: unchanged accounts of a large
+-- directory must not hold their whole records.
+local function stub_of(m, cur, keep)
+  if keep then return cur end
+  local stub = { id = cur.id, active = cur.active, meta = cur.meta and { version =
+    type(cur.meta) == "table" and cur.meta.version or nil } }
+  for name in pairs(m.reference_columns) do
+    local id = m:reference_id(cur, name)
+    if id then m:set_reference(stub, name, id) end
+  end
+  return stub
+end
+
+-- Learns the current accounts of the entries: one paged listing when it pays (always for
+-- sync: it must see the absent), lookups otherwise; a create may skip them (`exact` false).
+function Plan:learn(total, opts)
+  local dir, m, job = self.directory, self.mapping, self.job
+  local entries = self.entries
+  self.total, self.n_absent = total, 0
+  self.max_removals = opts.max_removals and assert(plan.parse_limit(opts.max_removals))
+    or plan.DEFAULT_MAX_REMOVALS
+  local put = dir:use_put()
+  local full = job == "sync" or dir:listing_pays(#entries)
+  if not full and job == "create" and opts.exact == false then
+    self.strategy = "optimistic"
+    return true
+  end
+  if not full then
+    self.strategy = "lookups"
+    local ok, err, code = dir:look_up(entries)
+    if not ok then return nil, err, code end
+    return true
+  end
+  self.strategy = "listing"
+  if total == 0 then
+    for _, e in ipairs(entries) do e.current = false end
+    return true
+  end
+  local by_key = self.input.by_key
+  local outside = {}
+  for _, ref in ipairs(self.input.outside_refs) do outside[m:key_id(ref)] = true end
+  local removing, deactivating = self.removals ~= nil, self.removals == "deactivate"
+  local allowed = plan.allowed_removals(self.max_removals, total)
+  local absent, absent_keys, n_absent, listed = self.absent, {}, 0, 0
+  -- Keys met on the listing, to catch two accounts whose keys differ only in case.
+  local met = {}
+  local ok, err, code = dir:list(function(user, key)
+    listed = listed + 1
+    if not key then return end
+    local k = m:key_id(key)
+    local e = by_key[k]
+    if met[k] then
+      if e then e.lookup_error = err_mod.new(string.format("several accounts have %s '%s'",
+        m.key_attribute, e.key), "AMBIGUOUS") end
+      dir:set(key, nil)
+      return
+    end
+    met[k] = true
+    if e then
+      local keep = put or self:differs(e, user)
+      -- `same`: only references can differ, compared once every id is known.
+      e.current, e.same = stub_of(m, user, keep), not keep or nil
+      dir:set(key, idstr(user.id))
+      return
+    end
+    if outside[k] then dir:set(key, idstr(user.id)) end
+    if removing and not (deactivating and user.active == false) then
+      n_absent = n_absent + 1
+      if #absent_keys < 1000 then absent_keys[#absent_keys + 1] = key end
+      -- Beyond the limit the plan is refused anyway: keep no more than that in memory.
+      if n_absent <= allowed then
+        absent[n_absent] = { key = key, current = stub_of(m, user, put), absent = true }
+      end
+    end
+  end)
+  if not ok then return nil, err, code end
+  self.total = math.max(total, listed)
+  self.n_absent, self.absent_keys = n_absent, absent_keys
+  for _, e in ipairs(entries) do
+    if e.current == nil and not e.lookup_error then e.current = false end
+    if e.lookup_error then e.current = nil end
+  end
+  return true
+end
+
+-- The job of the mapping an existing account is compared with, or nil when an existing
+-- account is not compared (create without upsert: only a missing manager is filled in).
+function Plan:update_job()
+  local job = self.job
+  if job == "delete" then return nil end
+  if job == "create" and not self.upsert then return nil end
+  return self.input.update_job
+end
+
+-- Whether an account differs from its row in anything but references (those are compared
+-- once every id is known).
+function Plan:differs(e, current)
+  local ujob = self:update_job()
+  if not ujob then return false end
+  local ops = self.mapping:diff(current, self:resource(e, ujob))
+  return ops ~= nil and #ops > 0
+end
+
+-- The desired state of an existing account: the row's resource for the update job (or only
+-- the references when none), with references set from the directory. `placeholder`: people
+-- still to be created get "(new: key)" so a dry run can show them. Returns the resource and
+-- the list of references that could not be set.
+function Plan:desired(e, placeholder)
+  local m, dir = self.mapping, self.directory
+  local ujob = not e.same and self:update_job()
+  local desired = ujob and self:resource(e, ujob) or {}
+  local missing
+  for name, ref in pairs(e.refs or {}) do
+    local id = dir:id(ref)
+    if not id and placeholder then
+      local target = self.input.by_key[m:key_id(ref)]
+      if target and (target.action == "create" or target.current == false) then
+        id = "(new: " .. target.key .. ")"
+      end
+    end
+    if id then
+      m:set_reference(desired, name, id)
+    else
+      missing = missing or {}
+      missing[#missing + 1] = string.format("%s '%s' not found", name, ref)
+    end
+  end
+  return desired, missing
+end
+
+--- Rewrites the changes of reference attributes (the manager's SCIM id) to people's keys,
+-- so a plan reads "manager: a@example.com -> b@example.com", and names each change's
+-- attribute.
+function Plan:readable(e, changes)
+  local m, dir = self.mapping, self.directory
+  local by_col
+  for _, c in ipairs(changes or {}) do
+    c.attribute = c.attribute or c.path
+    if next(m.reference_columns) then
+      if not by_col then
+        by_col = {}
+        for name, col in pairs(m.reference_columns) do by_col[col] = name end
+      end
+      local name = c.column and by_col[c.column]
+      if name then
+        c.old = c.old ~= nil and (dir:key_of(c.old) or ("id " .. tostring(c.old))) or nil
+        c.new = e.refs and e.refs[name] or c.new
+      end
+    end
+  end
+  return changes
+end
+
+-- Whether an existing account, without --upsert, needs its missing manager filled in.
+function Plan:needs_fill(e)
+  if not e.refs then return false end
+  for name in pairs(e.refs) do
+    if self.mapping:reference_id(e.current, name) then return false end
+  end
+  return true
+end
+
+-- Decides every entry's action from what was learned.
+function Plan:decide()
+  local job, m = self.job, self.mapping
+  local entries = self.entries
+  -- Creates first: an update's manager may be a person created by this plan.
+  for _, e in ipairs(entries) do
+    if e.lookup_error then
+      e.action, e.error = "failed", e.lookup_error
+    elseif e.current == false or (e.current == nil and self.strategy == "optimistic") then
+      if job == "update" then
+        e.action, e.status = "failed", 404
+        e.error = string.format("no account with %s '%s' (create it first)", m.key_attribute,
+          e.key)
+      elseif job == "delete" then
+        e.action, e.status = "not_found", 404
+      else
+        e.action = "create"
+      end
+    end
+  end
+  for _, e in ipairs(entries) do
+    local cur = e.current
+    if not e.action and cur then
+      e.id = idstr(cur.id)
+      if job == "delete" then
+        if self.deactivate and cur.active == false then e.action = "unchanged"
+        else e.action = self.deactivate and "deactivate" or "delete" end
+        if e.action == "deactivate" then
+          e.diff = { { attribute = "active", path = "active", column = nil,
+            old = cur.active == nil and true or cur.active, new = false } }
+        end
+      elseif job == "create" and not self.upsert and not self:needs_fill(e) then
+        e.action, e.status = "exists", 409
+      else
+        local desired, missing = self:desired(e, true)
+        local ops, changes = m:diff(cur, desired)
+        e.note = missing and table.concat(missing, "; ") .. " (not set)" or nil
+        if ops and #ops > 0 then
+          e.action, e.diff = "update", self:readable(e, changes)
+          e.fill = job == "create" and not self.upsert or nil
+        else
+          e.action = (job == "create" and not self.upsert) and "exists" or "unchanged"
+          e.status = e.action == "exists" and 409 or nil
+          if not e.refs then e.current = nil end
+          if e.action == "unchanged" then e.current = { id = cur.id } end
+        end
+      end
+    end
+    e.diff = e.diff or (e.action == "create" and {} or nil)
+  end
+  for _, a in ipairs(self.absent) do
+    a.id = idstr(a.current.id)
+    a.action = self.removals
+    if a.action == "deactivate" then
+      a.diff = { { attribute = "active", path = "active",
+        old = a.current.active == nil and true or a.current.active, new = false } }
+    end
+  end
+  self:order()
+  local counts = {}
+  for change in self:changes() do counts[change.action] = (counts[change.action] or 0) + 1 end
+  self.counts = counts
+end
+
+-- Orders the creates down the manager tree: `e.level` is 0 for a person whose manager is not
+-- created by this plan, else one more than the manager's. A reference that closes a cycle
+-- (a person managing themselves, or A managing B managing A) is `deferred`: set by a PATCH
+-- once both exist. Cycles are warned about before anything is sent.
+function Plan:order()
+  local m, by_key = self.mapping, self.input.by_key
+  local state = {}  -- entry -> "visiting" | "done"
+  local function target_of(ref)
+    local t = by_key[m:key_id(ref)]
+    return t and t.action == "create" and t or nil
+  end
+  local function visit(e)
+    -- Iterative depth-first walk up the manager chain (a chain can be long).
+    local stack = { e }
+    while #stack > 0 do
+      local top = stack[#stack]
+      if state[top] == "done" then
+        stack[#stack] = nil
+      else
+        state[top] = "visiting"
+        local pending, level = nil, 0
+        for name, ref in pairs(top.refs or {}) do
+          local t = target_of(ref)
+          if t and not (top.deferred and top.deferred[name]) then
+            if state[t] == "visiting" then
+              top.deferred = top.deferred or {}
+              top.deferred[name] = true
+              self.warn(string.format("%s:%s: %s '%s' %s", self.input.source,
+                tostring(top.line), name, ref, t == top and "is the person themselves"
+                or "closes a cycle of managers; it is set after both accounts exist"))
+            elseif state[t] == "done" then
+              level = math.max(level, t.level + 1)
+            else
+              pending = t
+            end
+          end
+        end
+        if pending then
+          stack[#stack + 1] = pending
+        else
+          top.level = level
+          state[top] = "done"
+          stack[#stack] = nil
+        end
+      end
+    end
+  end
+  for _, e in ipairs(self.entries) do
+    if e.action == "create" and not state[e] then visit(e) end
+  end
+end
+
+--- The planned changes: every input row in file order, then the absent accounts (sync with
+-- removals). Each is a table with `action` ("create", "update", "unchanged", "exists",
+-- "delete", "deactivate", "not_found", "failed"), `key`, `line` (nil for an absent account),
+-- `id` (existing accounts), `diff` (`{ column=, attribute=, old=, new= }` list), `error`.
+-- @treturn function iterator
+function Plan:changes()
+  local entries, absent = self.entries, self.absent
+  local i, n = 0, #self.entries
+  return function()
+    i = i + 1
+    if i <= n then return entries[i] end
+    return absent[i - n]
+  end
+end
+
+--- Applies the plan (see scim.apply).
+function Plan:apply(opts)
+  return require("scim.apply").run(self, opts)
+end
+
+return setmetatable(plan, { __call = function(_, opts) return plan.new(opts) end })
