@@ -185,7 +185,7 @@ describe("examples/hr_sync.lua (a custom script on the library alone)", function
   local function hr_sync(...)
     local cpath = os.getenv("SCIM_CPATH") or "build/?.so"
     local cmd = string.format("SCIM_URL=%s SCIM_TOKEN=%s LUA_PATH='lua/?.lua;lua/?/init.lua;;' "
-      .. "LUA_CPATH=%s lua5.4 examples/hr_sync.lua examples/hr_export.csv %s 2>&1",
+      .. "LUA_CPATH=%s lua5.4 examples/hr_sync.lua examples/hr_people.csv %s 2>&1",
       agent.shell_quote(s.url), agent.shell_quote(s.token), agent.shell_quote(cpath .. ";;"),
       table.concat({ ... }, " "))
     local p = assert(io.popen(cmd))
@@ -196,16 +196,17 @@ describe("examples/hr_sync.lua (a custom script on the library alone)", function
 
   it("plans, applies, deactivates the terminated, and then has nothing to do", function()
     s:reset()
-    s:seed{ { schemas = { "urn:ietf:params:scim:schemas:core:2.0:User" },
-              userName = "bjork.gudmundsdottir@example.com", title = "Account Executive",
+    s:seed{ { schemas = { "urn:ietf:params:scim:schemas:core:2.0:User" }, externalId = "1007",
+              userName = "bjork.gudmundsdottir@example.com", title = "Account Executive", active = true,
               name = { givenName = "Björk", familyName = "Guðmundsdóttir" } } }
     s:reset_stats()
     local code, out = hr_sync()
     assert.equal(0, code, out)
     assert.equal(0, agent.writes(s:stats()))
-    assert.matches("zoe%.lefevre@example%.com%s+create", out)
-    assert.matches("lukasz%.kowalski@example%.com%s+create", out)
-    assert.matches("bjork%.gudmundsdottir@example%.com%s+update active, department", out)
+    assert.matches("1004%s+Zoë Lefèvre%s+create", out)
+    assert.matches("1005%s+Łukasz Kowalski%s+create", out)
+    assert.matches("1007%s+Björk Guðmundsdóttir%s+update", out)
+    assert.matches("Employment Status: true %-> false", out)
     code, out = hr_sync("--apply")
     assert.equal(0, code, out)
     local users = {}

@@ -807,3 +807,25 @@ describe("--dry-run and --upsert", function()
     os.remove(report)
   end)
 end)
+
+describe("the example files", function()
+  local s
+  setup(function() s = server.start{} end)
+  teardown(function() s:stop() end)
+
+  it("examples/hr_export.csv goes with examples/mappings/hr_export.lua", function()
+    local args = { "create", "examples/hr_export.csv", "--mapping",
+      "examples/mappings/hr_export.lua" }
+    local code, _, err = agent.main(args, agent.vars(s))
+    assert.equal(0, code, err)
+    local users = by_name(s:users())
+    assert.equal(6, #s:users())
+    assert.equal(server.id_string(users["grace.hopper@example.com"].id),
+      manager_of(users["alan.turing@example.com"]))
+    assert.is_false(users["edsger.dijkstra@example.com"].active)
+    code, _, err = agent.main({ "update", "examples/hr_export.csv", "--mapping",
+      "examples/mappings/hr_export.lua" }, agent.vars(s))
+    assert.equal(0, code, err)
+    assert.matches("unchanged%s+6", err)
+  end)
+end)

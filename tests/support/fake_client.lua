@@ -200,7 +200,7 @@ function Fake:delete(id)
 end
 
 function Fake:stats() return { requests = self.calls.total, retries = 0 } end
-function Fake:close() end
+function Fake.close() end
 
 fake.json = json
 return fake
