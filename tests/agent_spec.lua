@@ -197,7 +197,8 @@ describe("examples/hr_sync.lua (a custom script on the library alone)", function
   it("plans, applies, deactivates the terminated, and then has nothing to do", function()
     s:reset()
     s:seed{ { schemas = { "urn:ietf:params:scim:schemas:core:2.0:User" }, externalId = "1007",
-              userName = "bjork.gudmundsdottir@example.com", title = "Account Executive", active = true,
+              userName = "bjork.gudmundsdottir@example.com", title = "Account Executive",
+              active = true,
               name = { givenName = "Björk", familyName = "Guðmundsdóttir" } } }
     s:reset_stats()
     local code, out = hr_sync()

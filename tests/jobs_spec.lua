@@ -829,3 +829,85 @@ describe("the example files", function()
     assert.matches("unchanged%s+6", err)
   end)
 end)
+
+describe("row selection, trial runs and operator safety", function()
+  local s
+  setup(function() s = server.start{} end)
+  teardown(function() s:stop() end)
+  before_each(function() s:reset() end)
+
+  local function people_file(n)
+    local lines = { "email,first name,last name,department" }
+    for i = 1, n do
+      lines[#lines + 1] = string.format("p%d@example.com,F%d,L%d,%s", i, i, i,
+        i % 2 == 0 and "Sales" or "Engineering")
+    end
+    return agent.tmpfile(table.concat(lines, "\n") .. "\n", ".csv")
+  end
+
+  it("create --where department=Sales --limit 20 creates exactly 20 accounts", function()
+    local file = people_file(100)
+    s:reset_stats()
+    local code, _, err = agent.main({ "create", file, "--where", "department=Sales",
+      "--limit", "20" }, agent.vars(s))
+    assert.equal(0, code, err)
+    assert.truthy(err:find("20 of 100 rows selected", 1, true), err)
+    assert.equal(20, #s:users())
+    for _, u in ipairs(s:users()) do
+      assert.equal("Sales", u["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]
+        .department)
+    end
+    assert.equal(20, s:stats().by_method.POST)
+    os.remove(file)
+  end)
+
+  it("sync --where never removes accounts outside the selection", function()
+    local file = people_file(40)
+    assert.equal(0, (agent.main({ "create", file }, agent.vars(s))))
+    s:seed{ { userName = "extra@example.com", name = { givenName = "E", familyName = "X" },
+      ["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"] = {
+        department = "Engineering" } } }
+    local code, _, err = agent.main({ "sync", file, "--where", "department!=Sales",
+      "--deactivate-missing", "--max-removals", "100%" }, agent.vars(s))
+    assert.equal(0, code, err)
+    -- the 20 Sales accounts are outside the selection: kept; the extra engineer goes
+    assert.matches("deactivated%s+1\n", err)
+    local active = 0
+    for _, u in ipairs(s:users()) do if u.active ~= false then active = active + 1 end end
+    assert.equal(40, active)
+    code, _, err = agent.main({ "sync", file, "--limit", "5", "--deactivate-missing" },
+      agent.vars(s))
+    assert.equal(2, code, err)
+    os.remove(file)
+  end)
+
+  it("--insecure is warned about on every run, even with --quiet", function()
+    local file = people_file(1)
+    local _, _, err = agent.main({ "create", file, "--insecure", "--quiet" }, agent.vars(s))
+    assert.truthy(err:find("--insecure", 1, true), err)
+    os.remove(file)
+  end)
+
+  it("a config file that never ends is stopped with a clear message", function()
+    local cfg = agent.tmpfile("while true do end\n", ".lua")
+    local file = people_file(1)
+    local code, _, err = agent.main({ "create", file, "--config", cfg }, agent.vars(s))
+    assert.equal(2, code)
+    assert.truthy(err:find("too long to evaluate", 1, true), err)
+    os.remove(cfg)
+    os.remove(file)
+  end)
+
+  it("export --no-formula-guard writes values as they are", function()
+    s:seed{ { userName = "f@example.com", title = "=SUM(A1)", name = { givenName = "F",
+      familyName = "G" } } }
+    local out = os.tmpname()
+    assert.equal(0, (agent.main({ "export", out }, agent.vars(s))))
+    assert.truthy(agent.read_file(out):find("'=SUM(A1)", 1, true))
+    assert.equal(0, (agent.main({ "export", out, "--no-formula-guard" }, agent.vars(s))))
+    local text = agent.read_file(out)
+    assert.truthy(text:find("=SUM(A1)", 1, true))
+    assert.falsy(text:find("'=SUM(A1)", 1, true))
+    os.remove(out)
+  end)
+end)

@@ -119,7 +119,11 @@ function cli.parse(argv)
       end
       local v, why = config.convert(spec, value)
       if v == nil then return nil, "option --" .. name .. " " .. why end
-      opts[spec.key] = v
+      if spec.repeatable and opts[spec.key] then
+        table.move(v, 1, #v, #opts[spec.key] + 1, opts[spec.key])
+      else
+        opts[spec.key] = v
+      end
       opts._given = opts._given or {}
       opts._given[#opts._given + 1] = spec
     elseif LEGACY[a] and not opts.command then
@@ -158,6 +162,10 @@ function cli.parse(argv)
   end
   if opts.deactivate_missing and opts.delete_missing then
     return nil, "choose one of --deactivate-missing and --delete-missing"
+  end
+  if opts.limit and (opts.deactivate_missing or opts.delete_missing) then
+    return nil, "--limit cannot go with --deactivate-missing or --delete-missing: the rows "
+      .. "after the limit would look absent"
   end
   if opts.max_removals and not (opts.deactivate_missing or opts.delete_missing) then
     return nil, "--max-removals needs --deactivate-missing or --delete-missing"
@@ -254,6 +262,11 @@ function cli.main(argv, env)
   end
 
   merged.shown_url = merged.url and cli.safe_url(merged.url)
+  if merged.insecure then
+    -- Always said, even with --quiet: this run trusts whoever answers.
+    env.stderr:write("scim-agent: warning: --insecure: the server's TLS certificate is not "
+      .. "verified; anyone on the network path can read the token and the data\n")
+  end
   return cli.execute(merged, env)
 end
 

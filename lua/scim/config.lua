@@ -48,6 +48,16 @@ config.OPTIONS = {
     help = "sync: deactivate accounts absent from the file" },
   { name = "delete-missing", kind = "flag", jobs = { sync = true, plan = true },
     help = "sync: delete accounts absent from the file" },
+  { name = "where", kind = "where", arg = "COL=VALUE", repeatable = true,
+    jobs = { create = true, update = true, delete = true, sync = true, plan = true },
+    help = "only rows whose COL is VALUE (or COL!=VALUE; repeatable, all must hold)" },
+  { name = "limit", kind = "integer", min = 1, arg = "N",
+    jobs = { create = true, update = true, delete = true, sync = true, plan = true },
+    help = "only the first N selected rows (a trial run)" },
+  { name = "encoding", kind = "string", arg = "NAME",
+    help = "the file's character set: utf-8 (default), cp1252, latin1, utf-16, ..." },
+  { name = "no-formula-guard", kind = "flag", jobs = { export = true },
+    help = "export: write values starting with = + - @ as they are" },
   { name = "max-removals", kind = "removals", arg = "N|P%", jobs = { sync = true, plan = true },
     help = "sync: most accounts to remove in one run (default 10%)" },
 }
@@ -105,6 +115,16 @@ function config.convert(spec, value)
       return nil, "expects " .. (kind == "integer" and "an integer" or "a number") .. range
     end
     return n
+  elseif kind == "where" then
+    local list = type(value) == "table" and value or { value }
+    local out = {}
+    for i, text in ipairs(list) do
+      if type(text) ~= "string" then return nil, "expects COLUMN=VALUE strings" end
+      local w, why = require("scim.input").parse_where(text)
+      if not w then return nil, why end
+      out[i] = w
+    end
+    return out
   elseif kind == "removals" then
     if type(value) == "number" then value = tostring(value) end
     local r = type(value) == "string" and parse_removals(value)
@@ -113,6 +133,9 @@ function config.convert(spec, value)
   end
   error("unknown option kind " .. tostring(kind))
 end
+
+--- How many VM instructions a config file may run.
+config.MAX_INSTRUCTIONS = 10000000
 
 --- Loads a `--config` file: a Lua file that either returns a table of options or assigns
 -- them as globals (`url = "https://..."`, `concurrency = 16`, `token_file = "..."`).
@@ -125,7 +148,11 @@ function config.load(path)
   local env = { os = { getenv = os.getenv } }
   local chunk, err = loadfile(path, "t", env)
   if not chunk then return nil, "config " .. tostring(err) end
-  local ok, ret = pcall(chunk)
+  -- A config is data: an endless loop in it must end the run, not hang it.
+  local co = coroutine.create(chunk)
+  debug.sethook(co, function() error("takes too long to evaluate (a loop?)", 2) end, "",
+    config.MAX_INSTRUCTIONS)
+  local ok, ret = coroutine.resume(co)
   if not ok then return nil, "config " .. path .. ": " .. tostring(ret) end
   local source = env
   if ret ~= nil then

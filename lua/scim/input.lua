@@ -89,8 +89,9 @@ local function names_of(row)
   return names
 end
 
--- Whether a row passes the selection (`where`: { {column=, op="="|"!=", value=} }).
-local function selected(where, row)
+--- Whether a row passes a selection (`where`: `{ {column=, op="="|"!=", value=} }`; column
+-- names compare without case, values too).
+function input.selected(where, row)
   for _, w in ipairs(where) do
     local v = row[w.column]
     if v == nil then
@@ -99,11 +100,12 @@ local function selected(where, row)
         if type(k) == "string" and k:lower() == lc then v = x break end
       end
     end
-    local equal = (v or ""):lower() == w.value:lower()
+    local equal = tostring(v or ""):lower() == w.value:lower()
     if (w.op == "=") ~= equal then return false end
   end
   return true
 end
+local selected = input.selected
 
 --- Reads and checks every row.
 -- @tparam table opts `rows` (path, csv reader, iterator or array of keyed rows), `mapping`,

@@ -67,6 +67,9 @@ local function check_options(o)
     error("scim.plan: 'removals' must be nil, \"deactivate\" or \"delete\"", 3)
   end
   if o.removals and o.job ~= "sync" then error("scim.plan: 'removals' is for sync only", 3) end
+  if o.removals and o.limit then
+    error("scim.plan: 'limit' and 'removals' cannot go together (what is absent is unknown)", 3)
+  end
 end
 
 --- Makes a plan.
@@ -130,8 +133,10 @@ function plan.new(opts)
     if err_mod.is_interrupt(serr) then
       return err_mod.fail("interrupted; nothing was changed", "INTERRUPTED")
     end
-    return err_mod.fail(string.format("cannot work with %s: %s",
-      tostring(client.url or "the server"), tostring(serr)), scode or "UNAVAILABLE",
+    local shown = tostring(client.url or "the server"):gsub("^(%a[%w+.-]*://)[^/@]*@",
+      "%1[redacted]@")
+    return err_mod.fail(string.format("cannot work with %s: %s", shown, tostring(serr)),
+      scode or "UNAVAILABLE",
       { cause = serr })
   end
 
@@ -216,6 +221,7 @@ function Plan:learn(total, opts)
   local outside = {}
   for _, ref in ipairs(self.input.outside_refs) do outside[m:key_id(ref)] = true end
   local removing, deactivating = self.removals ~= nil, self.removals == "deactivate"
+  local where = opts.where and #opts.where > 0 and opts.where or nil
   local allowed = plan.allowed_removals(self.max_removals, total)
   local absent, absent_keys, n_absent, listed = self.absent, {}, 0, 0
   -- Keys met on the listing, to catch two accounts whose keys differ only in case.
@@ -240,7 +246,9 @@ function Plan:learn(total, opts)
       return
     end
     if outside[k] then dir:set(key, idstr(user.id)) end
-    if removing and not (deactivating and user.active == false) then
+    -- With a row selection, only accounts the selection would take can be absent from it.
+    if removing and not (deactivating and user.active == false)
+        and (not where or input.selected(where, m:to_row(user) or {})) then
       n_absent = n_absent + 1
       if #absent_keys < 1000 then absent_keys[#absent_keys + 1] = key end
       -- Beyond the limit the plan is refused anyway: keep no more than that in memory.

@@ -202,7 +202,8 @@ function export.run(ctx)
   -- The first listing page is the preflight: an export sends nothing else.
   local dir = ctx:directory()
   local csv = require "scim.csv"
-  local writer, werr = csv.writer(opts.file, { header = m.columns, formula_guard = true })
+  local writer, werr = csv.writer(opts.file, { header = m.columns,
+    formula_guard = not opts.no_formula_guard, encoding = opts.encoding })
   if not writer then ctx:abort(EXIT.USAGE, "cannot write " .. opts.file .. ": "
     .. tostring(werr)) end
   ctx.writer = writer
