@@ -979,3 +979,182 @@ describe("meta mode (Meta's SCIM 2.0)", function()
     assert.equal("", s:log())
   end)
 end)
+
+describe("strict mode in SCIM 2.0 (scim2 and meta)", function()
+  local s
+  server.per_describe(_ENV, { strict = true, page_size = 5 }, function(started) s = started end)
+
+  local GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+
+  it("refuses writes without the core schema in `schemas`, and PATCH without PatchOp", function()
+    local res = s:request{ method = "POST", path = "Users",
+                           body = { userName = "a@example.com" } }
+    assert.equal(400, res.status)
+    assert.same({ ERROR }, res.json.schemas)
+    assert.equal("invalidSyntax", res.json.scimType)
+    assert.matches("schemas", res.json.detail)
+    res = s:request{ method = "POST", path = "Users",
+                     body = { schemas = { ENTERPRISE }, userName = "a@example.com" } }
+    assert.equal(400, res.status)
+    assert.equal("invalidValue", res.json.scimType)
+    res = s:request{ method = "POST", path = "Users", body = user("a@example.com") }
+    assert.equal(201, res.status, res.body)
+    local id = res.json.id
+    res = s:request{ method = "PUT", path = "Users/" .. id, body = { userName = "a@example.com" } }
+    assert.equal(400, res.status)
+    assert.equal("invalidSyntax", res.json.scimType)
+    res = s:request{ method = "PATCH", path = "Users/" .. id,
+                     body = { Operations = { { op = "replace", path = "title", value = "T" } } } }
+    assert.equal(400, res.status)
+    assert.equal("invalidSyntax", res.json.scimType)
+    res = s:request{ method = "POST", path = "Groups", body = { displayName = "G" } }
+    assert.equal(400, res.status)
+    assert.equal("invalidSyntax", res.json.scimType)
+    res = s:request{ method = "POST", path = "Groups",
+                     body = { schemas = { GROUP }, displayName = "G" } }
+    assert.equal(201, res.status, res.body)
+    assert.equal(1, #s:users())
+    assert.equal(1, #s:groups())
+  end)
+
+  it("filters on one `attr eq \"value\"` only, on Users and Groups", function()
+    s:seed(3)
+    local res = s:request{ path = "Users?filter=" .. escape('userName eq "user00002@example.com"') }
+    assert.equal(200, res.status)
+    assert.equal(1, res.json.totalResults)
+    for _, f in ipairs{ 'userName co "user"', 'userName sw "user"', "userName pr",
+                        'userName eq "a" or userName eq "b"', 'userName eq "a" and title eq "b"',
+                        '(userName eq "a")', 'emails[value eq "a"]', 'userName ne "a"' } do
+      for _, res_path in ipairs{ "Users", "Groups" } do
+        res = s:request{ path = res_path .. "?filter=" .. escape(f) }
+        assert.equal(400, res.status, f)
+        assert.equal("invalidFilter", res.json.scimType, f)
+      end
+    end
+    res = s:request{ path = "Groups?filter=" .. escape('displayName eq "x"') }
+    assert.equal(200, res.status)
+  end)
+
+  it("clips count to the page size and says so in itemsPerPage", function()
+    s:seed(12)
+    local res = s:request{ path = "Users?count=50" }
+    assert.equal(12, res.json.totalResults)
+    assert.equal(5, res.json.itemsPerPage)
+    assert.equal(5, #res.json.Resources)
+  end)
+
+  it("answers 404 to a resource path with a trailing slash", function()
+    local u = s:seed(1)[1]
+    for _, req in ipairs{ { path = "Users/" }, { path = "Users/" .. u.id .. "/" },
+                          { path = "Groups/" }, { path = "Users/?count=1" },
+                          { method = "POST", path = "Users/", body = user("t@example.com") } } do
+      local res = s:request(req)
+      assert.equal(404, res.status, req.path)
+      assert.same({ ERROR }, res.json.schemas)
+    end
+    assert.equal(200, s:request{ path = "Users/" .. u.id }.status)
+    assert.equal(1, #s:users())
+  end)
+
+  it("switches live through /_control/config", function()
+    s:configure{ strict = false }
+    local res = s:request{ method = "POST", path = "Users", body = { userName = "l@example.com" } }
+    assert.equal(201, res.status, res.body)
+    assert.equal(200, s:request{ path = "Users/" }.status)
+    assert.equal(200, s:request{ path = "Users?filter=" .. escape('userName co "l"') }.status)
+    s:configure{ strict = true }
+    assert.equal(400, s:request{ method = "POST", path = "Users",
+                                 body = { userName = "m@example.com" } }.status)
+  end)
+
+  it("counts requests per method and path shape", function()
+    local u = s:seed(1)[1]
+    s:request{ method = "POST", path = "Users", body = user("c@example.com") }
+    s:request{ method = "POST", path = "Users", body = user("d@example.com") }
+    s:request{ path = "Users" }
+    s:request{ path = "Users/" .. u.id }
+    s:request{ path = "Users/" }
+    s:request{ method = "PATCH", path = "Users/" .. u.id, body = { schemas = { PATCHOP },
+      Operations = { { op = "replace", path = "title", value = "X" } } } }
+    local g = s:request{ method = "POST", path = "Groups",
+                         body = { schemas = { GROUP }, displayName = "G" } }.json
+    s:request{ method = "PATCH", path = "Groups/" .. g.id, body = { schemas = { PATCHOP },
+      Operations = { { op = "add", path = "members", value = { { value = u.id } } } } } }
+    s:request{ path = "ServiceProviderConfig" }
+    local st = s:stats()
+    assert.same({ ["POST /Users"] = 2, ["GET /Users"] = 1, ["GET /Users/:id"] = 1,
+                  ["GET /Users/"] = 1, ["PATCH /Users/:id"] = 1, ["POST /Groups"] = 1,
+                  ["PATCH /Groups/:id"] = 1, ["GET /ServiceProviderConfig"] = 1 }, st.by_route)
+    assert.equal("PATCH /Groups/:id", st.requests[8].route)
+    assert.equal(9, st.total)
+  end)
+
+  it("works in meta mode too", function()
+    local m = server.start{ mode = "meta", strict = true }
+    local UA = { ["User-Agent"] = "t/1" }
+    local body = user("x@example.com", { name = { givenName = "G", familyName = "F",
+                                                  formatted = "G F" } })
+    body.schemas = nil
+    local res = m:request{ method = "POST", path = "Users", headers = UA, body = body }
+    assert.equal(400, res.status)
+    assert.equal("invalidSyntax", res.json.scimType)
+    body.schemas = { CORE }
+    assert.equal(201, m:request{ method = "POST", path = "Users", headers = UA, body = body }.status)
+    assert.equal(404, m:request{ path = "Users/", headers = UA }.status)
+    assert.same({ ["POST /Users"] = 2, ["GET /Users/"] = 1 }, m:stats().by_route)
+    m:stop()
+  end)
+end)
+
+describe("rate limiter", function()
+  local s
+  server.per_describe(_ENV, {}, function(started) s = started end)
+
+  it("refuses requests over the rate with a bare 429, counted apart", function()
+    -- A burst of 3 refilled at one per 100 s: requests 4.. are over however slow the machine.
+    s:configure{ rate_limit = { rps = 0.01, burst = 3 } }
+    local got = {}
+    for i = 1, 5 do got[i] = s:request{ path = "Users" } end
+    assert.same({ 200, 200, 200, 429, 429 }, { got[1].status, got[2].status, got[3].status,
+                                              got[4].status, got[5].status })
+    assert.is_nil(got[4].headers["retry-after"])
+    assert.same({ ERROR }, got[4].json.schemas)
+    local st = s:stats()
+    assert.equal(3, st.limiter.passed)
+    assert.equal(2, st.limiter.refused)
+    assert.equal(5, st.total)
+    assert.equal(2, st.by_fault.rate_limit)
+    assert.equal("rate_limit", st.requests[4].fault)
+    assert.equal(0.01, st.limiter.rps)
+    -- The arrival rate of the passed requests, from their arrival times.
+    assert.equal(st.requests[1].t, st.limiter.first)
+    assert.equal(st.requests[3].t, st.limiter.last)
+    local want = 2 / ((st.limiter.last - st.limiter.first) / 1000)
+    assert.is_true(math.abs(st.limiter.rate - want) <= want * 0.01 + 0.001,
+      st.limiter.rate .. " vs " .. want)
+  end)
+
+  it("sends Retry-After and another status when configured, and turns off", function()
+    s:configure{ rate_limit = { rps = 0.01, retry_after = 7, status = 503 } }
+    assert.equal(200, s:request{ path = "Users" }.status)
+    local res = s:request{ path = "Users" }
+    assert.equal(503, res.status)
+    assert.equal("7", res.headers["retry-after"])
+    s:configure{ rate_limit = false }
+    assert.equal(200, s:request{ path = "Users" }.status)
+    assert.equal(cjson.null, s:stats().limiter.rps)
+    assert.has_error(function() s:configure{ rate_limit = { burst = 2 } } end,
+      "support.server: control POST config: 400 rate_limit.rps is required (requests per second)")
+  end)
+
+  it("is a start option, and reset restores it with a full bucket", function()
+    local t = server.start{ rate_limit = { rps = 0.01, burst = 2 } }
+    local codes = {}
+    for i = 1, 3 do codes[i] = t:request{ path = "Users" }.status end
+    assert.same({ 200, 200, 429 }, codes)
+    t:reset()
+    assert.equal(200, t:request{ path = "Users" }.status)
+    assert.equal(1, t:stats().limiter.passed)
+    t:stop()
+  end)
+end)
