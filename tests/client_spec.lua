@@ -138,8 +138,8 @@ describe("scim.client", function()
       end
       -- The position is the line of the call in this file, not one inside scim.client.
       local here = "^tests/client_spec%.lua:%d+: "
-      assert.matches(here .. "bad argument #1 to 'get' %(non%-empty id string expected, "
-        .. "got an empty string%)$", raised(function() c:get("") end))
+      assert.matches(here .. "bad argument #1 to 'get' %(id string expected, got table%)$",
+        raised(function() c:get({}) end))
       assert.matches(here .. "bad argument #2 to 'patch' %(operation 1: remove needs a path%)$",
         raised(function() c:patch("1", { { op = "remove" } }) end))
       assert.matches(here .. "bad argument #1 to 'create' %(resource table expected, got nil%)$",
@@ -181,8 +181,30 @@ describe("scim.client", function()
       assert.equal(BASE .. "Users", e.sent[2].url)
       assert.same({ schemas = { "urn:ietf:params:scim:schemas:core:2.0:User" }, userName = "x" },
         json.decode(e.sent[2].body))
-      assert.has_error(function() c:get("") end)
       assert.has_error(function() c:get({}) end)
+    end)
+
+    it("refuses the ids '', '.' and '..' with BAD_ID, sending nothing", function()
+      local c, e = new_client(function() return response(204) end)
+      for _, id in ipairs{ "", ".", ".." } do
+        for _, call in ipairs{
+          function() return c:get(id) end,
+          function() return c:delete(id) end,
+          function() return c:replace(id, { userName = "x" }) end,
+          function() return c:patch(id, { { op = "replace", path = "title", value = "x" } }) end,
+        } do
+          local v, err, code = call()
+          assert.is_nil(v)
+          assert.equal("BAD_ID", code)
+          assert.matches("refusing the id '" .. id:gsub("%.", "%%.") .. "'", tostring(err))
+        end
+      end
+      assert.equal(0, #e.sent)
+      -- Dots inside an id are an ordinary segment; everything else is percent-encoded.
+      assert(c:delete("..."))
+      assert(c:delete("a.b"))
+      assert.equal(BASE .. "Users/...", e.sent[1].url)
+      assert.equal(BASE .. "Users/a.b", e.sent[2].url)
     end)
 
     it("accepts application/json answers and refuses other types", function()
@@ -942,6 +964,139 @@ describe("scim.client", function()
       assert.equal("HTTP_400", code)
       assert.is_string(err.detail)
       assert.matches("externalID", err.detail)
+    end)
+  end)
+
+  describe("against a hostile server", function()
+    local hostile = require "support.hostile"
+    local cjson = require "cjson"
+    local h, c
+
+    setup(function() h = hostile.start() end)
+    teardown(function() if h then h:stop() end end)
+    before_each(function()
+      h:reset()
+      c = client.new{ url = h.url, token = TOKEN, http = { backoff_base = 0.01 } }
+    end)
+    after_each(function()
+      if c then c:close() end
+      c = nil
+    end)
+
+    local NO_SPC = { match = "ServiceProviderConfig", answers = { { status = 404 } } }
+
+    local function list(resources, total, extra)
+      local doc = { schemas = { "urn:ietf:params:scim:api:messages:2.0:ListResponse" },
+        totalResults = total, Resources = setmetatable(resources, cjson.array_mt) }
+      for k, v in pairs(extra or {}) do doc[k] = v end
+      return { json = doc }
+    end
+
+    local function sent(method)
+      local n = {}
+      for _, r in ipairs(h:requests()) do
+        if r.method == method and r.url:find("/Users", 1, true) then n[#n + 1] = r end
+      end
+      return n
+    end
+
+    it("never writes to the collection or base path for the ids '.', '..' and ''", function()
+      h:script{ NO_SPC,
+        { match = "^GET /scim/v2/Users", answers = { list({ { id = "." , userName = "a" },
+          { id = "..", userName = "b" }, { id = "", userName = "c" },
+          { id = "x/../..", userName = "d" } }, 4) } },
+        { match = "^(DELETE|PATCH|PUT) ", answers = { { status = 204 } } } }
+      local users = assert(c:find(nil))
+      assert.equal(4, #users)
+      for i = 1, 3 do
+        local id = users[i].id
+        for _, call in ipairs{
+          function() return c:delete(id) end,
+          function() return c:patch(id, { { op = "replace", path = "title", value = "x" } }) end,
+          function() return c:replace(id, { userName = "x" }) end,
+        } do
+          local v, err, code = call()
+          assert.is_nil(v)
+          assert.equal("BAD_ID", code, tostring(err))
+        end
+      end
+      -- An id with slashes and dots inside stays one encoded segment.
+      assert.is_true(c:delete(users[4].id))
+      local writes = sent("DELETE")
+      assert.equal(1, #writes)
+      assert.equal("/scim/v2/Users/x%2F..%2F..", writes[1].url)
+      assert.equal(0, #sent("PATCH") + #sent("PUT"))
+    end)
+
+    it("stops with BAD_PAGING on a totalResults that is not a non-negative integer", function()
+      for _, bad in ipairs{ "many", -1, 1.5, { 3 }, true } do
+        h:script{ NO_SPC, { match = "^GET /scim/v2/Users",
+          answers = { list({ { id = "a" } }, bad) } } }
+        local v, err, code = c:find(nil)
+        assert.is_nil(v)
+        assert.equal("BAD_PAGING", code, tostring(err))
+        assert.matches("'totalResults' is not a non%-negative integer", tostring(err))
+        assert.equal(1, #sent("GET"))
+      end
+      -- A count in a string is read as the count.
+      h:script{ NO_SPC, { match = "^GET /scim/v2/Users",
+        answers = { list({ { id = "a" } }, "1") } } }
+      assert.equal(1, #assert(c:find(nil)))
+    end)
+
+    it("stops with BAD_PAGING on pages that repeat ids or do not advance", function()
+      -- Overlapping pages: the second starts inside the first.
+      h:script{ NO_SPC, { match = "^GET /scim/v2/Users", answers = {
+        list({ { id = "a" }, { id = "b" } }, 1000),
+        list({ { id = "c" }, { id = "b" } }, 1000) } } }
+      local v, err, code = c:find(nil, { count = 2 })
+      assert.is_nil(v)
+      assert.equal("BAD_PAGING", code)
+      assert.matches("startIndex 3 repeats the id 'b' of the page before it", tostring(err))
+      assert.equal(2, #sent("GET"))
+      -- One page naming an id twice.
+      h:script{ NO_SPC, { match = "^GET /scim/v2/Users", answers = {
+        list({ { id = "a" }, { id = "a" } }, 2) } } }
+      v, err, code = c:find(nil)
+      assert.is_nil(v)
+      assert.equal("BAD_PAGING", code)
+      assert.matches("repeats the id 'a'$", tostring(err))
+      -- The same page at every startIndex, without totalResults: no endless listing.
+      h:script{ NO_SPC, { match = "^GET /scim/v2/Users", answers = {
+        list({ { id = "a" }, { id = "b" } }) } } }
+      local seen, ok
+      ok, err = pcall(function()
+        seen = 0
+        for _ in c:users{ count = 2 } do seen = seen + 1 end
+      end)
+      assert.is_false(ok)
+      assert.equal("BAD_PAGING", err.code)
+      assert.equal(2, seen)
+      assert.equal(2, #sent("GET"))
+    end)
+
+    it("keeps user:password out of every message it builds", function()
+      c:close()
+      local url = h.url:gsub("^http://", "http://admin:s%%40cr3t:pw@")
+      c = client.new{ url = url, token = TOKEN }
+      h:script{ NO_SPC,
+        { match = "^GET /scim/v2/Users/1", answers = { { status = 500, json = {
+          detail = "cannot serve " .. url .. "Users/1 for admin:s%40cr3t:pw" } } } },
+        { match = "^GET /scim/v2/Users", answers = { list({ { id = "a" } }, "lots") } } }
+      local _, err = c:get("1")
+      local _, perr = c:find(nil)
+      local _, ierr = c:delete("..")
+      local dead = client.new{ url = "http://admin:s%40cr3t:pw@127.0.0.1:9/scim/",
+        token = TOKEN, retries = 1 }
+      local _, terr, tcode = dead:get("1")
+      dead:close()
+      assert.equal("COULDNT_CONNECT", tcode)
+      for _, e in ipairs{ err, perr, ierr, terr } do
+        local text = tostring(e) .. " " .. tostring(e.detail) .. " " .. tostring(e.url)
+        assert.not_matches("s%40cr3t", text, 1, true)
+        assert.not_matches("cr3t:pw", text, 1, true)
+        assert.matches("http://***@127.0.0.1:", tostring(e), 1, true)
+      end
     end)
   end)
 

@@ -88,25 +88,34 @@ function client.is_error(v)
   return getmetatable(v) == Error
 end
 
--- Credentials in a URL ("https://user:pass@host/") never reach a message.
+-- Credentials in a URL ("https://user:pass@host/") never reach a message. The userinfo
+-- runs to the last "@" before the path, so a password holding "@" goes whole.
 local function safe_url(url)
-  return (url:gsub("^(%a[%w+.-]*://)[^/@]*@", "%1***@"))
+  return (url:gsub("^(%a[%w+.-]*://)[^/?#]*@", "%1***@"))
 end
 
-local function new_error(fields, secret)
+-- Plain-text replace: a secret is data, not a pattern.
+local function blank(s, secret)
+  local i, j = s:find(secret, 1, true)
+  while i do
+    s = s:sub(1, i - 1) .. "***" .. s:sub(j + 1)
+    i, j = s:find(secret, i + 3, true)
+  end
+  return s
+end
+
+-- An error object whose message and detail hold none of `hidden` (the tokens this client
+-- has sent, the userinfo of its URL) and no URL credentials, wherever they came from (a
+-- server may echo the request back).
+local function new_error(fields, hidden)
   local e = setmetatable(fields, Error)
-  if secret and #secret >= 4 then
-    for _, k in ipairs({ "message", "detail" }) do
-      local s = e[k]
-      if type(s) == "string" then
-        -- Plain-text replace: the token is data, not a pattern.
-        local i, j = s:find(secret, 1, true)
-        while i do
-          s = s:sub(1, i - 1) .. "***" .. s:sub(j + 1)
-          i, j = s:find(secret, i + 3, true)
-        end
-        e[k] = s
+  for _, k in ipairs({ "message", "detail" }) do
+    local s = e[k]
+    if type(s) == "string" then
+      for _, secret in ipairs(hidden or {}) do
+        if #secret >= 4 then s = blank(s, secret) end
       end
+      e[k] = s:gsub("(%a[%w+.-]*://)[^/?#%s]*@", "%1***@")
     end
   end
   return e
@@ -446,7 +455,13 @@ function client.new(opts)
     max_pages = max_pages or 100000,
     etags = {}, n_etags = 0,
   }, Client)
-  secrets[self] = token
+  local hidden = { token }
+  local userinfo = url:match("^%a[%w+.-]*://([^/?#]*)@")
+  if userinfo then
+    hidden[#hidden + 1] = userinfo
+    hidden[#hidden + 1] = userinfo:match(":(.*)$")
+  end
+  secrets[self] = hidden
   if opts.engine then
     -- A shared engine does not know our token or headers: they go on each request.
     self.engine, self.owns_engine = opts.engine, false
@@ -473,10 +488,7 @@ end
 
 local function check_id(id, name)
   if math_type(id) == "integer" then id = tostring(id) end
-  if type(id) ~= "string" or id == "" then
-    argerror(1, name, "non-empty id string expected, got "
-      .. (id == "" and "an empty string" or type(id)), 3)
-  end
+  if type(id) ~= "string" then argerror(1, name, "id string expected, got " .. type(id), 3) end
   return id
 end
 
@@ -577,8 +589,24 @@ local function settle(self, id, doc, res)
   return doc
 end
 
-local function user_url(self, id)
-  return self.users_url .. "/" .. escape(id)
+-- Ids that would not name a resource under the collection: "" is the collection itself,
+-- and "." and ".." are dot segments that curl (and servers) resolve to the collection or
+-- the base path (RFC 3986 §5.2.4), so a DELETE would go there.
+local DOT_IDS = { [""] = true, ["."] = true, [".."] = true }
+
+-- The URL of resource `id` in `collection` (a full URL), every byte outside RFC 3986's
+-- unreserved set percent-encoded; or nil and a BAD_ID error (nothing is sent).
+local function member_url(self, method, collection, id)
+  if DOT_IDS[id] then
+    return nil, local_error(self, method, collection, string_format(
+      "refusing the id '%s': it would address %s, not a resource in it", id,
+      id == ".." and "the base path" or "the collection"), "BAD_ID")
+  end
+  return collection .. "/" .. escape(id)
+end
+
+local function user_url(self, id, method)
+  return member_url(self, method, self.users_url, id)
 end
 
 --- Create a user (POST /Users).
@@ -614,7 +642,9 @@ function Client:get(id, opts)
   check_open(self, "get")
   id = check_id(id, "get")
   opts = opts or {}
-  local url = user_url(self, id) .. query_string{
+  local url, bad = user_url(self, id, "GET")
+  if not url then return fail(bad) end
+  url = url .. query_string{
     { "attributes", attribute_list(opts.attributes, "attributes") },
     { "excludedAttributes", attribute_list(opts.excluded_attributes, "excluded_attributes") },
   }
@@ -645,7 +675,9 @@ function Client:replace(id, resource, opts)
   local headers
   local etag_ok = not (self.caps and self.caps.etag == false)
   if version and etag_ok then headers = { ["If-Match"] = version } end
-  return settle(self, id, call(self, "PUT", user_url(self, id), resource, headers, true))
+  local url, bad = user_url(self, id, "PUT")
+  if not url then return fail(bad) end
+  return settle(self, id, call(self, "PUT", url, resource, headers, true))
 end
 
 local PATCH_OPS = { add = "add", remove = "remove", replace = "replace" }
@@ -676,7 +708,8 @@ function Client:patch(id, operations)
     end
     ops[i] = { op = op, path = o.path, value = o.value }
   end
-  local url = user_url(self, id)
+  local url, bad = user_url(self, id, "PATCH")
+  if not url then return fail(bad) end
   local schema = patch_schema(self.d)
   if not schema then
     return fail(local_error(self, "PATCH", url, "the " .. tostring(self.d.name)
@@ -696,7 +729,8 @@ end
 function Client:delete(id)
   check_open(self, "delete")
   id = check_id(id, "delete")
-  local url = user_url(self, id)
+  local url, bad = user_url(self, id, "DELETE")
+  if not url then return fail(bad) end
   local res, err = send(self, "DELETE", url)
   if not res then return fail(err) end
   if res.status < 200 or res.status > 299 then return fail(http_error(self, res, "DELETE", url)) end
@@ -793,9 +827,23 @@ local function page_of(self, o, start, count)
         "BAD_JSON", res.status))
     end
   end
+  local total = doc[f.total]
+  if total ~= nil then
+    -- A count, or (some legacy servers) a count in a string; anything else would make the
+    -- end of the listing unknowable.
+    local n = type(total) == "string" and total:find("^%d+$") and tonumber(total) or total
+    n = math_type(n) and math_tointeger(n)
+    if not n or n < 0 then
+      return fail(local_error(self, "GET", url, string_format(
+        "'%s' is not a non-negative integer: %s", f.total,
+        squeeze(type(total) == "string" and total or tostring(json.encode(total)), 40)),
+        "BAD_PAGING", res.status))
+    end
+    total = n
+  end
   return {
     resources = resources,
-    total = positive(doc[f.total]) or (tonumber(doc[f.total]) == 0 and 0 or nil),
+    total = total,
     start_index = positive(doc[f.start]),
     items_per_page = tonumber(doc[f.per_page]),
     url = url,
@@ -826,6 +874,10 @@ local function pager(self, o)
   local page, pos, delivered, pages = nil, 0, 0, 0
   local prev_first, prev_start, done = nil, nil, false
   local total
+  -- The ids of the last page: a page that repeats one of them, or its own, is a server
+  -- that does not advance. (Only the last page is kept, so memory stays bounded whatever
+  -- the directory's size; an endless cycle still ends at totalResults or max_pages.)
+  local prev_ids = {}
 
   local function fetch()
     if pages >= self.max_pages then
@@ -856,6 +908,20 @@ local function pager(self, o)
         "the server returned the same page again (startIndex %d began with the same user as "
         .. "startIndex %d)", start, prev_start), "BAD_PAGING")
     end
+    local ids = {}
+    for i = 1, n do
+      local id = p.resources[i].id
+      if math_type(id) then id = tostring(math_tointeger(id) or id) end
+      if type(id) == "string" then
+        if ids[id] or prev_ids[id] then
+          return local_error(self, "GET", p.url, string_format(
+            "the page at startIndex %d repeats the id '%s'%s", start, squeeze(id, 80),
+            ids[id] and "" or " of the page before it"), "BAD_PAGING")
+        end
+        ids[id] = true
+      end
+    end
+    prev_ids = ids
     prev_first, prev_start = first, start
     start = start + n
     if total and start > total then done = true end
