@@ -179,7 +179,7 @@ end)
 
 describe("examples/hr_sync.lua (a custom script on the library alone)", function()
   local s
-  setup(function() s = server.start{} end)
+  setup(function() s = server.start{ strict = true } end)
   teardown(function() s:stop() end)
 
   local function hr_sync(...)
