@@ -1158,3 +1158,166 @@ describe("rate limiter", function()
     t:stop()
   end)
 end)
+
+describe("groups (scim2 and meta)", function()
+  local s
+  server.per_describe(_ENV, { page_size = 4, verify_egress = true },
+    function(started) s = started end)
+
+  local GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+  local function group(name, members)
+    local g = { schemas = { GROUP }, displayName = name }
+    if members then
+      g.members = {}
+      for i, m in ipairs(members) do
+        g.members[i] = type(m) == "table" and m or { value = m }
+      end
+    end
+    return g
+  end
+  local function patch(ops) return { schemas = { PATCHOP }, Operations = ops } end
+  local function member_ids(g)
+    local out = {}
+    for _, m in ipairs(g.members or {}) do out[#out + 1] = m.value end
+    table.sort(out)
+    return out
+  end
+  local function sorted(t) table.sort(t) return t end
+
+  it("creates groups with user and group members, keeping each member's type", function()
+    local a, b = table.unpack(s:seed(2))
+    local inner = s:request{ method = "POST", path = "Groups",
+                             body = group("Inner", { { value = b.id, type = "User" } }) }
+    assert.equal(201, inner.status, inner.body)
+    assert.equal(s.url .. "Groups/" .. inner.json.id, inner.headers.location)
+    local res = s:request{ method = "POST", path = "Groups", body = group("Outer", {
+      { value = a.id, display = "A" }, { value = inner.json.id, type = "Group" } }) }
+    assert.equal(201, res.status, res.body)
+    local got = s:request{ path = "Groups/" .. res.json.id }
+    assert.equal(200, got.status)
+    assert.equal(res.json.meta.version, got.headers.etag)
+    local types = {}
+    for _, m in ipairs(got.json.members) do types[m.value] = m.type end
+    assert.same({ [a.id] = "User", [inner.json.id] = "Group" }, types)
+    assert.equal("A", got.json.members[1].display)
+    -- Members that are not here, a wrong type, or the group itself: 400 invalidValue.
+    for _, bad in ipairs{ { { value = "nobody" } }, { { value = a.id, type = "Group" } } } do
+      res = s:request{ method = "POST", path = "Groups", body = group("Bad", bad) }
+      assert.equal(400, res.status, res.body)
+      assert.equal("invalidValue", res.json.scimType)
+    end
+    res = s:request{ method = "PATCH", path = "Groups/" .. inner.json.id, body = patch{
+      { op = "add", path = "members", value = { { value = inner.json.id } } } } }
+    assert.equal(400, res.status)
+    assert.equal(2, #s:groups())
+  end)
+
+  it("lists with honest paging, members on request, and omits them when configured", function()
+    local users = s:seed(3)
+    local list = {}
+    for i = 1, 6 do list[i] = { displayName = "G" .. i, members = { { value = users[1].id } } } end
+    s:seed_groups(list)
+    local res = s:request{ path = "Groups?count=10" }
+    assert.equal(6, res.json.totalResults)
+    assert.equal(4, res.json.itemsPerPage)
+    assert.equal(4, #res.json.Resources)
+    assert.equal(1, #res.json.Resources[1].members)
+    res = s:request{ path = "Groups?startIndex=5&count=3" }
+    assert.equal(2, res.json.itemsPerPage)
+    assert.equal("G5", res.json.Resources[1].displayName)
+    s:configure{ omit_members_in_list = true }
+    res = s:request{ path = "Groups" }
+    assert.is_nil(res.json.Resources[1].members)
+    assert.equal("G1", res.json.Resources[1].displayName)
+    res = s:request{ path = "Groups?attributes=members" }
+    assert.equal(users[1].id, res.json.Resources[1].members[1].value)
+    -- A single group still has its members.
+    assert.equal(1, #s:request{ path = "Groups/" .. res.json.Resources[1].id }.json.members)
+    s:configure{ omit_members_in_list = false }
+    res = s:request{ path = "Groups?filter=" .. escape('displayName eq "g3"') }
+    assert.equal(1, res.json.totalResults)
+    res = s:request{ path = "Groups?filter=" .. escape('members.value eq "' .. users[1].id .. '"') }
+    assert.equal(6, res.json.totalResults)
+  end)
+
+  it("patches members with add and remove, by value filter too", function()
+    local u = s:seed(4)
+    local g = s:seed_groups{ { displayName = "Team", members = { { value = u[1].id } } } }[1]
+    local path = "Groups/" .. g.id
+    local res = s:request{ method = "PATCH", path = path, body = patch{
+      { op = "add", path = "members", value = { { value = u[2].id }, { value = u[3].id } } },
+      { op = "add", path = "members", value = { { value = u[1].id } } } } }    -- already in
+    assert.equal(200, res.status, res.body)
+    assert.same(sorted{ u[1].id, u[2].id, u[3].id }, member_ids(res.json))
+    res = s:request{ method = "PATCH", path = path, body = patch{
+      { op = "remove", path = 'members[value eq "' .. u[2].id .. '"]' } } }
+    assert.equal(200, res.status, res.body)
+    assert.same(sorted{ u[1].id, u[3].id }, member_ids(res.json))
+    res = s:request{ method = "PATCH", path = path, body = patch{
+      { op = "remove", path = "members", value = { { value = u[1].id } } },
+      { op = "add", path = "members", value = { { value = u[4].id, type = "User" } } } } }
+    assert.equal(200, res.status, res.body)
+    assert.same(sorted{ u[3].id, u[4].id }, member_ids(s:request{ path = path }.json))
+    res = s:request{ method = "PATCH", path = path, body = patch{
+      { op = "replace", path = "displayName", value = "Team 2" } } }
+    assert.equal("Team 2", res.json.displayName)
+    assert.same(sorted{ u[3].id, u[4].id }, member_ids(res.json))
+  end)
+
+  it("drops a deleted user or group from every group's members", function()
+    local u = s:seed(2)
+    local inner = s:seed_groups{ { displayName = "In", members = { { value = u[1].id } } } }[1]
+    local outer = s:seed_groups{ { displayName = "Out", members = {
+      { value = u[1].id }, { value = u[2].id }, { value = inner.id } } } }[1]
+    assert.equal(204, s:request{ method = "DELETE", path = "Users/" .. u[1].id }.status)
+    assert.same(sorted{ u[2].id, inner.id }, member_ids(s:request{ path = "Groups/" .. outer.id }.json))
+    assert.is_nil(s:request{ path = "Groups/" .. inner.id }.json.members)
+    assert.equal(204, s:request{ method = "DELETE", path = "Groups/" .. inner.id }.status)
+    assert.same({ u[2].id }, member_ids(s:request{ path = "Groups/" .. outer.id }.json))
+    assert.equal(404, s:request{ path = "Groups/" .. inner.id }.status)
+  end)
+
+  it("caps PATCH operations and values per operation with max_patch_ops", function()
+    local u = s:seed(4)
+    local g = s:seed_groups{ { displayName = "Cap" } }[1]
+    s:configure{ max_patch_ops = 2 }
+    local function add(ids)
+      local v = {}
+      for i, id in ipairs(ids) do v[i] = { value = id } end
+      return { op = "add", path = "members", value = v }
+    end
+    local res = s:request{ method = "PATCH", path = "Groups/" .. g.id,
+                           body = patch{ add{ u[1].id }, add{ u[2].id }, add{ u[3].id } } }
+    assert.equal(400, res.status)
+    assert.equal("tooMany", res.json.scimType)
+    assert.matches("at most 2 operations", res.json.detail)
+    res = s:request{ method = "PATCH", path = "Groups/" .. g.id,
+                     body = patch{ add{ u[1].id, u[2].id, u[3].id } } }
+    assert.equal(400, res.status)
+    assert.matches("at most 2 values", res.json.detail)
+    res = s:request{ method = "PATCH", path = "Groups/" .. g.id,
+                     body = patch{ add{ u[1].id, u[2].id }, add{ u[3].id } } }
+    assert.equal(200, res.status, res.body)
+    assert.equal(3, #res.json.members)
+    s:configure{ max_patch_ops = 0 }
+  end)
+
+  it("serves the same in meta mode, with the options given at start", function()
+    local m = server.start{ mode = "meta", omit_members_in_list = true, max_patch_ops = 1 }
+    local UA = { ["User-Agent"] = "t/1" }
+    local u = m:seed(2)
+    local res = m:request{ method = "POST", path = "Groups", headers = UA,
+                           body = group("M", { u[1].id }) }
+    assert.equal(201, res.status, res.body)
+    assert.matches("^%d+$", res.json.id)
+    local list = m:request{ path = "Groups", headers = UA }.json
+    assert.is_nil(list.Resources[1].members)
+    res = m:request{ method = "PATCH", path = "Groups/" .. res.json.id, headers = UA,
+      body = patch{ { op = "add", path = "members", value = { { value = u[2].id } } },
+                    { op = "remove", path = 'members[value eq "' .. u[1].id .. '"]' } } }
+    assert.equal(400, res.status)
+    assert.equal("tooMany", res.json.scimType)
+    assert.is_false(m:request{ path = "ServiceProviderConfig", headers = UA }.json.bulk.supported)
+    m:stop()
+  end)
+end)
