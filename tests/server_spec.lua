@@ -1321,3 +1321,174 @@ describe("groups (scim2 and meta)", function()
     m:stop()
   end)
 end)
+
+describe("bulk (RFC 7644 3.7)", function()
+  local s
+  server.per_describe(_ENV, { verify_egress = true }, function(started) s = started end)
+
+  local GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+  local BULK_REQ = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+  local BULK_RES = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
+  local function bulk(ops, extra)
+    local body = { schemas = { BULK_REQ }, Operations = ops }
+    for k, v in pairs(extra or {}) do body[k] = v end
+    return s:request{ method = "POST", path = "Bulk", body = body }
+  end
+  local function statuses(res)
+    local out = {}
+    for i, op in ipairs(res.json.Operations) do out[i] = op.status end
+    return out
+  end
+
+  it("is advertised in ServiceProviderConfig, live", function()
+    local spc = s:request{ path = "ServiceProviderConfig" }.json
+    assert.same({ supported = true, maxOperations = 1000, maxPayloadSize = 1048576 }, spc.bulk)
+    s:configure{ bulk = { max_operations = 50, max_payload = 4096 } }
+    spc = s:request{ path = "ServiceProviderConfig" }.json
+    assert.same({ supported = true, maxOperations = 50, maxPayloadSize = 4096 }, spc.bulk)
+    s:configure{ bulk = false }
+    assert.is_false(s:request{ path = "ServiceProviderConfig" }.json.bulk.supported)
+    local res = bulk{}
+    assert.equal(501, res.status)
+    assert.same({ ERROR }, res.json.schemas)
+    s:configure{ bulk = { max_operations = 1000, max_payload = 1048576 } }
+  end)
+
+  it("resolves bulkId references in any order: manager, members, paths", function()
+    local boss_ref = { value = "bulkId:boss" }
+    local res = bulk{
+      { method = "POST", path = "/Users", bulkId = "ann",
+        data = user("ann@example.com", { schemas = { CORE, ENTERPRISE },
+                                         [ENTERPRISE] = { manager = boss_ref } }) },
+      { method = "POST", path = "/Groups", bulkId = "team",
+        data = { schemas = { GROUP }, displayName = "Team",
+                 members = { { value = "bulkId:ann", type = "User" },
+                             { value = "bulkId:inner", type = "Group" } } } },
+      { method = "POST", path = "/Users", bulkId = "boss", data = user("boss@example.com") },
+      { method = "POST", path = "/Groups", bulkId = "inner",
+        data = { schemas = { GROUP }, displayName = "Inner" } },
+      { method = "PATCH", path = "/Groups/bulkId:inner", data = { schemas = { PATCHOP },
+        Operations = { { op = "add", path = "members", value = { { value = "bulkId:boss" } } } } } },
+    }
+    assert.equal(200, res.status, res.body)
+    assert.same({ BULK_RES }, res.json.schemas)
+    assert.same({ "201", "201", "201", "201", "200" }, statuses(res))
+    local ops = res.json.Operations
+    assert.equal("ann", ops[1].bulkId)
+    assert.equal("POST", ops[1].method)
+    local ann, team, boss, inner = ops[1].response, ops[2].response, ops[3].response,
+                                   ops[4].response
+    assert.equal(s.url .. "Users/" .. ann.id, ops[1].location)
+    assert.equal(ann.meta.version, ops[1].version)
+    assert.equal(boss.id, s:request{ path = "Users/" .. ann.id }.json[ENTERPRISE].manager.value)
+    local types = {}
+    for _, m in ipairs(s:request{ path = "Groups/" .. team.id }.json.members) do
+      types[m.value] = m.type
+    end
+    assert.same({ [ann.id] = "User", [inner.id] = "Group" }, types)
+    assert.equal(boss.id, s:request{ path = "Groups/" .. inner.id }.json.members[1].value)
+    local st = s:stats()
+    assert.same({ ["POST /Bulk"] = 1, ["GET /Users/:id"] = 1, ["GET /Groups/:id"] = 2 },
+                st.by_route)
+    assert.equal(1, st.by_method.POST)
+    assert.same({ requests = 1, operations = 5, by_route = { ["POST /Users"] = 2,
+      ["POST /Groups"] = 2, ["PATCH /Groups/:id"] = 1 } }, st.bulk)
+  end)
+
+  it("runs PUT, PATCH and DELETE with version checks, and reports each failure", function()
+    local a, b = table.unpack(s:seed(2))
+    local res = bulk{
+      { method = "PUT", path = "/Users/" .. a.id, version = a.meta.version,
+        data = user(a.userName, { title = "Put" }) },
+      { method = "PATCH", path = "/Users/" .. b.id, version = 'W/"999"', data = {
+        schemas = { PATCHOP }, Operations = { { op = "replace", path = "title", value = "X" } } } },
+      { method = "DELETE", path = "/Users/" .. b.id },
+      { method = "DELETE", path = "/Users/nobody" },
+      { method = "POST", path = "/Users", bulkId = "dup", data = user(a.userName) },
+      { method = "GET", path = "/Users" },
+      { method = "POST", path = "/Things", bulkId = "t", data = {} },
+      { method = "POST", path = "/Users", data = user("nobulkid@example.com") },
+      { method = "PATCH", path = "/Users/bulkId:unknown", data = { schemas = { PATCHOP },
+        Operations = { { op = "replace", path = "title", value = "X" } } } },
+    }
+    assert.equal(200, res.status, res.body)
+    assert.same({ "200", "412", "204", "404", "409", "400", "400", "400", "409" }, statuses(res))
+    local ops = res.json.Operations
+    assert.equal("Put", ops[1].response.title)
+    assert.equal(s.url .. "Users/" .. b.id, ops[3].location)
+    assert.is_nil(ops[3].response)
+    assert.same({ ERROR }, ops[5].response.schemas)
+    assert.equal("uniqueness", ops[5].response.scimType)
+    assert.equal("409", ops[5].response.status)
+    assert.equal("invalidPath", ops[7].response.scimType)
+    assert.matches("bulkId:unknown names no POST", ops[9].response.detail)
+    assert.equal(1, #s:users())
+  end)
+
+  it("stops after failOnErrors errors, and fails references to failed POSTs or cycles", function()
+    local res = bulk({
+      { method = "POST", path = "/Users", bulkId = "x", data = { schemas = { CORE } } },
+      { method = "POST", path = "/Users", bulkId = "y", data = user("y@example.com") },
+      { method = "POST", path = "/Users", bulkId = "z", data = { schemas = { CORE } } },
+      { method = "POST", path = "/Users", bulkId = "w", data = user("w@example.com") },
+    }, { failOnErrors = 2 })
+    assert.same({ "400", "201", "400" }, statuses(res))
+    assert.equal(1, #s:users())
+    res = bulk{
+      { method = "POST", path = "/Users", bulkId = "bad", data = { schemas = { CORE } } },
+      { method = "POST", path = "/Groups", bulkId = "g", data = { schemas = { GROUP },
+        displayName = "G", members = { { value = "bulkId:bad" } } } },
+      { method = "POST", path = "/Groups", bulkId = "c1", data = { schemas = { GROUP },
+        displayName = "C1", members = { { value = "bulkId:c2" } } } },
+      { method = "POST", path = "/Groups", bulkId = "c2", data = { schemas = { GROUP },
+        displayName = "C2", members = { { value = "bulkId:c1" } } } },
+    }
+    assert.same({ "400", "409", "409", "409" }, statuses(res))
+    assert.matches("failed", res.json.Operations[2].response.detail)
+    assert.matches("circular", res.json.Operations[3].response.detail)
+    assert.same({}, s:groups())
+  end)
+
+  it("enforces maxOperations and maxPayloadSize with 413, and the BulkRequest schema", function()
+    s:configure{ bulk = { max_operations = 2, max_payload = 1000 } }
+    local ops = {}
+    for i = 1, 3 do
+      ops[i] = { method = "POST", path = "/Users", bulkId = "u" .. i,
+                 data = user("u" .. i .. "@example.com") }
+    end
+    local res = bulk(ops)
+    assert.equal(413, res.status)
+    assert.same({ ERROR }, res.json.schemas)
+    assert.matches("maxOperations %(2%)", res.json.detail)
+    ops[3] = nil
+    ops[2].data.title = string.rep("x", 1000)
+    res = bulk(ops)
+    assert.equal(413, res.status)
+    assert.matches("maxPayloadSize %(1000%)", res.json.detail)
+    -- Chunked (no Content-Length): counted while read.
+    res = s:request{ method = "POST", path = "Bulk", headers = { ["Transfer-Encoding"] = "chunked" },
+                     body = { schemas = { BULK_REQ }, Operations = ops } }
+    assert.equal(413, res.status)
+    assert.same({}, s:users())
+    s:configure{ bulk = { max_operations = 1000, max_payload = 1048576 } }
+    res = s:request{ method = "POST", path = "Bulk", body = { Operations = {} } }
+    assert.equal(400, res.status)
+    assert.equal("invalidSyntax", res.json.scimType)
+    assert.equal(400, bulk({}, { failOnErrors = 0 }).status)
+  end)
+
+  it("applies strict mode and max_patch_ops to each operation", function()
+    s:configure{ strict = true, max_patch_ops = 1 }
+    local u = s:seed(1)[1]
+    local res = bulk{
+      { method = "POST", path = "/Users", bulkId = "a", data = { userName = "a@example.com" } },
+      { method = "PATCH", path = "/Users/" .. u.id, data = { schemas = { PATCHOP }, Operations = {
+        { op = "replace", path = "title", value = "A" },
+        { op = "replace", path = "nickName", value = "B" } } } },
+    }
+    s:configure{ strict = false, max_patch_ops = 0 }
+    assert.same({ "400", "400" }, statuses(res))
+    assert.equal("invalidSyntax", res.json.Operations[1].response.scimType)
+    assert.equal("tooMany", res.json.Operations[2].response.scimType)
+  end)
+end)
