@@ -86,7 +86,7 @@ describe("support.server harness", function()
     assert.has_error(function() server.start{ prot = 1 } end,
       "server.start: unknown option 'prot'")
     assert.has_error(function() server.start{ mode = "v3" } end,
-      'server.start: mode must be "scim2", "meta" or "v1", got v3')
+      'server.start: mode must be "scim2", "meta", "v1" or "entra", got v3')
     assert.has_error(function() server.start{ page_size = 0 } end,
       "server.start: page_size must be an integer >= 1, got 0")
   end)
@@ -1490,5 +1490,96 @@ describe("bulk (RFC 7644 3.7)", function()
     assert.same({ "400", "400" }, statuses(res))
     assert.equal("invalidSyntax", res.json.Operations[1].response.scimType)
     assert.equal("tooMany", res.json.Operations[2].response.scimType)
+  end)
+end)
+
+describe("entra mode (API-driven inbound provisioning)", function()
+  local s
+  server.per_describe(_ENV, { mode = "entra" }, function(started) s = started end)
+
+  local BULK_REQ = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+  local CUSTOM = "urn:ietf:params:scim:schemas:extension:contoso:1.0:User"
+  local function op(i, extra)
+    local data = { schemas = { CORE, ENTERPRISE, CUSTOM }, externalId = "E" .. i,
+      userName = "u" .. i .. "@example.com", name = { givenName = "G", familyName = "F" .. i },
+      active = true, [ENTERPRISE] = { employeeNumber = tostring(i), department = "D" },
+      [CUSTOM] = { costCenter = "C" .. i } }
+    for k, v in pairs(extra or {}) do data[k] = v end
+    return { method = "POST", bulkId = "b" .. i, path = "/Users", data = data }
+  end
+  local function upload(ops, req)
+    req = req or {}
+    req.method, req.path = "POST", s.bulk_upload_url
+    req.body = req.body or { schemas = { BULK_REQ }, Operations = ops }
+    return s:request(req)
+  end
+  local function by_external()
+    local out = {}
+    for _, u in ipairs(s:users()) do out[u.externalId] = u end
+    return out
+  end
+
+  it("takes a BulkRequest of POSTs with 202 and no body, upserting by externalId", function()
+    assert.matches("^http://127%.0%.0%.1:%d+/scim/bulkUpload$", s.bulk_upload_url)
+    local ops = {}
+    for i = 1, 50 do ops[i] = op(i) end
+    local res = upload(ops)
+    assert.equal(202, res.status, res.body)
+    assert.equal("", res.body)
+    assert.matches("^" .. s.origin, res.headers.location)
+    local users = by_external()
+    assert.equal(50, #s:users())
+    assert.equal("C7", users.E7[CUSTOM].costCenter)
+    assert.equal("7", users.E7[ENTERPRISE].employeeNumber)
+    local id = users.E7.id
+    -- The same externalId again: an update of the same user, not a second one.
+    res = upload{ op(7, { active = false, [CUSTOM] = { costCenter = "X" } }), op(51) }
+    assert.equal(202, res.status)
+    users = by_external()
+    assert.equal(51, #s:users())
+    assert.equal(id, users.E7.id)
+    assert.equal(false, users.E7.active)
+    assert.equal("X", users.E7[CUSTOM].costCenter)
+    assert.equal(2, users.E7.meta.uploads)
+    local st = s:stats()
+    assert.same({ ["POST /bulkUpload"] = 2 }, st.by_route)
+    assert.equal(52, st.bulk.operations)
+    assert.equal(2, st.bulk.requests)
+  end)
+
+  it("refuses more than 50 operations, and malformed requests, storing nothing", function()
+    local ops = {}
+    for i = 1, 51 do ops[i] = op(i) end
+    local res = upload(ops)
+    assert.equal(400, res.status)
+    assert.same({ ERROR }, res.json.schemas)
+    assert.matches("at most 50", res.json.detail)
+    local cases = {
+      { { op(1) }, { content_type = "application/json" }, "Content%-Type" },
+      { nil, { body = { Operations = { op(1) } } }, "schemas" },
+      { { op(1), { method = "PUT", path = "/Users/x", bulkId = "p", data = {} } }, nil, "method" },
+      { { op(1, { externalId = cjson.null }) }, nil, "externalId is required" },
+      { { op(1, { schemas = { CORE } }) }, nil, "schemas do not list it" },
+      { { op(1), { method = "POST", path = "/Groups", bulkId = "g", data = {} } }, nil, "path" },
+      { {}, nil, "non%-empty" },
+    }
+    for i, c in ipairs(cases) do
+      res = upload(c[1], c[2])
+      assert.equal(400, res.status, "case " .. i .. ": " .. res.body)
+      assert.matches(c[3], res.json.detail, 1)
+    end
+    assert.same({}, s:users())
+    -- Nothing else is served.
+    assert.equal(404, s:request{ path = "Users" }.status)
+    assert.equal(401, upload({ op(1) }, { token = false }).status)
+  end)
+
+  it("throttles like the real service when a rate limit is set", function()
+    s:configure{ rate_limit = { rps = 0.01, burst = 2 } }
+    local codes = {}
+    for i = 1, 3 do codes[i] = upload{ op(i) }.status end
+    assert.same({ 202, 202, 429 }, codes)
+    assert.equal(2, #s:users())
+    assert.equal(1, s:stats().limiter.refused)
   end)
 end)
