@@ -19,6 +19,7 @@
 local filter = require "scim.filter"
 local http = require "scim.http"
 local json = require "scim.json"
+local token_mod = require "scim.token"
 
 local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring,
   tonumber, error
@@ -34,6 +35,8 @@ local client = {}
 local secrets = setmetatable({}, { __mode = "k" })
 -- client -> "Bearer <token>" when it must go on each request (a shared engine).
 local auth_headers = setmetatable({}, { __mode = "k" })
+-- client -> its token provider (`token = provider`): asked before each request.
+local providers = setmetatable({}, { __mode = "k" })
 
 -- {====================================================================
 -- Errors
@@ -72,7 +75,7 @@ client.codes = {
   "NOT_FOUND", "UNIQUENESS", "UNAUTHORIZED", "FORBIDDEN", "PRECONDITION_FAILED", "TOO_LARGE",
   "RATE_LIMITED", "NOT_IMPLEMENTED", "INVALID_FILTER", "TOO_MANY", "MUTABILITY",
   "INVALID_SYNTAX", "INVALID_PATH", "NO_TARGET", "INVALID_VALUE", "INVALID_VERS", "SENSITIVE",
-  "BAD_JSON", "BAD_PAGING", "AMBIGUOUS", "NOT_SUPPORTED", "ENCODE",
+  "BAD_JSON", "BAD_PAGING", "AMBIGUOUS", "NOT_SUPPORTED", "ENCODE", "BAD_ID", "AUTH",
 }
 
 local Error = {}
@@ -183,8 +186,12 @@ local function http_error(self, res, method, url)
   local head = string_format("%s %s: %d %s", method, safe_url(url), status,
     REASONS[status] or "HTTP error")
   if scim_type then head = head .. " (" .. scim_type .. ")" end
+  local message = detail and (head .. ": " .. detail) or head
+  if res.token_error then
+    message = message .. " (renewing the token failed: " .. res.token_error .. ")"
+  end
   return new_error({
-    message = detail and (head .. ": " .. detail) or head,
+    message = message,
     status = status, scim_type = scim_type, detail = detail, method = method,
     url = safe_url(url), code = code, attempts = res.attempts,
   }, secrets[self])
@@ -373,7 +380,7 @@ local ENGINE_OPTIONS = { "concurrency", "rate", "timeout", "connect_timeout", "r
   "user_agent", "ca_file", "insecure", "allow_http", "proxy", "max_body", "trace" }
 -- Every option `client.new` takes, with its type ("any": checked where it is used).
 local OPTIONS = {
-  url = "string", token = "string", dialect = "any", engine = "table", max_pages = "number",
+  url = "string", token = "any", dialect = "any", engine = "table", max_pages = "number",
   headers = "table", http = "table",
 }
 for _, k in ipairs(ENGINE_OPTIONS) do OPTIONS[k] = http.OPTION_TYPES[k] end
@@ -417,7 +424,9 @@ end
 -- @tparam table opts options:
 --
 --  * `url` base URL of the SCIM API, e.g. "https://host/scim/v2/" (default: the dialect's)
---  * `token` the bearer token (never appears in messages or traces)
+--  * `token` the bearer token (never appears in messages or traces), or a token provider
+--    (`scim.token`): asked before each request, and once more after a 401, when the
+--    request is sent again with the new token
 --  * `dialect` "scim2" (default), "meta", "workplace_v1", or a dialect table
 --  * `concurrency`, `rate`, `timeout`, `connect_timeout`, `retries`, `user_agent`,
 --    `ca_file`, `insecure`, `proxy`, `allow_http`, `max_body`, `trace`: passed to `scim.http`
@@ -436,7 +445,13 @@ function client.new(opts)
   http.check_options(opts, OPTIONS, "scim.client.new", 2)
   local dialect, d = load_dialect(opts.dialect)
   local url = base_url(opts.url or d.default_url, d)
-  local token = opts.token
+  local token, provider = opts.token, nil
+  if token ~= nil and type(token) ~= "string" then
+    if not token_mod.is_provider(token) then
+      error("scim.client.new: token must be a string or a provider (see scim.token)", 2)
+    end
+    token, provider = nil, opts.token
+  end
   if token and (token == "" or token:find("%c")) then
     -- Never echo the token itself.
     error("scim.client.new: token must be non-empty and free of control characters", 2)
@@ -461,7 +476,9 @@ function client.new(opts)
     hidden[#hidden + 1] = userinfo
     hidden[#hidden + 1] = userinfo:match(":(.*)$")
   end
+  hidden.fixed = #hidden
   secrets[self] = hidden
+  providers[self] = provider
   if opts.engine then
     -- A shared engine does not know our token or headers: they go on each request.
     self.engine, self.owns_engine = opts.engine, false
@@ -514,17 +531,58 @@ local function version_of(resource, res)
   return type(v) == "string" and v ~= "" and v or nil
 end
 
+-- How many of the tokens a provider gave are kept to scrub from messages (the newest).
+local KEEP_TOKENS = 4
+
+-- The provider's token now, remembered among the client's secrets: the token, or nil and
+-- an error object.
+local function provider_token(self, provider, method, url, stale)
+  local tok, err, code
+  if stale then tok, err, code = provider:refresh(stale) else tok, err, code = provider:get() end
+  if type(tok) ~= "string" or tok == "" or tok:find("%c") then
+    local why = tok and "the token provider gave an unusable token" or tostring(err)
+    return nil, new_error({ message = method .. " " .. safe_url(url) .. ": no token: " .. why,
+      method = method, url = safe_url(url), code = tok and "AUTH" or code or "AUTH",
+      detail = why }, secrets[self])
+  end
+  local hidden = secrets[self]
+  local known = false
+  for i = hidden.fixed + 1, #hidden do if hidden[i] == tok then known = true break end end
+  if not known then
+    if #hidden - hidden.fixed >= KEEP_TOKENS then table.remove(hidden, hidden.fixed + 1) end
+    hidden[#hidden + 1] = tok
+  end
+  return tok
+end
+
 -- One HTTP exchange. Returns the response for any status, or nil and an error object for
--- a transport failure.
+-- a transport failure (or a token provider's failure). With a token provider, a 401 makes
+-- it renew the token once and the request is sent again.
 local function send(self, method, url, body, headers)
   local h = { Accept = self.d.accept }
   if self.extra_headers then for k, v in pairs(self.extra_headers) do h[k] = v end end
   local auth = auth_headers[self]
   if auth then h.Authorization = auth end
+  local provider, tok = providers[self], nil
+  if provider then
+    local terr
+    tok, terr = provider_token(self, provider, method, url)
+    if not tok then return nil, terr end
+    h.Authorization = "Bearer " .. tok
+  end
   if body then h["Content-Type"] = self.d.content_type end
   if headers then for k, v in pairs(headers) do h[k] = v end end
-  local res, err, code = self.engine:request{ method = method, url = url, headers = h,
-    body = body }
+  local spec = { method = method, url = url, headers = h, body = body }
+  local res, err, code = self.engine:request(spec)
+  if res and res.status == 401 and provider then
+    local new, terr = provider_token(self, provider, method, url, tok)
+    if new and new ~= tok then
+      h.Authorization = "Bearer " .. new
+      res, err, code = self.engine:request(spec)
+    elseif not new then
+      res.token_error = terr.detail  -- told in the 401's message
+    end
+  end
   if not res then
     local msg = tostring(err or "request failed")
     if not msg:find(method, 1, true) then msg = method .. " " .. safe_url(url) .. ": " .. msg end
