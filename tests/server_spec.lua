@@ -979,3 +979,516 @@ describe("meta mode (Meta's SCIM 2.0)", function()
     assert.equal("", s:log())
   end)
 end)
+
+describe("strict mode in SCIM 2.0 (scim2 and meta)", function()
+  local s
+  server.per_describe(_ENV, { strict = true, page_size = 5 }, function(started) s = started end)
+
+  local GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+
+  it("refuses writes without the core schema in `schemas`, and PATCH without PatchOp", function()
+    local res = s:request{ method = "POST", path = "Users",
+                           body = { userName = "a@example.com" } }
+    assert.equal(400, res.status)
+    assert.same({ ERROR }, res.json.schemas)
+    assert.equal("invalidSyntax", res.json.scimType)
+    assert.matches("schemas", res.json.detail)
+    res = s:request{ method = "POST", path = "Users",
+                     body = { schemas = { ENTERPRISE }, userName = "a@example.com" } }
+    assert.equal(400, res.status)
+    assert.equal("invalidValue", res.json.scimType)
+    res = s:request{ method = "POST", path = "Users", body = user("a@example.com") }
+    assert.equal(201, res.status, res.body)
+    local id = res.json.id
+    res = s:request{ method = "PUT", path = "Users/" .. id, body = { userName = "a@example.com" } }
+    assert.equal(400, res.status)
+    assert.equal("invalidSyntax", res.json.scimType)
+    res = s:request{ method = "PATCH", path = "Users/" .. id,
+                     body = { Operations = { { op = "replace", path = "title", value = "T" } } } }
+    assert.equal(400, res.status)
+    assert.equal("invalidSyntax", res.json.scimType)
+    res = s:request{ method = "POST", path = "Groups", body = { displayName = "G" } }
+    assert.equal(400, res.status)
+    assert.equal("invalidSyntax", res.json.scimType)
+    res = s:request{ method = "POST", path = "Groups",
+                     body = { schemas = { GROUP }, displayName = "G" } }
+    assert.equal(201, res.status, res.body)
+    assert.equal(1, #s:users())
+    assert.equal(1, #s:groups())
+  end)
+
+  it("filters on one `attr eq \"value\"` only, on Users and Groups", function()
+    s:seed(3)
+    local res = s:request{ path = "Users?filter=" .. escape('userName eq "user00002@example.com"') }
+    assert.equal(200, res.status)
+    assert.equal(1, res.json.totalResults)
+    for _, f in ipairs{ 'userName co "user"', 'userName sw "user"', "userName pr",
+                        'userName eq "a" or userName eq "b"', 'userName eq "a" and title eq "b"',
+                        '(userName eq "a")', 'emails[value eq "a"]', 'userName ne "a"' } do
+      for _, res_path in ipairs{ "Users", "Groups" } do
+        res = s:request{ path = res_path .. "?filter=" .. escape(f) }
+        assert.equal(400, res.status, f)
+        assert.equal("invalidFilter", res.json.scimType, f)
+      end
+    end
+    res = s:request{ path = "Groups?filter=" .. escape('displayName eq "x"') }
+    assert.equal(200, res.status)
+  end)
+
+  it("clips count to the page size and says so in itemsPerPage", function()
+    s:seed(12)
+    local res = s:request{ path = "Users?count=50" }
+    assert.equal(12, res.json.totalResults)
+    assert.equal(5, res.json.itemsPerPage)
+    assert.equal(5, #res.json.Resources)
+  end)
+
+  it("answers 404 to a resource path with a trailing slash", function()
+    local u = s:seed(1)[1]
+    for _, req in ipairs{ { path = "Users/" }, { path = "Users/" .. u.id .. "/" },
+                          { path = "Groups/" }, { path = "Users/?count=1" },
+                          { method = "POST", path = "Users/", body = user("t@example.com") } } do
+      local res = s:request(req)
+      assert.equal(404, res.status, req.path)
+      assert.same({ ERROR }, res.json.schemas)
+    end
+    assert.equal(200, s:request{ path = "Users/" .. u.id }.status)
+    assert.equal(1, #s:users())
+  end)
+
+  it("switches live through /_control/config", function()
+    s:configure{ strict = false }
+    local res = s:request{ method = "POST", path = "Users", body = { userName = "l@example.com" } }
+    assert.equal(201, res.status, res.body)
+    assert.equal(200, s:request{ path = "Users/" }.status)
+    assert.equal(200, s:request{ path = "Users?filter=" .. escape('userName co "l"') }.status)
+    s:configure{ strict = true }
+    assert.equal(400, s:request{ method = "POST", path = "Users",
+                                 body = { userName = "m@example.com" } }.status)
+  end)
+
+  it("counts requests per method and path shape", function()
+    local u = s:seed(1)[1]
+    s:request{ method = "POST", path = "Users", body = user("c@example.com") }
+    s:request{ method = "POST", path = "Users", body = user("d@example.com") }
+    s:request{ path = "Users" }
+    s:request{ path = "Users/" .. u.id }
+    s:request{ path = "Users/" }
+    s:request{ method = "PATCH", path = "Users/" .. u.id, body = { schemas = { PATCHOP },
+      Operations = { { op = "replace", path = "title", value = "X" } } } }
+    local g = s:request{ method = "POST", path = "Groups",
+                         body = { schemas = { GROUP }, displayName = "G" } }.json
+    s:request{ method = "PATCH", path = "Groups/" .. g.id, body = { schemas = { PATCHOP },
+      Operations = { { op = "add", path = "members", value = { { value = u.id } } } } } }
+    s:request{ path = "ServiceProviderConfig" }
+    local st = s:stats()
+    assert.same({ ["POST /Users"] = 2, ["GET /Users"] = 1, ["GET /Users/:id"] = 1,
+                  ["GET /Users/"] = 1, ["PATCH /Users/:id"] = 1, ["POST /Groups"] = 1,
+                  ["PATCH /Groups/:id"] = 1, ["GET /ServiceProviderConfig"] = 1 }, st.by_route)
+    assert.equal("PATCH /Groups/:id", st.requests[8].route)
+    assert.equal(9, st.total)
+  end)
+
+  it("works in meta mode too", function()
+    local m = server.start{ mode = "meta", strict = true }
+    local UA = { ["User-Agent"] = "t/1" }
+    local body = user("x@example.com", { name = { givenName = "G", familyName = "F",
+                                                  formatted = "G F" } })
+    body.schemas = nil
+    local res = m:request{ method = "POST", path = "Users", headers = UA, body = body }
+    assert.equal(400, res.status)
+    assert.equal("invalidSyntax", res.json.scimType)
+    body.schemas = { CORE }
+    assert.equal(201, m:request{ method = "POST", path = "Users", headers = UA, body = body }.status)
+    assert.equal(404, m:request{ path = "Users/", headers = UA }.status)
+    assert.same({ ["POST /Users"] = 2, ["GET /Users/"] = 1 }, m:stats().by_route)
+    m:stop()
+  end)
+end)
+
+describe("rate limiter", function()
+  local s
+  server.per_describe(_ENV, {}, function(started) s = started end)
+
+  it("refuses requests over the rate with a bare 429, counted apart", function()
+    -- A burst of 3 refilled at one per 100 s: requests 4.. are over however slow the machine.
+    s:configure{ rate_limit = { rps = 0.01, burst = 3 } }
+    local got = {}
+    for i = 1, 5 do got[i] = s:request{ path = "Users" } end
+    assert.same({ 200, 200, 200, 429, 429 }, { got[1].status, got[2].status, got[3].status,
+                                              got[4].status, got[5].status })
+    assert.is_nil(got[4].headers["retry-after"])
+    assert.same({ ERROR }, got[4].json.schemas)
+    local st = s:stats()
+    assert.equal(3, st.limiter.passed)
+    assert.equal(2, st.limiter.refused)
+    assert.equal(5, st.total)
+    assert.equal(2, st.by_fault.rate_limit)
+    assert.equal("rate_limit", st.requests[4].fault)
+    assert.equal(0.01, st.limiter.rps)
+    -- The arrival rate of the passed requests, from their arrival times.
+    assert.equal(st.requests[1].t, st.limiter.first)
+    assert.equal(st.requests[3].t, st.limiter.last)
+    local want = 2 / ((st.limiter.last - st.limiter.first) / 1000)
+    assert.is_true(math.abs(st.limiter.rate - want) <= want * 0.01 + 0.001,
+      st.limiter.rate .. " vs " .. want)
+  end)
+
+  it("sends Retry-After and another status when configured, and turns off", function()
+    s:configure{ rate_limit = { rps = 0.01, retry_after = 7, status = 503 } }
+    assert.equal(200, s:request{ path = "Users" }.status)
+    local res = s:request{ path = "Users" }
+    assert.equal(503, res.status)
+    assert.equal("7", res.headers["retry-after"])
+    s:configure{ rate_limit = false }
+    assert.equal(200, s:request{ path = "Users" }.status)
+    assert.equal(cjson.null, s:stats().limiter.rps)
+    assert.has_error(function() s:configure{ rate_limit = { burst = 2 } } end,
+      "support.server: control POST config: 400 rate_limit.rps is required (requests per second)")
+  end)
+
+  it("is a start option, and reset restores it with a full bucket", function()
+    local t = server.start{ rate_limit = { rps = 0.01, burst = 2 } }
+    local codes = {}
+    for i = 1, 3 do codes[i] = t:request{ path = "Users" }.status end
+    assert.same({ 200, 200, 429 }, codes)
+    t:reset()
+    assert.equal(200, t:request{ path = "Users" }.status)
+    assert.equal(1, t:stats().limiter.passed)
+    t:stop()
+  end)
+end)
+
+describe("groups (scim2 and meta)", function()
+  local s
+  server.per_describe(_ENV, { page_size = 4, verify_egress = true },
+    function(started) s = started end)
+
+  local GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+  local function group(name, members)
+    local g = { schemas = { GROUP }, displayName = name }
+    if members then
+      g.members = {}
+      for i, m in ipairs(members) do
+        g.members[i] = type(m) == "table" and m or { value = m }
+      end
+    end
+    return g
+  end
+  local function patch(ops) return { schemas = { PATCHOP }, Operations = ops } end
+  local function member_ids(g)
+    local out = {}
+    for _, m in ipairs(g.members or {}) do out[#out + 1] = m.value end
+    table.sort(out)
+    return out
+  end
+  local function sorted(t) table.sort(t) return t end
+
+  it("creates groups with user and group members, keeping each member's type", function()
+    local a, b = table.unpack(s:seed(2))
+    local inner = s:request{ method = "POST", path = "Groups",
+                             body = group("Inner", { { value = b.id, type = "User" } }) }
+    assert.equal(201, inner.status, inner.body)
+    assert.equal(s.url .. "Groups/" .. inner.json.id, inner.headers.location)
+    local res = s:request{ method = "POST", path = "Groups", body = group("Outer", {
+      { value = a.id, display = "A" }, { value = inner.json.id, type = "Group" } }) }
+    assert.equal(201, res.status, res.body)
+    local got = s:request{ path = "Groups/" .. res.json.id }
+    assert.equal(200, got.status)
+    assert.equal(res.json.meta.version, got.headers.etag)
+    local types = {}
+    for _, m in ipairs(got.json.members) do types[m.value] = m.type end
+    assert.same({ [a.id] = "User", [inner.json.id] = "Group" }, types)
+    assert.equal("A", got.json.members[1].display)
+    -- Members that are not here, a wrong type, or the group itself: 400 invalidValue.
+    for _, bad in ipairs{ { { value = "nobody" } }, { { value = a.id, type = "Group" } } } do
+      res = s:request{ method = "POST", path = "Groups", body = group("Bad", bad) }
+      assert.equal(400, res.status, res.body)
+      assert.equal("invalidValue", res.json.scimType)
+    end
+    res = s:request{ method = "PATCH", path = "Groups/" .. inner.json.id, body = patch{
+      { op = "add", path = "members", value = { { value = inner.json.id } } } } }
+    assert.equal(400, res.status)
+    assert.equal(2, #s:groups())
+  end)
+
+  it("lists with honest paging, members on request, and omits them when configured", function()
+    local users = s:seed(3)
+    local list = {}
+    for i = 1, 6 do list[i] = { displayName = "G" .. i, members = { { value = users[1].id } } } end
+    s:seed_groups(list)
+    local res = s:request{ path = "Groups?count=10" }
+    assert.equal(6, res.json.totalResults)
+    assert.equal(4, res.json.itemsPerPage)
+    assert.equal(4, #res.json.Resources)
+    assert.equal(1, #res.json.Resources[1].members)
+    res = s:request{ path = "Groups?startIndex=5&count=3" }
+    assert.equal(2, res.json.itemsPerPage)
+    assert.equal("G5", res.json.Resources[1].displayName)
+    s:configure{ omit_members_in_list = true }
+    res = s:request{ path = "Groups" }
+    assert.is_nil(res.json.Resources[1].members)
+    assert.equal("G1", res.json.Resources[1].displayName)
+    res = s:request{ path = "Groups?attributes=members" }
+    assert.equal(users[1].id, res.json.Resources[1].members[1].value)
+    -- A single group still has its members.
+    assert.equal(1, #s:request{ path = "Groups/" .. res.json.Resources[1].id }.json.members)
+    s:configure{ omit_members_in_list = false }
+    res = s:request{ path = "Groups?filter=" .. escape('displayName eq "g3"') }
+    assert.equal(1, res.json.totalResults)
+    res = s:request{ path = "Groups?filter=" .. escape('members.value eq "' .. users[1].id .. '"') }
+    assert.equal(6, res.json.totalResults)
+  end)
+
+  it("patches members with add and remove, by value filter too", function()
+    local u = s:seed(4)
+    local g = s:seed_groups{ { displayName = "Team", members = { { value = u[1].id } } } }[1]
+    local path = "Groups/" .. g.id
+    local res = s:request{ method = "PATCH", path = path, body = patch{
+      { op = "add", path = "members", value = { { value = u[2].id }, { value = u[3].id } } },
+      { op = "add", path = "members", value = { { value = u[1].id } } } } }    -- already in
+    assert.equal(200, res.status, res.body)
+    assert.same(sorted{ u[1].id, u[2].id, u[3].id }, member_ids(res.json))
+    res = s:request{ method = "PATCH", path = path, body = patch{
+      { op = "remove", path = 'members[value eq "' .. u[2].id .. '"]' } } }
+    assert.equal(200, res.status, res.body)
+    assert.same(sorted{ u[1].id, u[3].id }, member_ids(res.json))
+    res = s:request{ method = "PATCH", path = path, body = patch{
+      { op = "remove", path = "members", value = { { value = u[1].id } } },
+      { op = "add", path = "members", value = { { value = u[4].id, type = "User" } } } } }
+    assert.equal(200, res.status, res.body)
+    assert.same(sorted{ u[3].id, u[4].id }, member_ids(s:request{ path = path }.json))
+    res = s:request{ method = "PATCH", path = path, body = patch{
+      { op = "replace", path = "displayName", value = "Team 2" } } }
+    assert.equal("Team 2", res.json.displayName)
+    assert.same(sorted{ u[3].id, u[4].id }, member_ids(res.json))
+  end)
+
+  it("drops a deleted user or group from every group's members", function()
+    local u = s:seed(2)
+    local inner = s:seed_groups{ { displayName = "In", members = { { value = u[1].id } } } }[1]
+    local outer = s:seed_groups{ { displayName = "Out", members = {
+      { value = u[1].id }, { value = u[2].id }, { value = inner.id } } } }[1]
+    assert.equal(204, s:request{ method = "DELETE", path = "Users/" .. u[1].id }.status)
+    assert.same(sorted{ u[2].id, inner.id }, member_ids(s:request{ path = "Groups/" .. outer.id }.json))
+    assert.is_nil(s:request{ path = "Groups/" .. inner.id }.json.members)
+    assert.equal(204, s:request{ method = "DELETE", path = "Groups/" .. inner.id }.status)
+    assert.same({ u[2].id }, member_ids(s:request{ path = "Groups/" .. outer.id }.json))
+    assert.equal(404, s:request{ path = "Groups/" .. inner.id }.status)
+  end)
+
+  it("caps PATCH operations and values per operation with max_patch_ops", function()
+    local u = s:seed(4)
+    local g = s:seed_groups{ { displayName = "Cap" } }[1]
+    s:configure{ max_patch_ops = 2 }
+    local function add(ids)
+      local v = {}
+      for i, id in ipairs(ids) do v[i] = { value = id } end
+      return { op = "add", path = "members", value = v }
+    end
+    local res = s:request{ method = "PATCH", path = "Groups/" .. g.id,
+                           body = patch{ add{ u[1].id }, add{ u[2].id }, add{ u[3].id } } }
+    assert.equal(400, res.status)
+    assert.equal("tooMany", res.json.scimType)
+    assert.matches("at most 2 operations", res.json.detail)
+    res = s:request{ method = "PATCH", path = "Groups/" .. g.id,
+                     body = patch{ add{ u[1].id, u[2].id, u[3].id } } }
+    assert.equal(400, res.status)
+    assert.matches("at most 2 values", res.json.detail)
+    res = s:request{ method = "PATCH", path = "Groups/" .. g.id,
+                     body = patch{ add{ u[1].id, u[2].id }, add{ u[3].id } } }
+    assert.equal(200, res.status, res.body)
+    assert.equal(3, #res.json.members)
+    s:configure{ max_patch_ops = 0 }
+  end)
+
+  it("serves the same in meta mode, with the options given at start", function()
+    local m = server.start{ mode = "meta", omit_members_in_list = true, max_patch_ops = 1 }
+    local UA = { ["User-Agent"] = "t/1" }
+    local u = m:seed(2)
+    local res = m:request{ method = "POST", path = "Groups", headers = UA,
+                           body = group("M", { u[1].id }) }
+    assert.equal(201, res.status, res.body)
+    assert.matches("^%d+$", res.json.id)
+    local list = m:request{ path = "Groups", headers = UA }.json
+    assert.is_nil(list.Resources[1].members)
+    res = m:request{ method = "PATCH", path = "Groups/" .. res.json.id, headers = UA,
+      body = patch{ { op = "add", path = "members", value = { { value = u[2].id } } },
+                    { op = "remove", path = 'members[value eq "' .. u[1].id .. '"]' } } }
+    assert.equal(400, res.status)
+    assert.equal("tooMany", res.json.scimType)
+    assert.is_false(m:request{ path = "ServiceProviderConfig", headers = UA }.json.bulk.supported)
+    m:stop()
+  end)
+end)
+
+describe("bulk (RFC 7644 3.7)", function()
+  local s
+  server.per_describe(_ENV, { verify_egress = true }, function(started) s = started end)
+
+  local GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+  local BULK_REQ = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+  local BULK_RES = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
+  local function bulk(ops, extra)
+    local body = { schemas = { BULK_REQ }, Operations = ops }
+    for k, v in pairs(extra or {}) do body[k] = v end
+    return s:request{ method = "POST", path = "Bulk", body = body }
+  end
+  local function statuses(res)
+    local out = {}
+    for i, op in ipairs(res.json.Operations) do out[i] = op.status end
+    return out
+  end
+
+  it("is advertised in ServiceProviderConfig, live", function()
+    local spc = s:request{ path = "ServiceProviderConfig" }.json
+    assert.same({ supported = true, maxOperations = 1000, maxPayloadSize = 1048576 }, spc.bulk)
+    s:configure{ bulk = { max_operations = 50, max_payload = 4096 } }
+    spc = s:request{ path = "ServiceProviderConfig" }.json
+    assert.same({ supported = true, maxOperations = 50, maxPayloadSize = 4096 }, spc.bulk)
+    s:configure{ bulk = false }
+    assert.is_false(s:request{ path = "ServiceProviderConfig" }.json.bulk.supported)
+    local res = bulk{}
+    assert.equal(501, res.status)
+    assert.same({ ERROR }, res.json.schemas)
+    s:configure{ bulk = { max_operations = 1000, max_payload = 1048576 } }
+  end)
+
+  it("resolves bulkId references in any order: manager, members, paths", function()
+    local boss_ref = { value = "bulkId:boss" }
+    local res = bulk{
+      { method = "POST", path = "/Users", bulkId = "ann",
+        data = user("ann@example.com", { schemas = { CORE, ENTERPRISE },
+                                         [ENTERPRISE] = { manager = boss_ref } }) },
+      { method = "POST", path = "/Groups", bulkId = "team",
+        data = { schemas = { GROUP }, displayName = "Team",
+                 members = { { value = "bulkId:ann", type = "User" },
+                             { value = "bulkId:inner", type = "Group" } } } },
+      { method = "POST", path = "/Users", bulkId = "boss", data = user("boss@example.com") },
+      { method = "POST", path = "/Groups", bulkId = "inner",
+        data = { schemas = { GROUP }, displayName = "Inner" } },
+      { method = "PATCH", path = "/Groups/bulkId:inner", data = { schemas = { PATCHOP },
+        Operations = { { op = "add", path = "members", value = { { value = "bulkId:boss" } } } } } },
+    }
+    assert.equal(200, res.status, res.body)
+    assert.same({ BULK_RES }, res.json.schemas)
+    assert.same({ "201", "201", "201", "201", "200" }, statuses(res))
+    local ops = res.json.Operations
+    assert.equal("ann", ops[1].bulkId)
+    assert.equal("POST", ops[1].method)
+    local ann, team, boss, inner = ops[1].response, ops[2].response, ops[3].response,
+                                   ops[4].response
+    assert.equal(s.url .. "Users/" .. ann.id, ops[1].location)
+    assert.equal(ann.meta.version, ops[1].version)
+    assert.equal(boss.id, s:request{ path = "Users/" .. ann.id }.json[ENTERPRISE].manager.value)
+    local types = {}
+    for _, m in ipairs(s:request{ path = "Groups/" .. team.id }.json.members) do
+      types[m.value] = m.type
+    end
+    assert.same({ [ann.id] = "User", [inner.id] = "Group" }, types)
+    assert.equal(boss.id, s:request{ path = "Groups/" .. inner.id }.json.members[1].value)
+    local st = s:stats()
+    assert.same({ ["POST /Bulk"] = 1, ["GET /Users/:id"] = 1, ["GET /Groups/:id"] = 2 },
+                st.by_route)
+    assert.equal(1, st.by_method.POST)
+    assert.same({ requests = 1, operations = 5, by_route = { ["POST /Users"] = 2,
+      ["POST /Groups"] = 2, ["PATCH /Groups/:id"] = 1 } }, st.bulk)
+  end)
+
+  it("runs PUT, PATCH and DELETE with version checks, and reports each failure", function()
+    local a, b = table.unpack(s:seed(2))
+    local res = bulk{
+      { method = "PUT", path = "/Users/" .. a.id, version = a.meta.version,
+        data = user(a.userName, { title = "Put" }) },
+      { method = "PATCH", path = "/Users/" .. b.id, version = 'W/"999"', data = {
+        schemas = { PATCHOP }, Operations = { { op = "replace", path = "title", value = "X" } } } },
+      { method = "DELETE", path = "/Users/" .. b.id },
+      { method = "DELETE", path = "/Users/nobody" },
+      { method = "POST", path = "/Users", bulkId = "dup", data = user(a.userName) },
+      { method = "GET", path = "/Users" },
+      { method = "POST", path = "/Things", bulkId = "t", data = {} },
+      { method = "POST", path = "/Users", data = user("nobulkid@example.com") },
+      { method = "PATCH", path = "/Users/bulkId:unknown", data = { schemas = { PATCHOP },
+        Operations = { { op = "replace", path = "title", value = "X" } } } },
+    }
+    assert.equal(200, res.status, res.body)
+    assert.same({ "200", "412", "204", "404", "409", "400", "400", "400", "409" }, statuses(res))
+    local ops = res.json.Operations
+    assert.equal("Put", ops[1].response.title)
+    assert.equal(s.url .. "Users/" .. b.id, ops[3].location)
+    assert.is_nil(ops[3].response)
+    assert.same({ ERROR }, ops[5].response.schemas)
+    assert.equal("uniqueness", ops[5].response.scimType)
+    assert.equal("409", ops[5].response.status)
+    assert.equal("invalidPath", ops[7].response.scimType)
+    assert.matches("bulkId:unknown names no POST", ops[9].response.detail)
+    assert.equal(1, #s:users())
+  end)
+
+  it("stops after failOnErrors errors, and fails references to failed POSTs or cycles", function()
+    local res = bulk({
+      { method = "POST", path = "/Users", bulkId = "x", data = { schemas = { CORE } } },
+      { method = "POST", path = "/Users", bulkId = "y", data = user("y@example.com") },
+      { method = "POST", path = "/Users", bulkId = "z", data = { schemas = { CORE } } },
+      { method = "POST", path = "/Users", bulkId = "w", data = user("w@example.com") },
+    }, { failOnErrors = 2 })
+    assert.same({ "400", "201", "400" }, statuses(res))
+    assert.equal(1, #s:users())
+    res = bulk{
+      { method = "POST", path = "/Users", bulkId = "bad", data = { schemas = { CORE } } },
+      { method = "POST", path = "/Groups", bulkId = "g", data = { schemas = { GROUP },
+        displayName = "G", members = { { value = "bulkId:bad" } } } },
+      { method = "POST", path = "/Groups", bulkId = "c1", data = { schemas = { GROUP },
+        displayName = "C1", members = { { value = "bulkId:c2" } } } },
+      { method = "POST", path = "/Groups", bulkId = "c2", data = { schemas = { GROUP },
+        displayName = "C2", members = { { value = "bulkId:c1" } } } },
+    }
+    assert.same({ "400", "409", "409", "409" }, statuses(res))
+    assert.matches("failed", res.json.Operations[2].response.detail)
+    assert.matches("circular", res.json.Operations[3].response.detail)
+    assert.same({}, s:groups())
+  end)
+
+  it("enforces maxOperations and maxPayloadSize with 413, and the BulkRequest schema", function()
+    s:configure{ bulk = { max_operations = 2, max_payload = 1000 } }
+    local ops = {}
+    for i = 1, 3 do
+      ops[i] = { method = "POST", path = "/Users", bulkId = "u" .. i,
+                 data = user("u" .. i .. "@example.com") }
+    end
+    local res = bulk(ops)
+    assert.equal(413, res.status)
+    assert.same({ ERROR }, res.json.schemas)
+    assert.matches("maxOperations %(2%)", res.json.detail)
+    ops[3] = nil
+    ops[2].data.title = string.rep("x", 1000)
+    res = bulk(ops)
+    assert.equal(413, res.status)
+    assert.matches("maxPayloadSize %(1000%)", res.json.detail)
+    -- Chunked (no Content-Length): counted while read.
+    res = s:request{ method = "POST", path = "Bulk", headers = { ["Transfer-Encoding"] = "chunked" },
+                     body = { schemas = { BULK_REQ }, Operations = ops } }
+    assert.equal(413, res.status)
+    assert.same({}, s:users())
+    s:configure{ bulk = { max_operations = 1000, max_payload = 1048576 } }
+    res = s:request{ method = "POST", path = "Bulk", body = { Operations = {} } }
+    assert.equal(400, res.status)
+    assert.equal("invalidSyntax", res.json.scimType)
+    assert.equal(400, bulk({}, { failOnErrors = 0 }).status)
+  end)
+
+  it("applies strict mode and max_patch_ops to each operation", function()
+    s:configure{ strict = true, max_patch_ops = 1 }
+    local u = s:seed(1)[1]
+    local res = bulk{
+      { method = "POST", path = "/Users", bulkId = "a", data = { userName = "a@example.com" } },
+      { method = "PATCH", path = "/Users/" .. u.id, data = { schemas = { PATCHOP }, Operations = {
+        { op = "replace", path = "title", value = "A" },
+        { op = "replace", path = "nickName", value = "B" } } } },
+    }
+    s:configure{ strict = false, max_patch_ops = 0 }
+    assert.same({ "400", "400" }, statuses(res))
+    assert.equal("invalidSyntax", res.json.Operations[1].response.scimType)
+    assert.equal("tooMany", res.json.Operations[2].response.scimType)
+  end)
+end)

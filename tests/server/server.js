@@ -5,6 +5,8 @@
 //                  [--latency-ms N] [--numeric-ids|--no-numeric-ids] [--strict|--no-strict]
 //                  [--require-user-agent|--no-require-user-agent]
 //                  [--compress] [--verify-egress] [--exit-on-stdin-eof] [--parent-pid PID]
+//                  [--rate-limit RPS|JSON] [--bulk JSON|off] [--omit-members-in-list]
+//                  [--max-patch-ops N]
 //
 // Binds 127.0.0.1 only. The first stdout line is `listening http://127.0.0.1:PORT`;
 // nothing else goes to stdout. Control endpoints live under /_control/ (no token).
@@ -16,7 +18,8 @@ import { Store } from "./lib/store.js";
 
 const USAGE = "usage: node server.js [--port N] [--mode scim2|meta|v1] [--token T] [--page-size N]"
   + " [--latency-ms N] [--[no-]numeric-ids] [--[no-]strict] [--[no-]require-user-agent]"
-  + " [--compress] [--verify-egress] [--exit-on-stdin-eof] [--parent-pid PID]";
+  + " [--compress] [--verify-egress] [--exit-on-stdin-eof] [--parent-pid PID]"
+  + " [--rate-limit RPS|JSON] [--bulk JSON|off] [--[no-]omit-members-in-list] [--max-patch-ops N]";
 
 function die(msg) {
   process.stderr.write(`server.js: ${msg}\n${USAGE}\n`);
@@ -28,12 +31,14 @@ function parseArgs(argv) {
     port: 0, host: "127.0.0.1", mode: "scim2", token: "test-token", page_size: 100,
     latency_ms: 0, numeric_ids: undefined, strict: undefined, require_user_agent: undefined,
     exit_on_stdin_eof: false, parent_pid: undefined, compress: false, verify_egress: false,
+    rate_limit: null, bulk: undefined, omit_members_in_list: false, max_patch_ops: 0,
   };
   const ints = { "--port": "port", "--page-size": "page_size", "--latency-ms": "latency_ms",
-    "--parent-pid": "parent_pid" };
+    "--parent-pid": "parent_pid", "--max-patch-ops": "max_patch_ops" };
   const flags = { "--numeric-ids": "numeric_ids", "--strict": "strict",
     "--require-user-agent": "require_user_agent", "--exit-on-stdin-eof": "exit_on_stdin_eof",
-    "--compress": "compress", "--verify-egress": "verify_egress" };
+    "--compress": "compress", "--verify-egress": "verify_egress",
+    "--omit-members-in-list": "omit_members_in_list" };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
     if (ints[a]) {
@@ -48,6 +53,16 @@ function parseArgs(argv) {
       const v = argv[++i];
       if (v === undefined) die(`${a} needs a value`);
       opts[a.slice(2)] = v;
+    } else if (a === "--rate-limit" || a === "--bulk") {
+      const v = argv[++i];
+      if (v === undefined) die(`${a} needs a value`);
+      let parsed;
+      if (a === "--rate-limit" && /^\d+(\.\d+)?$/.test(v)) parsed = { rps: Number(v) };
+      else if (a === "--bulk" && v === "off") parsed = false;
+      else {
+        try { parsed = JSON.parse(v); } catch { die(`${a} needs ${a === "--bulk" ? "a JSON object or off" : "requests per second or a JSON object"}, got ${v}`); }
+      }
+      opts[a.slice(2).replace("-", "_")] = parsed;
     } else if (a === "--help" || a === "-h") {
       process.stdout.write(`${USAGE}\n`);
       process.exit(0);
@@ -55,7 +70,7 @@ function parseArgs(argv) {
       die(`unknown argument ${JSON.stringify(a)}`);
     }
   }
-  if (!["scim2", "meta", "v1"].includes(opts.mode)) die(`--mode must be scim2, meta or v1, got ${opts.mode}`);
+  if (!["scim2", "meta", "v1", "entra"].includes(opts.mode)) die(`--mode must be scim2, meta, v1 or entra, got ${opts.mode}`);
   if (!/^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(opts.host)) die("--host must be a loopback address");
   if (opts.page_size < 1) die("--page-size must be at least 1");
   if (opts.token === "") die("--token must not be empty");
@@ -74,9 +89,16 @@ const cfg = {
   strict: opts.strict ?? v1,
   require_user_agent: opts.require_user_agent ?? (v1 || meta),
   compress: opts.compress,
+  omit_members_in_list: opts.omit_members_in_list,
+  max_patch_ops: opts.max_patch_ops,
 };
 const store = new Store({ numericIds: opts.numeric_ids ?? (v1 || meta) });
 const faults = new Faults({ base, mode: opts.mode, latency_ms: opts.latency_ms });
+try {
+  faults.setLimiter(opts.rate_limit);
+} catch (ex) {
+  die(`--rate-limit: ${ex.message}`);
+}
 let port = 0;
 const origin = () => `http://${opts.host}:${port}`;
 
@@ -104,17 +126,21 @@ control.post("/reset", (req, res) => {
   store.clear();
   mode.clear();
   faults.reset();
+  faults.setLimiter(opts.rate_limit);   // back to the start setting, with a full bucket
   res.send({ ok: true });
 });
 control.post("/stats/reset", (req, res) => {
-  const rules = faults.rules;
-  faults.reset();
-  faults.rules = rules;
+  faults.clearStats();
   res.send({ ok: true });
 });
 control.post("/seed", controlJson, (req, res) => {
   const body = req.body ?? {};
   let list;
+  if (Array.isArray(body.groups)) {
+    if (!mode.seedGroups) throw Object.assign(new Error("no groups in this mode"), { status: 400 });
+    const made = mode.seedGroups(body.groups);
+    return res.send(body.quiet ? { count: made.length } : { count: made.length, groups: made });
+  }
   if (Array.isArray(body.users)) {
     list = body.users;
   } else if (Number.isInteger(body.count) && body.count >= 0 && body.count <= 1000000) {
@@ -130,10 +156,14 @@ control.post("/seed", controlJson, (req, res) => {
   res.send(body.quiet ? { count: users.length } : { count: users.length, users });
 });
 control.get("/users", (req, res) => res.send(store.all()));
-control.get("/config", (req, res) => res.send({ ...cfg, token: undefined, latency_ms: faults.latency_ms, mode: opts.mode }));
+control.get("/groups", (req, res) => res.send(mode.groups ? mode.groups() : []));
+control.get("/config", (req, res) => res.send({ ...cfg, token: undefined, latency_ms: faults.latency_ms,
+  mode: opts.mode, rate_limit: faults.limiter ? faults.limiter.spec : null,
+  bulk: mode.bulkConfig ? mode.bulkConfig() : false }));
 control.post("/config", controlJson, (req, res) => {
   const b = req.body ?? {};
-  const known = ["page_size", "latency_ms", "token", "strict", "require_user_agent", "compress"];
+  const known = ["page_size", "latency_ms", "token", "strict", "require_user_agent", "compress",
+    "rate_limit", "omit_members_in_list", "max_patch_ops", "bulk"];
   for (const k of Object.keys(b)) {
     if (!known.includes(k)) {
       const err = new Error(`unknown config key '${k}'`);
@@ -151,6 +181,16 @@ control.post("/config", controlJson, (req, res) => {
   if (typeof b.strict === "boolean") cfg.strict = b.strict;
   if (typeof b.require_user_agent === "boolean") cfg.require_user_agent = b.require_user_agent;
   if (typeof b.compress === "boolean") cfg.compress = b.compress;
+  if (b.rate_limit !== undefined) faults.setLimiter(b.rate_limit);
+  if (typeof b.omit_members_in_list === "boolean") cfg.omit_members_in_list = b.omit_members_in_list;
+  if (b.max_patch_ops !== undefined) {
+    if (!Number.isInteger(b.max_patch_ops) || b.max_patch_ops < 0) throw Object.assign(new Error("max_patch_ops must be an integer >= 0 (0: no limit)"), { status: 400 });
+    cfg.max_patch_ops = b.max_patch_ops;
+  }
+  if (b.bulk !== undefined) {
+    if (!mode.setBulk) throw Object.assign(new Error("bulk: no /Bulk in this mode"), { status: 400 });
+    mode.setBulk(b.bulk);
+  }
   res.send({ ok: true });
 });
 control.post("/shutdown", (req, res) => {
@@ -204,7 +244,12 @@ function checkAgent(req, res, next) {
 }
 
 const impl = await import(v1 ? "./lib/v1.js" : "./lib/scim2.js");
-mode = impl.install(app, { base, cfg, store, origin, meta, verify: opts.verify_egress });
+const bulk = v1 ? null : await import("./lib/bulk.js");
+mode = impl.install(app, { base, cfg, store, origin, faults, meta, verify: opts.verify_egress, bulk });
+if (opts.bulk !== undefined) {
+  if (!mode.setBulk) die("--bulk needs a SCIM 2.0 mode");
+  try { mode.setBulk(opts.bulk); } catch (ex) { die(`--bulk: ${ex.message}`); }
+}
 
 app.use((req, res) => {
   res.status(404).type("application/json").send({ error: `no endpoint ${req.method} ${req.path}` });

@@ -54,7 +54,8 @@ end
 local START_OPTIONS = {
   mode = true, token = true, page_size = true, latency_ms = true, numeric_ids = true,
   strict = true, require_user_agent = true, node = true, start_timeout = true, compress = true,
-  verify_egress = true,
+  verify_egress = true, rate_limit = true, bulk = true, omit_members_in_list = true,
+  max_patch_ops = true,
 }
 
 --- Starts a server.
@@ -70,6 +71,18 @@ local START_OPTIONS = {
 --   server builds itself against SCIMMY's own serialisation, a 500 on a difference; default:
 --   on when the environment sets SCIM_SERVER_VERIFY_EGRESS=1), `node` (the node binary),
 --   `start_timeout` (seconds, default 15).
+--   `strict` in scim2 and meta modes (default false): every POST/PUT body must carry
+--   `schemas` with the core User/Group schema and every PATCH the PatchOp schema (else 400
+--   `invalidSyntax`/`invalidValue`), filters are one `attr eq "value"` only (else 400
+--   `invalidFilter`), and a resource path with a trailing slash (`Users/`) is a 404.
+--   `rate_limit = { rps = 20, burst = 1, retry_after = nil, status = 429 }`: a token bucket
+--   in front of every SCIM request, by arrival time; over it a bare 429 (a SCIM error body,
+--   `Retry-After` only when `retry_after` is set). `bulk = { max_operations = 1000,
+--   max_payload = 1048576 }` or `false` (/Bulk; default on in scim2, off in meta).
+--   `omit_members_in_list` (group listings leave out `members` unless asked with
+--   `attributes=members`), `max_patch_ops` (a PATCH with more operations, or an operation
+--   with more values, is a 400 `tooMany`; default 0 = no limit). All but `mode`, `node` and
+--   `start_timeout` can be changed later with `s:configure{...}`.
 -- @return the server object; raises if the server cannot start.
 function server.start(opts)
   opts = opts or {}
@@ -83,7 +96,7 @@ function server.start(opts)
   if mode ~= "scim2" and mode ~= "meta" and mode ~= "v1" then
     error("server.start: mode must be \"scim2\", \"meta\" or \"v1\", got " .. tostring(mode), 2)
   end
-  for _, key in ipairs{ "page_size", "latency_ms" } do
+  for _, key in ipairs{ "page_size", "latency_ms", "max_patch_ops" } do
     local v = opts[key]
     if v ~= nil and not (math.tointeger(v) and v >= (key == "page_size" and 1 or 0)) then
       error("server.start: " .. key .. " must be an integer >= "
@@ -109,8 +122,22 @@ function server.start(opts)
   if pid then args[#args + 1] = "--parent-pid " .. pid end
   if opts.page_size then args[#args + 1] = "--page-size " .. math.tointeger(opts.page_size) end
   if opts.latency_ms then args[#args + 1] = "--latency-ms " .. math.tointeger(opts.latency_ms) end
+  if opts.max_patch_ops then
+    args[#args + 1] = "--max-patch-ops " .. math.tointeger(opts.max_patch_ops)
+  end
+  for _, key in ipairs{ "rate_limit", "bulk" } do
+    local v = opts[key]
+    if v ~= nil then
+      if type(v) ~= "table" and not (key == "bulk" and type(v) == "boolean") then
+        error("server.start: " .. key .. " must be a table" .. (key == "bulk" and " or a boolean" or ""), 2)
+      end
+      local text = v == false and "off" or v == true and "{}" or cjson.encode(v)
+      args[#args + 1] = "--" .. key:gsub("_", "-") .. " " .. shell_quote(text)
+    end
+  end
   local flags = { numeric_ids = "numeric-ids", strict = "strict",
-                  require_user_agent = "require-user-agent" }
+                  require_user_agent = "require-user-agent",
+                  omit_members_in_list = "omit-members-in-list" }
   if opts.compress then args[#args + 1] = "--compress" end
   local verify = opts.verify_egress
   if verify == nil then verify = os.getenv("SCIM_SERVER_VERIFY_EGRESS") == "1" end
@@ -185,9 +212,19 @@ end
 --- Request statistics since start or the last reset (control calls not counted).
 -- @tparam[opt] table opts `requests = false` leaves out the per-request list
 -- @return `{ total =, by_method = { GET = n }, by_status = { ["200"] = n },
---   by_fault = { ["429"] = n, drop = n, ... }, requests = { {method=, path=,
---   query=, status=, t=, ms=, fault=}, ... } }`; `t` is ms since the server
---   started (arrival), `ms` the time to the response; status 0 = no response.
+--   by_route = { ["POST /Users"] = n, ["GET /Users"] = n, ["PATCH /Users/:id"] = n,
+--   ["PATCH /Groups/:id"] = n, ["POST /Bulk"] = n, ["GET /Users/"] = n (trailing slash) },
+--   by_fault = { ["429"] = n, drop = n, rate_limit = n, ... },
+--   limiter = { passed =, refused =, first =, last =, rate =, rps = },
+--   bulk = { requests =, operations =, by_route = { ["POST /Users"] = n, ... } },
+--   requests = { {method=, path=, route=, query=, status=, t=, ms=, fault=}, ... } }`;
+--   `t` is ms since the server started (arrival), `ms` the time to the response; status 0 =
+--   no response. `total`, `by_method` and `by_route` count at arrival (requests the limiter
+--   refuses included); `limiter.passed`/`refused` split them by the rate limiter (every
+--   request passes when none is set), `first`/`last` are the arrival `t` of the first and
+--   last passed request and `rate` = (passed - 1) / (last - first) per second, the rate
+--   measured where the requests arrive (cjson.null below two). A Bulk request is one
+--   request ("POST /Bulk"); its operations are counted in `bulk` (as `METHOD /Users[/:id]`).
 function methods:stats(opts)
   local all = not (opts and opts.requests == false)
   local s = control(self, "GET", "stats" .. (all and "" or "?requests=0"))
@@ -226,8 +263,23 @@ function methods:users()
   return control(self, "GET", "users")
 end
 
+--- Every stored group, as stored (no counted requests; scim2 and meta modes).
+function methods:groups()
+  return control(self, "GET", "groups")
+end
+
+--- Inserts groups directly (no counted requests): an array of `{ displayName =,
+-- members = { { value = id }, ... }, externalId = }`; members must exist.
+-- @return the created groups (with ids)
+function methods:seed_groups(list)
+  if type(list) ~= "table" then error("seed_groups: expected an array of groups", 2) end
+  return control(self, "POST", "seed", { groups = setmetatable(list, cjson.array_mt) }).groups
+end
+
 --- Changes live settings: `page_size`, `latency_ms`, `token`, `strict`,
--- `require_user_agent`, `compress`.
+-- `require_user_agent`, `compress`, `rate_limit` (a table as for `start`, or false to
+-- turn it off; a fresh bucket each time), `bulk` (a table or false), `omit_members_in_list`,
+-- `max_patch_ops`. `s:reset()` puts `rate_limit` back to the start option.
 function methods:configure(settings)
   return control(self, "POST", "config", settings)
 end

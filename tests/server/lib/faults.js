@@ -159,6 +159,49 @@ function scimError(status, detail, mode) {
 }
 
 /**
+ * The shape of a request path relative to the SCIM base, for per-route counts:
+ * "/Users" -> "/Users", "/Users/abc" -> "/Users/:id", "/Users/" -> "/Users/",
+ * "/Groups/g1/x" -> "/Groups/:id/x", "/" -> "/".
+ */
+export function routeOf(rel) {
+  if (rel === "/" || rel === "") return "/";
+  const parts = rel.split("/");            // ["", "Users", "abc", ...]
+  let out = `/${parts[1]}`;
+  if (parts.length > 2) out += parts[2] === "" && parts.length === 3 ? "/" : "/:id";
+  for (let i = 3; i < parts.length; i += 1) out += `/${parts[i]}`;
+  return out;
+}
+
+/**
+ * Validates a live rate limiter setting (`rate_limit` of /_control/config):
+ * null/false turns it off; else `{rps, burst = 1, retry_after, status = 429}`.
+ * Returns the compiled limiter (a token bucket, full at first) or null.
+ */
+export function compileLimiter(spec) {
+  if (spec === null || spec === undefined || spec === false) return null;
+  if (typeof spec !== "object" || Array.isArray(spec)) fail("rate_limit must be an object {rps, burst, retry_after, status} or null");
+  for (const k of Object.keys(spec))
+    if (!["rps", "burst", "retry_after", "status"].includes(k)) fail(`rate_limit: unknown key '${k}'`);
+  const num = (k, min, max) => {
+    const v = spec[k];
+    if (v === undefined || v === null) return;
+    if (typeof v !== "number" || !Number.isFinite(v) || v < min || (max !== undefined && v > max))
+      fail(`rate_limit.${k} must be a number in [${min}, ${max ?? "inf"}], got ${JSON.stringify(v)}`);
+  };
+  if (spec.rps === undefined) fail("rate_limit.rps is required (requests per second)");
+  num("rps", 0.001);
+  num("burst", 1);
+  num("retry_after", 0);
+  num("status", 400, 599);
+  const burst = spec.burst ?? 1;
+  return {
+    spec: { rps: spec.rps, burst, retry_after: spec.retry_after ?? null, status: spec.status ?? 429 },
+    tokens: burst,
+    refilled: now(),
+  };
+}
+
+/**
  * The fault and stats state of one server. `base` is the SCIM base path
  * ("/scim/v2"); rules match paths relative to it ("/Users").
  */
@@ -168,13 +211,22 @@ export class Faults {
     this.mode = mode;
     this.latency_ms = latency_ms;
     this.rules = [];
+    this.limiter = null;
     this.reset();
   }
 
   reset() {
     this.rules = [];
+    this.clearStats();
+  }
+
+  /** Clears the counters and the log; rules and the limiter stay. */
+  clearStats() {
     this.total = 0;
     this.by_method = Object.create(null);
+    this.by_route = Object.create(null);
+    this.limited = { passed: 0, refused: 0, first: null, last: null };
+    this.bulk = { requests: 0, operations: 0, by_route: Object.create(null) };
     this.by_status = Object.create(null);
     this.by_fault = Object.create(null);
     this.records = [];
@@ -195,10 +247,52 @@ export class Faults {
       by_method: this.by_method,
       by_status: this.by_status,
       by_fault: this.by_fault,
+      by_route: this.by_route,
+      limiter: this.limiterStats(),
+      bulk: this.bulk,
       faults: this.describe(),
     };
     if (withRequests) out.requests = this.records;
     return out;
+  }
+
+  /**
+   * `{passed, refused, first, last, rate, rps}`: requests the limiter let through
+   * (every SCIM request when none is set) and refused; `first`/`last` are the
+   * arrival times (ms, as `t`) of the first and last passed one; `rate` is
+   * (passed - 1) / (last - first) per second, the rate measured where the
+   * requests arrive (null below 2 requests).
+   */
+  limiterStats() {
+    const l = this.limited;
+    const span = l.last === null ? 0 : l.last - l.first;
+    return { ...l, rate: l.passed >= 2 && span > 0 ? Math.round(((l.passed - 1) / span) * 1e6) / 1e3 : null,
+      rps: this.limiter ? this.limiter.spec.rps : null };
+  }
+
+  /** Counts the operations of one Bulk request (`routes`: "POST /Users", ...). */
+  countBulk(routes) {
+    this.bulk.requests += 1;
+    this.bulk.operations += routes.length;
+    for (const r of routes) this.bulk.by_route[r] = (this.bulk.by_route[r] || 0) + 1;
+  }
+
+  setLimiter(spec) {
+    this.limiter = compileLimiter(spec);
+  }
+
+  // The live limiter's token bucket, refilled by arrival time; true if the request passes.
+  admit() {
+    const lim = this.limiter;
+    if (lim === null) return true;
+    const t = now();
+    lim.tokens = Math.min(lim.spec.burst, lim.tokens + ((t - lim.refilled) / 1000) * lim.spec.rps);
+    lim.refilled = t;
+    if (lim.tokens >= 1) {
+      lim.tokens -= 1;
+      return true;
+    }
+    return false;
   }
 
   record(req, status, fault) {
@@ -221,7 +315,11 @@ export class Faults {
       const path = q < 0 ? url : url.slice(0, q);
       this.total += 1;
       this.by_method[req.method] = (this.by_method[req.method] || 0) + 1;
-      req._rec = { method: req.method, path, t: now() };
+      const rel = path.startsWith(this.base) ? path.slice(this.base.length) || "/" : path;
+      const route = `${req.method} ${routeOf(rel)}`;
+      this.by_route[route] = (this.by_route[route] || 0) + 1;
+      const t = now();
+      req._rec = { method: req.method, path, route, t };
       if (q >= 0) req._rec.query = url.slice(q + 1);
       let fault = null;
       let done = false;
@@ -234,9 +332,24 @@ export class Faults {
       // A connection closed before the response was complete counts as status 0.
       res.on("close", () => finish(res.writableFinished ? res.statusCode : 0));
 
+      // The live rate limiter comes first, as at a provider's front door.
+      if (!this.admit()) {
+        this.limited.refused += 1;
+        fault = "rate_limit";
+        const lim = this.limiter.spec;
+        const headers = { "Content-Type": "application/scim+json" };
+        if (lim.retry_after !== null) headers["Retry-After"] = String(lim.retry_after);
+        res.writeHead(lim.status, headers);
+        res.end(scimError(lim.status, "Too many requests", this.mode));
+        return;
+      }
+      const l = this.limited;
+      l.passed += 1;
+      if (l.first === null) l.first = t;
+      l.last = t;
+
       let rule = null;
       if (this.rules.length > 0) {
-        const rel = path.startsWith(this.base) ? path.slice(this.base.length) || "/" : path;
         for (const r of this.rules) {
           if (r.method && r.method !== req.method) continue;
           if (r.prefix && !rel.startsWith(r.prefix)) continue;

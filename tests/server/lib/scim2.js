@@ -13,6 +13,8 @@ import SCIMMYRouters from "scimmy-routers";
 import { person } from "./store.js";
 
 const CORE = "urn:ietf:params:scim:schemas:core:2.0:User";
+const GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group";
+const PATCHOP = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 const ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 const LIST = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 const SCIM_TYPE = "application/scim+json; charset=utf-8";
@@ -94,11 +96,22 @@ function compare(op, actual, expected, exact) {
   }
 }
 
+// The same for Groups.
+const GROUP_SIMPLE = {
+  id: { get: (g) => g.id, exact: true },
+  externalid: { get: (g) => g.externalId, exact: true },
+  displayname: { get: (g) => g.displayName, exact: false },
+  "members.value": { get: (g) => (g.members || []).map((m) => m.value), exact: true },
+};
+
+// What a strict provider filters on: one `attr eq "value"`, nothing else.
+const STRICT_FILTER_RE = /^\s*[A-Za-z][\w.:$-]*\s+eq\s+"(?:[^"\\]|\\.)*"\s*$/i;
+
 /** A matcher for `attr op "json string"` on a known attribute, or null. */
-export function simpleFilter(text) {
+export function simpleFilter(text, table = SIMPLE) {
   const m = SIMPLE_RE.exec(text);
   if (!m) return null;
-  const attr = SIMPLE[m[1].toLowerCase()];
+  const attr = table[m[1].toLowerCase()];
   if (!attr) return null;
   let value;
   try { value = JSON.parse(m[3]); } catch { return null; }
@@ -294,8 +307,10 @@ function scimError(status, scimType, detail) {
 function sendError(res, ex) {
   let status = ex.status ?? ex.statusCode ?? 500;
   let body;
-  if (ex instanceof SCIMMY.Types.Error) body = new SCIMMY.Messages.Error(ex);
-  else if (ex.type === "entity.parse.failed") body = scimError(400, "invalidSyntax", "Request body is not valid JSON");
+  if (ex instanceof SCIMMY.Types.Error) {
+    // SCIMMY's message refuses some pairs RFC 7644 allows (400 tooMany): ours then.
+    try { body = new SCIMMY.Messages.Error(ex); } catch { body = scimError(status, ex.scimType, ex.message); }
+  } else if (ex.type === "entity.parse.failed") body = scimError(400, "invalidSyntax", "Request body is not valid JSON");
   else if (ex.type === "entity.too.large") body = scimError(413, null, "Request body too large");
   else {
     if (!(status >= 400 && status < 600)) status = 500;
@@ -312,16 +327,45 @@ function intParam(query, name, dflt) {
   return Number.parseInt(v, 10);
 }
 
+const SCIMError = (status, scimType, detail) => new SCIMMY.Types.Error(status, scimType, detail);
+
 /**
  * Installs the SCIM 2.0 provider on `app` at `base` ("/scim/v2").
- * `cfg` is the live server config (page_size, token...); `store` the user store.
+ * `cfg` is the live server config (page_size, token, strict, omit_members_in_list,
+ * max_patch_ops...); `store` the user store; `faults` the stats (Bulk counts).
  */
-export function install(app, { base, cfg, store, origin, meta = false, verify = false }) {
+export function install(app, { base, cfg, store, origin, faults, meta = false, verify = false, bulk }) {
   const groups = new Map();
   const User = SCIMMY.Resources.User;
+  const Group = SCIMMY.Resources.Group;
   User.extend(SCIMMY.Schemas.EnterpriseUser, false);
   if (meta) for (const ext of metaExtensions()) User.extend(ext, false);
   const basepath = () => `${origin()}${base}`;
+
+  // Strict providers want `schemas` naming the resource's core schema in every write.
+  function checkSchemas(body, core, what) {
+    if (!cfg.strict || !isObject(body)) return;
+    if (!Array.isArray(body.schemas))
+      throw SCIMError(400, "invalidSyntax", `${what} body must carry "schemas" including "${core}"`);
+    if (!body.schemas.includes(core))
+      throw SCIMError(400, "invalidValue", `${what} body "schemas" must include "${core}"`);
+  }
+  // A PATCH with more operations, or an operation with more values, than max_patch_ops.
+  function checkPatchSize(body) {
+    const max = cfg.max_patch_ops;
+    if (!max || !isObject(body) || !Array.isArray(body.Operations)) return;
+    if (body.Operations.length > max)
+      throw SCIMError(400, "tooMany", `PATCH with ${body.Operations.length} operations;`
+        + ` this server takes at most ${max} operations per request`);
+    for (const op of body.Operations) {
+      let n = 0;
+      if (isObject(op) && Array.isArray(op.value)) n = op.value.length;
+      else if (isObject(op) && isObject(op.value) && Array.isArray(op.value.members)) n = op.value.members.length;
+      if (n > max)
+        throw SCIMError(400, "tooMany", `PATCH operation with ${n} values;`
+          + ` this server takes at most ${max} values per operation`);
+    }
+  }
 
   // Create or replace, atomically with respect to the uniqueness check: no
   // await between the check and the insert, so concurrent creates of one
@@ -358,6 +402,61 @@ export function install(app, { base, cfg, store, origin, meta = false, verify = 
     return record;
   }
 
+  // Groups: displayName unique case-insensitively; every member must be a stored
+  // user or group (not the group itself); `type` kept as sent, or filled in.
+  function groupIngress(id, instance) {
+    const data = JSON.parse(JSON.stringify(instance));
+    if (typeof data.displayName !== "string" || data.displayName.trim() === "")
+      throw SCIMError(400, "invalidValue", "displayName is required");
+    const current = id === undefined ? undefined : groups.get(id);
+    if (id !== undefined && !current) throw SCIMError(404, null, `Resource ${id} not found`);
+    const gid = id ?? store.newId();
+    const wanted = data.displayName.toLowerCase();
+    for (const [other, g] of groups)
+      if (other !== gid && g.displayName.toLowerCase() === wanted)
+        throw SCIMError(409, "uniqueness", `displayName ${JSON.stringify(data.displayName)} is already taken`);
+    if (Array.isArray(data.members)) {
+      const seen = new Set();
+      const members = [];
+      for (const m of data.members) {
+        const value = m.value;
+        if (typeof value !== "string" || value === "")
+          throw SCIMError(400, "invalidValue", "every member needs a 'value' (the member's id)");
+        const isUser = store.get(value) !== undefined;
+        const isGroup = groups.has(value) && value !== gid;
+        if (value === gid) throw SCIMError(400, "invalidValue", `group ${gid} cannot be a member of itself`);
+        if (!isUser && !isGroup) throw SCIMError(400, "invalidValue", `member ${JSON.stringify(value)} is no user or group here`);
+        if (m.type !== undefined && m.type !== (isUser ? "User" : "Group"))
+          throw SCIMError(400, "invalidValue", `member ${value} is a ${isUser ? "User" : "Group"}, not a ${m.type}`);
+        if (seen.has(value)) continue;          // adding a present member changes nothing
+        seen.add(value);
+        members.push({ ...m, type: isUser ? "User" : "Group" });
+      }
+      if (members.length > 0) data.members = members;
+      else delete data.members;
+    }
+    const stamp = new Date().toISOString();
+    const record = { ...data, id: gid, meta: {
+      resourceType: "Group", created: current ? current.meta.created : stamp, lastModified: stamp,
+      version: store.nextVersion(), location: `${basepath()}/Groups/${gid}`,
+    } };
+    groups.set(gid, record);
+    return record;
+  }
+
+  // A user or group gone: out of every group's members too, as providers do.
+  function dropMember(id) {
+    for (const [gid, g] of groups) {
+      if (!Array.isArray(g.members) || !g.members.some((m) => m.value === id)) continue;
+      const members = g.members.filter((m) => m.value !== id);
+      const record = { ...g, meta: { ...g.meta, version: store.nextVersion(),
+        lastModified: new Date().toISOString() } };
+      if (members.length > 0) record.members = members;
+      else delete record.members;
+      groups.set(gid, record);
+    }
+  }
+
   SCIMMY.Resources.declare(User, {
     ingress,
     egress: (resource) => {
@@ -376,40 +475,44 @@ export function install(app, { base, cfg, store, origin, meta = false, verify = 
           + " cannot be deleted; deactivate it instead (active = false)");
       if (!store.delete(resource.id))
         throw new SCIMMY.Types.Error(404, null, `Resource ${resource.id} not found`);
+      dropMember(resource.id);
     },
   });
 
-  SCIMMY.Resources.declare(SCIMMY.Resources.Group, {
-    ingress: (resource, instance) => {
-      const data = JSON.parse(JSON.stringify(instance));
-      const id = resource.id ?? store.newId();
-      if (resource.id !== undefined && !groups.has(id))
-        throw new SCIMMY.Types.Error(404, null, `Resource ${id} not found`);
-      for (const [gid, g] of groups)
-        if (gid !== id && g.displayName.toLowerCase() === String(data.displayName).toLowerCase())
-          throw new SCIMMY.Types.Error(409, "uniqueness", `displayName ${JSON.stringify(data.displayName)} is already taken`);
-      const stamp = new Date().toISOString();
-      const record = { ...data, id, meta: {
-        resourceType: "Group", created: groups.get(id)?.meta.created ?? stamp, lastModified: stamp,
-        version: store.nextVersion(), location: `${basepath()}/Groups/${id}`,
-      } };
-      groups.set(id, record);
-      return record;
-    },
+  // Declared for /Schemas and /ResourceTypes; our own routes below serve /Groups.
+  SCIMMY.Resources.declare(Group, {
+    ingress: (resource, instance) => groupIngress(resource.id, instance),
     egress: (resource) => {
       if (resource.id !== undefined) {
         const g = groups.get(resource.id);
-        if (!g) throw new SCIMMY.Types.Error(404, null, `Resource ${resource.id} not found`);
-        return g;
+        if (!g) throw SCIMError(404, null, `Resource ${resource.id} not found`);
+        return structuredClone(g);
       }
       const all = Array.from(groups.values());
       return resource.filter ? resource.filter.match(all) : all;
     },
     degress: (resource) => {
-      if (!groups.delete(resource.id))
-        throw new SCIMMY.Types.Error(404, null, `Resource ${resource.id} not found`);
+      if (!groups.delete(resource.id)) throw SCIMError(404, null, `Resource ${resource.id} not found`);
+      dropMember(resource.id);
     },
   });
+
+  // Bulk (RFC 7644 3.7): live settings; `false` turns it off.
+  const bulkCfg = { supported: true, max_operations: 1000, max_payload: 1048576 };
+  function setBulk(b) {
+    if (b === false || b === null) { bulkCfg.supported = false; return publish(); }
+    if (b === true) { bulkCfg.supported = true; return publish(); }
+    if (!isObject(b)) throw Object.assign(new Error("bulk must be false or {max_operations, max_payload}"), { status: 400 });
+    for (const [k, v] of Object.entries(b)) {
+      if (k === "supported" && typeof v === "boolean") continue;
+      if (!["max_operations", "max_payload"].includes(k))
+        throw Object.assign(new Error(`bulk: unknown key '${k}'`), { status: 400 });
+      if (!Number.isInteger(v) || v < 1)
+        throw Object.assign(new Error(`bulk.${k} must be an integer >= 1`), { status: 400 });
+    }
+    Object.assign(bulkCfg, { supported: true }, b);
+    return publish();
+  }
 
   const publish = () => SCIMMY.Config.set({
     patch: true,
@@ -417,187 +520,236 @@ export function install(app, { base, cfg, store, origin, meta = false, verify = 
     etag: true,
     sort: true,
     changePassword: false,
-    bulk: { supported: false, maxOperations: 0, maxPayloadSize: 1048576 },
+    bulk: { supported: bulkCfg.supported, maxOperations: bulkCfg.supported ? bulkCfg.max_operations : 0,
+      maxPayloadSize: bulkCfg.max_payload },
   });
 
   const json = jsonBody(express.json({ type: ["application/scim+json", "application/json"],
     limit: "8mb" }), 8 * 1024 * 1024);
-  const users = express.Router();
 
-  const etagOf = (u) => u && u.meta && u.meta.version;
-  // A record's full "out" JSON, made by SCIMMY once per version: records are
-  // replaced, never changed in place, so the cache is never stale. This keeps
-  // GET and paging cheap (the benchmark compares the client with wrk here).
-  const egress = egressOf(User);
-  const jsonOf = (u) => {
-    if (u.__json === undefined) {
-      const text = JSON.stringify(egress(u));
-      if (verify) verifyEgress(u, text);
-      Object.defineProperty(u, "__json", { value: text });
-    }
-    return u.__json;
-  };
-  // --verify-egress: every answer made by `egress` must equal SCIMMY's own.
-  function verifyEgress(u, text) {
-    const want = JSON.stringify(new User.schema(u, "out", User.basepath()));
-    if (want === text) return;
-    process.stderr.write(`server.js: egress differs from SCIMMY for ${u.id}:\n ours   ${text}\n SCIMMY ${want}\n`);
-    throw new SCIMMY.Types.Error(500, null, `egress of ${u.id} differs from SCIMMY's`);
+  const etagOf = (r) => r && r.meta && r.meta.version;
+  // A record's full "out" JSON, made once per version: records are replaced,
+  // never changed in place, so the cache is never stale. This keeps GET and
+  // paging cheap (the benchmark compares the client with wrk here).
+  function cachedJson(Resource, key) {
+    const egress = egressOf(Resource);
+    return (r) => {
+      if (r[key] === undefined) {
+        const text = JSON.stringify(egress(r));
+        if (verify) verifyEgress(Resource, r, text);
+        Object.defineProperty(r, key, { value: text });
+      }
+      return r[key];
+    };
   }
+  // --verify-egress: every answer made by `egress` must equal SCIMMY's own.
+  function verifyEgress(Resource, r, text) {
+    const want = JSON.stringify(new Resource.schema(r, "out", Resource.basepath()));
+    if (want === text) return;
+    process.stderr.write(`server.js: egress differs from SCIMMY for ${r.id}:\n ours   ${text}\n SCIMMY ${want}\n`);
+    throw SCIMError(500, null, `egress of ${r.id} differs from SCIMMY's`);
+  }
+  const userJson = cachedJson(User, "__json");
+  const groupJson = cachedJson(Group, "__json");
+  // A group's JSON without its members (omit_members_in_list), also cached per version.
+  const groupJsonBare = (() => {
+    const egress = egressOf(Group);
+    return (g) => {
+      if (g.__bare === undefined) {
+        const { members, ...rest } = g;
+        Object.defineProperty(g, "__bare", { value: JSON.stringify(egress(rest)) });
+      }
+      return g.__bare;
+    };
+  })();
+
   // What SCIMMY's Resource#write does around ingress (its checks and error
-  // mapping), minus building the "out" instance: jsonOf does that.
-  function write(resource, instance) {
-    const verb = resource.id !== undefined ? "PUT" : "POST";
+  // mapping), minus building the "out" instance: the cached JSON does that.
+  function write(Resource, id, instance, into) {
+    const verb = id !== undefined ? "PUT" : "POST";
     if (instance === undefined)
-      throw new SCIMMY.Types.Error(400, "invalidSyntax", `Missing request body payload for ${verb} operation`);
+      throw SCIMError(400, "invalidSyntax", `Missing request body payload for ${verb} operation`);
     if (Object(instance) !== instance || Array.isArray(instance))
-      throw new SCIMMY.Types.Error(400, "invalidSyntax",
+      throw SCIMError(400, "invalidSyntax",
         `Operation ${verb} expected request body payload to be single complex value`);
     try {
-      return ingress(resource, new User.schema(instance, "in"));
+      return into(new Resource.schema(instance, "in"));
     } catch (ex) {
       if (ex instanceof SCIMMY.Types.Error) throw ex;
-      if (ex instanceof TypeError) throw new SCIMMY.Types.Error(400, "invalidValue", ex.message);
-      throw new SCIMMY.Types.Error(404, null, `Resource ${resource.id} not found`);
+      if (ex instanceof TypeError) throw SCIMError(400, "invalidValue", ex.message);
+      throw SCIMError(404, null, `Resource ${id} not found`);
     }
   }
   const plain = (q) => q.attributes === undefined && q.excludedAttributes === undefined;
-  const send = (res, status, body, etag) => {
-    res.status(status).type(SCIM_TYPE);
-    if (etag) res.set("ETag", etag);
-    res.send(body);
-  };
   // RFC 7644 3.14: a stale If-Match is 412, so a client can't overwrite a change it hasn't seen.
-  const precondition = (req, id) => {
-    const want = req.get("If-Match");
-    if (!want || want.trim() === "*") return;
-    const u = store.get(id);
-    if (!u) return;
-    const tags = want.split(",").map((t) => t.trim());
-    if (!tags.includes(u.meta.version))
-      throw new SCIMMY.Types.Error(412, null, `Resource ${id} has changed (version ${u.meta.version})`);
+  const precondition = (ifMatch, current, id) => {
+    if (!ifMatch || ifMatch.trim() === "*" || !current) return;
+    const tags = ifMatch.split(",").map((t) => t.trim());
+    if (!tags.includes(current.meta.version))
+      throw SCIMError(412, null, `Resource ${id} has changed (version ${current.meta.version})`);
   };
 
-  users.get("/", (req, res) => {
-    try {
-      const query = { ...req.query };
-      let simple = null;
-      if (typeof query.filter === "string") {
-        simple = simpleFilter(query.filter);
-        if (simple) delete query.filter;
+  /**
+   * The operations on one resource type, shared by the HTTP routes and /Bulk.
+   * Each returns `{status, body, etag, location}` (body: a JSON string, an
+   * object or undefined) or throws a SCIMMY error.
+   */
+  function operations({ Resource, core, name, get, put, jsonOf }) {
+    const answer = (query, resource, r) => (plain(query) ? jsonOf(r)
+      : new Resource.schema(r, "out", Resource.basepath(), resource.attributes));
+    return {
+      get(id, query = {}) {
+        const r = get(id);
+        if (r && plain(query)) return { status: 200, body: jsonOf(r), etag: etagOf(r) };
+        if (!r) throw SCIMError(404, null, `Resource ${id} not found`);
+        const resource = new Resource(id, query);
+        return { status: 200, body: new Resource.schema(r, "out", Resource.basepath(), resource.attributes),
+          etag: etagOf(r) };
+      },
+      create(body, query = {}) {
+        const resource = new Resource(query);
+        checkSchemas(body, core, `POST /${name}`);
+        const r = write(Resource, undefined, body, (inst) => put(undefined, inst));
+        return { status: 201, body: answer(query, resource, r), etag: etagOf(r), location: r.meta.location };
+      },
+      replace(id, body, query = {}, ifMatch) {
+        precondition(ifMatch, get(id), id);
+        const resource = new Resource(id, query);
+        checkSchemas(body, core, `PUT /${name}/${id}`);
+        const r = write(Resource, id, body, (inst) => put(id, inst));
+        return { status: 200, body: answer(query, resource, r), etag: etagOf(r), location: r.meta.location };
+      },
+      async patch(id, rawBody, query = {}, ifMatch) {
+        const current = get(id);
+        precondition(ifMatch, current, id);
+        if (cfg.strict && isObject(rawBody)
+            && !(Array.isArray(rawBody.schemas) && rawBody.schemas.includes(PATCHOP)))
+          throw SCIMError(400, "invalidSyntax", `PATCH body must carry "schemas": ["${PATCHOP}"]`);
+        checkPatchSize(rawBody);
+        const body = Resource === User ? normalizePatch(rawBody, current) : rawBody;
+        const resource = new Resource(id, query);
+        if (!current || !isObject(body)) {
+          await resource.patch(body);     // SCIMMY's own 404 / 400 for these
+          throw SCIMError(404, null, `Resource ${id} not found`);
+        }
+        // SCIMMY's Resource#patch reads (with the request's attribute filter, so
+        // ?attributes= would lose the rest of the resource), applies, always writes
+        // and builds the answer twice. We apply to the whole resource, write only
+        // when the operations changed something (a no-op PATCH leaves the version
+        // alone) and answer from the stored record.
+        const message = new SCIMMY.Messages.PatchOp(body);
+        const target = await message.apply(new Resource.schema(structuredClone(current), "out", Resource.basepath()));
+        if (!target) return { status: 204, etag: etagOf(current), location: current.meta.location };
+        const r = write(Resource, id, target, (inst) => put(id, inst));
+        return { status: 200, body: answer(query, resource, r), etag: etagOf(r), location: r.meta.location };
+      },
+      async remove(id, ifMatch) {
+        const current = get(id);
+        precondition(ifMatch, current, id);
+        await new Resource(id).dispose();
+        return { status: 204, location: `${Resource.basepath()}/${id}` };
+      },
+    };
+  }
+
+  const userOps = operations({ Resource: User, core: CORE, name: "Users",
+    get: (id) => store.get(id), put: (id, inst) => ingress({ id }, inst), jsonOf: userJson });
+  const groupOps = operations({ Resource: Group, core: GROUP, name: "Groups",
+    get: (id) => groups.get(String(id)), put: groupIngress, jsonOf: groupJson });
+
+  const send = (res, out) => {
+    if (out.status === 204) return res.status(204).end();
+    res.status(out.status).type(SCIM_TYPE);
+    if (out.etag) res.set("ETag", out.etag);
+    if (out.status === 201 && out.location) res.set("Location", out.location);
+    res.send(out.body);
+  };
+
+  // Honest paging over `all()`: count defaults to and is capped at the page size.
+  function list(req, res, { Resource, table, all, byName, jsonOf, lean }) {
+    const query = { ...req.query };
+    let simple = null;
+    if (typeof query.filter === "string") {
+      if (cfg.strict && !STRICT_FILTER_RE.test(query.filter))
+        throw SCIMError(400, "invalidFilter", `This server filters only on one 'attribute eq "value"', not ${JSON.stringify(query.filter)}`);
+      simple = simpleFilter(query.filter, table);
+      if (simple) delete query.filter;
+    }
+    delete query.startIndex;
+    delete query.count;
+    // SCIMMY parses and validates the filter, attributes and excludedAttributes.
+    const resource = new Resource(query);
+    const startIndex = Math.max(intParam(req.query, "startIndex", 1), 1);
+    const count = Math.min(Math.max(intParam(req.query, "count", cfg.page_size), 0), cfg.page_size);
+    let matched;
+    if (simple && simple.isName && simple.op === "eq" && byName) {
+      const u = byName(simple.value);
+      matched = u ? [u] : [];
+    } else if (simple) {
+      matched = all().filter(simple.test);
+    } else if (resource.filter) {
+      matched = resource.filter.match(all());
+    } else {
+      matched = all();
+    }
+    if (resource.constraints && resource.constraints.sortBy) {
+      matched = new SCIMMY.Messages.ListResponse(matched, {
+        sortBy: resource.constraints.sortBy, sortOrder: resource.constraints.sortOrder,
+        startIndex: 1, count: matched.length, totalResults: matched.length,
+      }).Resources;
+    }
+    const page = matched.slice(startIndex - 1, startIndex - 1 + count);
+    const head = `{"schemas":["${LIST}"],"totalResults":${matched.length},`
+      + `"itemsPerPage":${page.length},"startIndex":${startIndex},"Resources":[`;
+    const items = plain(req.query) ? page.map(lean ? lean() : jsonOf)
+      : page.map((r) => JSON.stringify(new Resource.schema(r, "out", Resource.basepath(), resource.attributes)));
+    res.status(200).type(SCIM_TYPE).send(`${head}${items.join(",")}]}`);
+  }
+
+  function routes(ops, listing) {
+    const router = express.Router();
+    const wrap = (fn) => async (req, res) => {
+      try {
+        const out = await fn(req);
+        if (out) send(res, out);
+      } catch (ex) {
+        sendError(res, ex);
       }
-      delete query.startIndex;
-      delete query.count;
-      // SCIMMY parses and validates the filter, attributes and excludedAttributes.
-      const resource = new User(query);
-      const startIndex = Math.max(intParam(req.query, "startIndex", 1), 1);
-      const count = Math.min(Math.max(intParam(req.query, "count", cfg.page_size), 0), cfg.page_size);
-      let matched;
-      if (simple && simple.isName && simple.op === "eq") {
-        const u = store.findByName(simple.value);
-        matched = u ? [u] : [];
-      } else if (simple) {
-        matched = store.all().filter(simple.test);
-      } else if (resource.filter) {
-        matched = resource.filter.match(store.all());
-      } else {
-        matched = store.all();
-      }
-      if (resource.constraints && resource.constraints.sortBy) {
-        matched = new SCIMMY.Messages.ListResponse(matched, {
-          sortBy: resource.constraints.sortBy, sortOrder: resource.constraints.sortOrder,
-          startIndex: 1, count: matched.length, totalResults: matched.length,
-        }).Resources;
-      }
-      const page = matched.slice(startIndex - 1, startIndex - 1 + count);
-      const head = `{"schemas":["${LIST}"],"totalResults":${matched.length},`
-        + `"itemsPerPage":${page.length},"startIndex":${startIndex},"Resources":[`;
-      const items = plain(req.query) ? page.map(jsonOf)
-        : page.map((u) => JSON.stringify(new User.schema(u, "out", User.basepath(), resource.attributes)));
-      send(res, 200, `${head}${items.join(",")}]}`);
-    } catch (ex) {
-      sendError(res, ex);
-    }
+    };
+    router.get("/", (req, res) => {
+      try { list(req, res, listing); } catch (ex) { sendError(res, ex); }
+    });
+    router.get("/:id", wrap((req) => ops.get(req.params.id, req.query)));
+    router.post("/", json, wrap((req) => ops.create(req.body, req.query)));
+    router.put("/:id", json, wrap((req) => ops.replace(req.params.id, req.body, req.query, req.get("If-Match"))));
+    router.patch("/:id", json, wrap((req) => ops.patch(req.params.id, req.body, req.query, req.get("If-Match"))));
+    router.delete("/:id", wrap((req) => ops.remove(req.params.id, req.get("If-Match"))));
+    return router;
+  }
+
+  // Strict providers route exactly: a trailing slash on a resource path is a 404.
+  app.use((req, res, next) => {
+    if (!cfg.strict || !req.path.startsWith(`${base}/`)) return next();
+    const rel = req.path.slice(base.length);
+    if (rel.length > 1 && rel.endsWith("/"))
+      return sendError(res, SCIMError(404, null, `No resource at ${req.path} (no trailing slash here)`));
+    next();
   });
-
-  users.get("/:id", async (req, res) => {
-    try {
-      const u = store.get(req.params.id);
-      if (u && plain(req.query)) return send(res, 200, jsonOf(u), etagOf(u));
-      const out = await new User(req.params.id, req.query).read();
-      send(res, 200, out, etagOf(store.get(req.params.id)));
-    } catch (ex) {
-      sendError(res, ex);
-    }
-  });
-
-  // The answer to a write: ours for a plain request, SCIMMY's for attributes=/excludedAttributes=.
-  const written = (req, resource, u) => (plain(req.query) ? jsonOf(u)
-    : new User.schema(u, "out", User.basepath(), resource.attributes));
-
-  users.post("/", json, (req, res) => {
-    try {
-      const resource = new User(req.query);
-      const u = write(resource, req.body);
-      res.set("Location", u.meta.location);
-      send(res, 201, written(req, resource, u), etagOf(u));
-    } catch (ex) {
-      sendError(res, ex);
-    }
-  });
-
-  users.put("/:id", json, (req, res) => {
-    try {
-      precondition(req, req.params.id);
-      const resource = new User(req.params.id, req.query);
-      const u = write(resource, req.body);
-      send(res, 200, written(req, resource, u), etagOf(u));
-    } catch (ex) {
-      sendError(res, ex);
-    }
-  });
-
-  users.patch("/:id", json, async (req, res) => {
-    try {
-      precondition(req, req.params.id);
-      const current = store.get(req.params.id);
-      const body = normalizePatch(req.body, current);
-      const resource = new User(req.params.id, req.query);
-      if (!current || !isObject(body)) {
-        await resource.patch(body);     // SCIMMY's own 404 / 400 for these
-        throw new SCIMMY.Types.Error(404, null, `Resource ${req.params.id} not found`);
-      }
-      // SCIMMY's Resource#patch reads (with the request's attribute filter, so
-      // ?attributes= would lose the rest of the user), applies, always writes and
-      // builds the answer twice. We apply to the whole user as read() gives it,
-      // write only when the operations changed something (a no-op PATCH leaves
-      // the version alone) and answer from the stored record.
-      const message = new SCIMMY.Messages.PatchOp(body);
-      const target = await message.apply(new User.schema(structuredClone(current), "out", User.basepath()));
-      if (!target) return res.status(204).end();
-      const u = write(resource, target);
-      send(res, 200, written(req, resource, u), etagOf(u));
-    } catch (ex) {
-      sendError(res, ex);
-    }
-  });
-
-  users.delete("/:id", async (req, res) => {
-    try {
-      precondition(req, req.params.id);
-      await new User(req.params.id).dispose();
-      res.status(204).end();
-    } catch (ex) {
-      sendError(res, ex);
-    }
-  });
-
-  app.use(`${base}/Users`, users);
+  app.use(`${base}/Users`, routes(userOps, { Resource: User, table: SIMPLE, all: () => store.all(),
+    byName: (n) => store.findByName(n), jsonOf: userJson }));
+  app.use(`${base}/Groups`, routes(groupOps, { Resource: Group, table: GROUP_SIMPLE,
+    all: () => Array.from(groups.values()), jsonOf: groupJson,
+    lean: () => (cfg.omit_members_in_list ? groupJsonBare : groupJson) }));
+  if (bulk) {
+    app.post(`${base}/Bulk`, bulk.handler({ cfg, bulkCfg, faults, userOps, groupOps,
+      sendError, SCIMError, SCIM_TYPE, basepath }));
+  }
   app.use(base || "/", new SCIMMYRouters({
     type: "bearer",
     handler: () => "admin",      // the token was checked in front of everything
     baseUri: () => origin(),
   }));
+  if (meta) bulkCfg.supported = false;   // Meta's SCIM API has no /Bulk
   publish();
   app.use((ex, req, res, next) => {   // errors from the body parser and others
     if (res.headersSent) return next(ex);
@@ -606,9 +758,15 @@ export function install(app, { base, cfg, store, origin, meta = false, verify = 
 
   return {
     publish,
+    setBulk,
+    bulkConfig: () => (bulkCfg.supported ? { ...bulkCfg } : false),
     /** Called once the port is known: absolute meta.location URLs. */
-    ready: () => User.basepath(basepath()),
+    ready: () => {
+      User.basepath(basepath());
+      Group.basepath(basepath());
+    },
     clear: () => groups.clear(),
+    groups: () => Array.from(groups.values()),
     /** Inserts users without going through HTTP; returns their SCIM resources. */
     seed(list) {
       const out = [];
@@ -623,6 +781,13 @@ export function install(app, { base, cfg, store, origin, meta = false, verify = 
         out.push(ingress({}, new User.schema({ ...u, schemas }, "in"), statuses[i]));
       });
       return out;
+    },
+    /** Inserts groups without going through HTTP (members must exist). */
+    seedGroups(list) {
+      return list.map((g, i) => {
+        if (!isObject(g)) throw SCIMError(400, "invalidValue", `seed group ${i + 1}: expected an object`);
+        return groupIngress(undefined, new Group.schema({ schemas: [GROUP], ...g }, "in"));
+      });
     },
     generated(i, prefix) {
       const p = person(i, prefix);
