@@ -35,6 +35,7 @@ build = {
     ["scim"] = "lua/scim/init.lua",
     ["scim.cli"] = "lua/scim/cli.lua",
     ["scim.client"] = "lua/scim/client.lua",
+    ["scim.token"] = "lua/scim/token.lua",
     ["scim.filter"] = "lua/scim/filter.lua",
     ["scim.http"] = "lua/scim/http.lua",
     ["scim.json"] = "lua/scim/json.lua",

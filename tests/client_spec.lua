@@ -910,6 +910,185 @@ describe("scim.client", function()
     end)
   end)
 
+  describe("groups against the scim2 test server", function()
+    local server = require "support.server"
+    local s, c
+    server.per_describe(_ENV, { mode = "scim2" }, function(started) s = started end)
+
+    before_each(function()
+      s:configure{ omit_members_in_list = false, max_patch_ops = 0 }
+      c = client.new{ url = s.url, token = s.token }
+    end)
+    after_each(function()
+      if c then c:close() end
+      c = nil
+    end)
+
+    local function route(name)
+      return s:stats().by_route[name] or 0
+    end
+
+    local function member_ids(g)
+      local ids = {}
+      for _, m in ipairs(g.members or {}) do ids[#ids + 1] = m.value end
+      table.sort(ids)
+      return ids
+    end
+
+    it("creates, finds, patches members in batches and deletes", function()
+      local users = s:seed(7)
+      local ids = {}
+      for i, u in ipairs(users) do ids[i] = u.id end
+      table.sort(ids)
+      local g = assert(c:create_group{ displayName = "Sales" })
+      assert.is_string(g.id)
+      assert.equal(g.id, assert(c:find_group("sALES")).id)
+      assert.is_false(c:find_group("Marketing"))
+      s:reset_stats()
+      -- 7 adds, at most 2 values per operation and 2 operations per request: 2 PATCHes.
+      assert(c:add_members(g.id, ids, { max_values = 2, max_operations = 2 }))
+      assert.equal(2, route("PATCH /Groups/:id"))
+      assert.same(ids, member_ids(assert(c:get_group(g.id))))
+      -- 3 removes, one operation each, 2 per request: 2 PATCHes.
+      s:reset_stats()
+      assert(c:remove_members(g.id, { ids[1], ids[2], ids[3] }, { max_operations = 2 }))
+      assert.equal(2, route("PATCH /Groups/:id"))
+      assert.same({ ids[4], ids[5], ids[6], ids[7] }, member_ids(assert(c:get_group(g.id))))
+      assert(c:remove_members(g.id, { ids[4] }, { style = "value" }))
+      assert.same({ ids[5], ids[6], ids[7] }, member_ids(assert(c:get_group(g.id))))
+      assert.is_true(c:add_members(g.id, {}))
+      assert.is_true(c:delete_group(g.id))
+      assert.equal("NOT_FOUND", select(3, c:get_group(g.id)))
+      assert.equal("BAD_ID", select(3, c:delete_group("..")))
+      assert.equal("BAD_ID", select(3, c:add_members(".", { ids[1] })))
+    end)
+
+    it("honours a server's cap on PATCH operations, and says how far it got", function()
+      local users = s:seed(5)
+      local g = assert(c:create_group{ displayName = "Ops" })
+      s:configure{ max_patch_ops = 2 }
+      local ids = {}
+      for i, u in ipairs(users) do ids[i] = u.id end
+      local v, err, code = c:remove_members(g.id, ids, { max_operations = 3 })
+      assert.is_nil(v)
+      assert.equal("TOO_MANY", code, tostring(err))
+      assert.equal(0, err.applied)
+      c:close()
+      c = client.new{ url = s.url, token = s.token, max_patch_operations = 2,
+        max_patch_values = 2 }
+      assert(c:add_members(g.id, ids))
+      assert.equal(5, #assert(c:get_group(g.id)).members)
+      assert(c:remove_members(g.id, ids))
+      assert.is_nil(assert(c:get_group(g.id)).members)
+    end)
+
+    it("lists groups with their members, reading each group when listings omit them", function()
+      local users = s:seed(4)
+      local made = s:seed_groups{
+        { displayName = "A", members = { { value = users[1].id }, { value = users[2].id } } },
+        { displayName = "B", members = { { value = users[3].id } } },
+        { displayName = "Empty" },
+      }
+      s:seed_groups{ { displayName = "Nested", members = { { value = made[1].id } } } }
+      for _, omit in ipairs{ false, true } do
+        s:configure{ omit_members_in_list = omit }
+        c:close()
+        c = client.new{ url = s.url, token = s.token }
+        s:reset_stats()
+        local by_name = {}
+        for g in c:groups{ members = true, count = 2 } do by_name[g.displayName] = g end
+        assert.equal(2, #by_name.A.members)
+        assert.equal(1, #by_name.B.members)
+        assert.is_nil(by_name.Empty.members)
+        assert.equal("Group", by_name.Nested.members[1].type)
+        assert.equal(made[1].id, by_name.Nested.members[1].value)
+        -- The listing asks for members (this server then gives them): no group read.
+        assert.equal(0, route("GET /Groups/:id"))
+        for _, r in ipairs(s:stats().requests) do
+          if r.route == "GET /Groups" then
+            assert.matches("attributes=displayName,externalId,members", r.query, 1, true)
+          end
+        end
+        local all = assert(c:find_groups())
+        assert.equal(4, #all)
+      end
+    end)
+  end)
+
+  describe("groups from a server that never lists members", function()
+    it("reads each group without members once, in listing order", function()
+      local groups = {
+        { id = "g1", displayName = "A" }, { id = "g2", displayName = "B" },
+        { id = "g3", displayName = "Empty" },
+      }
+      local members = { g1 = { { value = "u1" } }, g2 = { { value = "u2" }, { value = "u3" } } }
+      local c, e = new_client(function(_, path, params)
+        if path:find("ResourceTypes") then return response(404) end
+        if path:find("ServiceProviderConfig") then return response(404) end
+        local id = path:match("/Groups/(.+)$")
+        if id then
+          assert.equal("members", params.attributes)
+          return response(200, { id = id, members = members[id] })
+        end
+        assert.equal("displayName,externalId,members", params.attributes)
+        local start = tonumber(params.startIndex)
+        local page = json.array()
+        for i = start, math.min(#groups, start + 1) do page[#page + 1] = groups[i] end
+        return response(200, { totalResults = #groups, Resources = page })
+      end)
+      local got = {}
+      for g in c:groups{ members = true, count = 2 } do
+        got[#got + 1] = g.displayName .. ":" .. #(g.members or {})
+      end
+      assert.same({ "A:1", "B:2", "Empty:0" }, got)
+      local reads = 0
+      for _, r in ipairs(e.sent) do
+        if r.url:find("/Groups/") then reads = reads + 1 end
+      end
+      assert.equal(3, reads)
+    end)
+  end)
+
+  describe("groups without server support", function()
+    it("refuses in a dialect without Groups, sending nothing", function()
+      local c, e = new_client(function() return response(200, {}) end,
+        { dialect = "workplace_v1", url = "http://127.0.0.1:9/scim/v1/" })
+      for _, call in ipairs{
+        function() return c:create_group{ displayName = "x" } end,
+        function() return c:find_group("x") end,
+        function() return c:add_members("1", { "2" }) end,
+        function() return c:delete_group("1") end,
+      } do
+        local v, err, code = call()
+        assert.is_nil(v)
+        assert.equal("UNSUPPORTED", code)
+        assert.matches("dialect has no Groups", tostring(err))
+      end
+      assert.has_error(function() for _ in c:groups() do end end)
+      assert.equal(0, #e.sent)
+    end)
+
+    it("refuses when /ResourceTypes has no Group, asking once", function()
+      local c, e = new_client(function(_, path)
+        if path:find("ResourceTypes") then
+          return response(200, { totalResults = 1, Resources = { { name = "User",
+            endpoint = "/Users" } } })
+        end
+        return response(201, { id = "g" })
+      end)
+      assert.equal("UNSUPPORTED", select(3, c:create_group{ displayName = "x" }))
+      assert.equal("UNSUPPORTED", select(3, c:find_groups()))
+      assert.equal(1, #e.sent)
+      -- A server without /ResourceTypes is tried.
+      c, e = new_client(function(_, path)
+        if path:find("ResourceTypes") then return response(404) end
+        return response(201, { id = "g", displayName = "x" })
+      end)
+      assert.equal("g", assert(c:create_group{ displayName = "x" }).id)
+      assert.equal(2, #e.sent)
+    end)
+  end)
+
   describe("against the v1 test server", function()
     local server = require "support.server"
     local s, c

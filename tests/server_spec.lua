@@ -86,7 +86,7 @@ describe("support.server harness", function()
     assert.has_error(function() server.start{ prot = 1 } end,
       "server.start: unknown option 'prot'")
     assert.has_error(function() server.start{ mode = "v3" } end,
-      'server.start: mode must be "scim2", "meta" or "v1", got v3')
+      'server.start: mode must be "scim2", "meta", "v1" or "entra", got v3')
     assert.has_error(function() server.start{ page_size = 0 } end,
       "server.start: page_size must be an integer >= 1, got 0")
   end)
@@ -1156,5 +1156,430 @@ describe("rate limiter", function()
     assert.equal(200, t:request{ path = "Users" }.status)
     assert.equal(1, t:stats().limiter.passed)
     t:stop()
+  end)
+end)
+
+describe("groups (scim2 and meta)", function()
+  local s
+  server.per_describe(_ENV, { page_size = 4, verify_egress = true },
+    function(started) s = started end)
+
+  local GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+  local function group(name, members)
+    local g = { schemas = { GROUP }, displayName = name }
+    if members then
+      g.members = {}
+      for i, m in ipairs(members) do
+        g.members[i] = type(m) == "table" and m or { value = m }
+      end
+    end
+    return g
+  end
+  local function patch(ops) return { schemas = { PATCHOP }, Operations = ops } end
+  local function member_ids(g)
+    local out = {}
+    for _, m in ipairs(g.members or {}) do out[#out + 1] = m.value end
+    table.sort(out)
+    return out
+  end
+  local function sorted(t) table.sort(t) return t end
+
+  it("creates groups with user and group members, keeping each member's type", function()
+    local a, b = table.unpack(s:seed(2))
+    local inner = s:request{ method = "POST", path = "Groups",
+                             body = group("Inner", { { value = b.id, type = "User" } }) }
+    assert.equal(201, inner.status, inner.body)
+    assert.equal(s.url .. "Groups/" .. inner.json.id, inner.headers.location)
+    local res = s:request{ method = "POST", path = "Groups", body = group("Outer", {
+      { value = a.id, display = "A" }, { value = inner.json.id, type = "Group" } }) }
+    assert.equal(201, res.status, res.body)
+    local got = s:request{ path = "Groups/" .. res.json.id }
+    assert.equal(200, got.status)
+    assert.equal(res.json.meta.version, got.headers.etag)
+    local types = {}
+    for _, m in ipairs(got.json.members) do types[m.value] = m.type end
+    assert.same({ [a.id] = "User", [inner.json.id] = "Group" }, types)
+    assert.equal("A", got.json.members[1].display)
+    -- Members that are not here, a wrong type, or the group itself: 400 invalidValue.
+    for _, bad in ipairs{ { { value = "nobody" } }, { { value = a.id, type = "Group" } } } do
+      res = s:request{ method = "POST", path = "Groups", body = group("Bad", bad) }
+      assert.equal(400, res.status, res.body)
+      assert.equal("invalidValue", res.json.scimType)
+    end
+    res = s:request{ method = "PATCH", path = "Groups/" .. inner.json.id, body = patch{
+      { op = "add", path = "members", value = { { value = inner.json.id } } } } }
+    assert.equal(400, res.status)
+    assert.equal(2, #s:groups())
+  end)
+
+  it("lists with honest paging, members on request, and omits them when configured", function()
+    local users = s:seed(3)
+    local list = {}
+    for i = 1, 6 do list[i] = { displayName = "G" .. i, members = { { value = users[1].id } } } end
+    s:seed_groups(list)
+    local res = s:request{ path = "Groups?count=10" }
+    assert.equal(6, res.json.totalResults)
+    assert.equal(4, res.json.itemsPerPage)
+    assert.equal(4, #res.json.Resources)
+    assert.equal(1, #res.json.Resources[1].members)
+    res = s:request{ path = "Groups?startIndex=5&count=3" }
+    assert.equal(2, res.json.itemsPerPage)
+    assert.equal("G5", res.json.Resources[1].displayName)
+    s:configure{ omit_members_in_list = true }
+    res = s:request{ path = "Groups" }
+    assert.is_nil(res.json.Resources[1].members)
+    assert.equal("G1", res.json.Resources[1].displayName)
+    res = s:request{ path = "Groups?attributes=members" }
+    assert.equal(users[1].id, res.json.Resources[1].members[1].value)
+    -- A single group still has its members.
+    assert.equal(1, #s:request{ path = "Groups/" .. res.json.Resources[1].id }.json.members)
+    s:configure{ omit_members_in_list = false }
+    res = s:request{ path = "Groups?filter=" .. escape('displayName eq "g3"') }
+    assert.equal(1, res.json.totalResults)
+    res = s:request{ path = "Groups?filter=" .. escape('members.value eq "' .. users[1].id .. '"') }
+    assert.equal(6, res.json.totalResults)
+  end)
+
+  it("patches members with add and remove, by value filter too", function()
+    local u = s:seed(4)
+    local g = s:seed_groups{ { displayName = "Team", members = { { value = u[1].id } } } }[1]
+    local path = "Groups/" .. g.id
+    local res = s:request{ method = "PATCH", path = path, body = patch{
+      { op = "add", path = "members", value = { { value = u[2].id }, { value = u[3].id } } },
+      { op = "add", path = "members", value = { { value = u[1].id } } } } }    -- already in
+    assert.equal(200, res.status, res.body)
+    assert.same(sorted{ u[1].id, u[2].id, u[3].id }, member_ids(res.json))
+    res = s:request{ method = "PATCH", path = path, body = patch{
+      { op = "remove", path = 'members[value eq "' .. u[2].id .. '"]' } } }
+    assert.equal(200, res.status, res.body)
+    assert.same(sorted{ u[1].id, u[3].id }, member_ids(res.json))
+    res = s:request{ method = "PATCH", path = path, body = patch{
+      { op = "remove", path = "members", value = { { value = u[1].id } } },
+      { op = "add", path = "members", value = { { value = u[4].id, type = "User" } } } } }
+    assert.equal(200, res.status, res.body)
+    assert.same(sorted{ u[3].id, u[4].id }, member_ids(s:request{ path = path }.json))
+    res = s:request{ method = "PATCH", path = path, body = patch{
+      { op = "replace", path = "displayName", value = "Team 2" } } }
+    assert.equal("Team 2", res.json.displayName)
+    assert.same(sorted{ u[3].id, u[4].id }, member_ids(res.json))
+  end)
+
+  it("drops a deleted user or group from every group's members", function()
+    local u = s:seed(2)
+    local inner = s:seed_groups{ { displayName = "In", members = { { value = u[1].id } } } }[1]
+    local outer = s:seed_groups{ { displayName = "Out", members = {
+      { value = u[1].id }, { value = u[2].id }, { value = inner.id } } } }[1]
+    assert.equal(204, s:request{ method = "DELETE", path = "Users/" .. u[1].id }.status)
+    assert.same(sorted{ u[2].id, inner.id }, member_ids(s:request{ path = "Groups/" .. outer.id }.json))
+    assert.is_nil(s:request{ path = "Groups/" .. inner.id }.json.members)
+    assert.equal(204, s:request{ method = "DELETE", path = "Groups/" .. inner.id }.status)
+    assert.same({ u[2].id }, member_ids(s:request{ path = "Groups/" .. outer.id }.json))
+    assert.equal(404, s:request{ path = "Groups/" .. inner.id }.status)
+  end)
+
+  it("caps PATCH operations and values per operation with max_patch_ops", function()
+    local u = s:seed(4)
+    local g = s:seed_groups{ { displayName = "Cap" } }[1]
+    s:configure{ max_patch_ops = 2 }
+    local function add(ids)
+      local v = {}
+      for i, id in ipairs(ids) do v[i] = { value = id } end
+      return { op = "add", path = "members", value = v }
+    end
+    local res = s:request{ method = "PATCH", path = "Groups/" .. g.id,
+                           body = patch{ add{ u[1].id }, add{ u[2].id }, add{ u[3].id } } }
+    assert.equal(400, res.status)
+    assert.equal("tooMany", res.json.scimType)
+    assert.matches("at most 2 operations", res.json.detail)
+    res = s:request{ method = "PATCH", path = "Groups/" .. g.id,
+                     body = patch{ add{ u[1].id, u[2].id, u[3].id } } }
+    assert.equal(400, res.status)
+    assert.matches("at most 2 values", res.json.detail)
+    res = s:request{ method = "PATCH", path = "Groups/" .. g.id,
+                     body = patch{ add{ u[1].id, u[2].id }, add{ u[3].id } } }
+    assert.equal(200, res.status, res.body)
+    assert.equal(3, #res.json.members)
+    s:configure{ max_patch_ops = 0 }
+  end)
+
+  it("serves the same in meta mode, with the options given at start", function()
+    local m = server.start{ mode = "meta", omit_members_in_list = true, max_patch_ops = 1 }
+    local UA = { ["User-Agent"] = "t/1" }
+    local u = m:seed(2)
+    local res = m:request{ method = "POST", path = "Groups", headers = UA,
+                           body = group("M", { u[1].id }) }
+    assert.equal(201, res.status, res.body)
+    assert.matches("^%d+$", res.json.id)
+    local list = m:request{ path = "Groups", headers = UA }.json
+    assert.is_nil(list.Resources[1].members)
+    res = m:request{ method = "PATCH", path = "Groups/" .. res.json.id, headers = UA,
+      body = patch{ { op = "add", path = "members", value = { { value = u[2].id } } },
+                    { op = "remove", path = 'members[value eq "' .. u[1].id .. '"]' } } }
+    assert.equal(400, res.status)
+    assert.equal("tooMany", res.json.scimType)
+    assert.is_false(m:request{ path = "ServiceProviderConfig", headers = UA }.json.bulk.supported)
+    m:stop()
+  end)
+end)
+
+describe("bulk (RFC 7644 3.7)", function()
+  local s
+  server.per_describe(_ENV, { verify_egress = true }, function(started) s = started end)
+
+  local GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+  local BULK_REQ = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+  local BULK_RES = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
+  local function bulk(ops, extra)
+    local body = { schemas = { BULK_REQ }, Operations = ops }
+    for k, v in pairs(extra or {}) do body[k] = v end
+    return s:request{ method = "POST", path = "Bulk", body = body }
+  end
+  local function statuses(res)
+    local out = {}
+    for i, op in ipairs(res.json.Operations) do out[i] = op.status end
+    return out
+  end
+
+  it("is advertised in ServiceProviderConfig, live", function()
+    local spc = s:request{ path = "ServiceProviderConfig" }.json
+    assert.same({ supported = true, maxOperations = 1000, maxPayloadSize = 1048576 }, spc.bulk)
+    s:configure{ bulk = { max_operations = 50, max_payload = 4096 } }
+    spc = s:request{ path = "ServiceProviderConfig" }.json
+    assert.same({ supported = true, maxOperations = 50, maxPayloadSize = 4096 }, spc.bulk)
+    s:configure{ bulk = false }
+    assert.is_false(s:request{ path = "ServiceProviderConfig" }.json.bulk.supported)
+    local res = bulk{}
+    assert.equal(501, res.status)
+    assert.same({ ERROR }, res.json.schemas)
+    s:configure{ bulk = { max_operations = 1000, max_payload = 1048576 } }
+  end)
+
+  it("resolves bulkId references in any order: manager, members, paths", function()
+    local boss_ref = { value = "bulkId:boss" }
+    local res = bulk{
+      { method = "POST", path = "/Users", bulkId = "ann",
+        data = user("ann@example.com", { schemas = { CORE, ENTERPRISE },
+                                         [ENTERPRISE] = { manager = boss_ref } }) },
+      { method = "POST", path = "/Groups", bulkId = "team",
+        data = { schemas = { GROUP }, displayName = "Team",
+                 members = { { value = "bulkId:ann", type = "User" },
+                             { value = "bulkId:inner", type = "Group" } } } },
+      { method = "POST", path = "/Users", bulkId = "boss", data = user("boss@example.com") },
+      { method = "POST", path = "/Groups", bulkId = "inner",
+        data = { schemas = { GROUP }, displayName = "Inner" } },
+      { method = "PATCH", path = "/Groups/bulkId:inner", data = { schemas = { PATCHOP },
+        Operations = { { op = "add", path = "members", value = { { value = "bulkId:boss" } } } } } },
+    }
+    assert.equal(200, res.status, res.body)
+    assert.same({ BULK_RES }, res.json.schemas)
+    assert.same({ "201", "201", "201", "201", "200" }, statuses(res))
+    local ops = res.json.Operations
+    assert.equal("ann", ops[1].bulkId)
+    assert.equal("POST", ops[1].method)
+    local ann, team, boss, inner = ops[1].response, ops[2].response, ops[3].response,
+                                   ops[4].response
+    assert.equal(s.url .. "Users/" .. ann.id, ops[1].location)
+    assert.equal(ann.meta.version, ops[1].version)
+    assert.equal(boss.id, s:request{ path = "Users/" .. ann.id }.json[ENTERPRISE].manager.value)
+    local types = {}
+    for _, m in ipairs(s:request{ path = "Groups/" .. team.id }.json.members) do
+      types[m.value] = m.type
+    end
+    assert.same({ [ann.id] = "User", [inner.id] = "Group" }, types)
+    assert.equal(boss.id, s:request{ path = "Groups/" .. inner.id }.json.members[1].value)
+    local st = s:stats()
+    assert.same({ ["POST /Bulk"] = 1, ["GET /Users/:id"] = 1, ["GET /Groups/:id"] = 2 },
+                st.by_route)
+    assert.equal(1, st.by_method.POST)
+    assert.same({ requests = 1, operations = 5, by_route = { ["POST /Users"] = 2,
+      ["POST /Groups"] = 2, ["PATCH /Groups/:id"] = 1 } }, st.bulk)
+  end)
+
+  it("runs PUT, PATCH and DELETE with version checks, and reports each failure", function()
+    local a, b = table.unpack(s:seed(2))
+    local res = bulk{
+      { method = "PUT", path = "/Users/" .. a.id, version = a.meta.version,
+        data = user(a.userName, { title = "Put" }) },
+      { method = "PATCH", path = "/Users/" .. b.id, version = 'W/"999"', data = {
+        schemas = { PATCHOP }, Operations = { { op = "replace", path = "title", value = "X" } } } },
+      { method = "DELETE", path = "/Users/" .. b.id },
+      { method = "DELETE", path = "/Users/nobody" },
+      { method = "POST", path = "/Users", bulkId = "dup", data = user(a.userName) },
+      { method = "GET", path = "/Users" },
+      { method = "POST", path = "/Things", bulkId = "t", data = {} },
+      { method = "POST", path = "/Users", data = user("nobulkid@example.com") },
+      { method = "PATCH", path = "/Users/bulkId:unknown", data = { schemas = { PATCHOP },
+        Operations = { { op = "replace", path = "title", value = "X" } } } },
+    }
+    assert.equal(200, res.status, res.body)
+    assert.same({ "200", "412", "204", "404", "409", "400", "400", "400", "409" }, statuses(res))
+    local ops = res.json.Operations
+    assert.equal("Put", ops[1].response.title)
+    assert.equal(s.url .. "Users/" .. b.id, ops[3].location)
+    assert.is_nil(ops[3].response)
+    assert.same({ ERROR }, ops[5].response.schemas)
+    assert.equal("uniqueness", ops[5].response.scimType)
+    assert.equal("409", ops[5].response.status)
+    assert.equal("invalidPath", ops[7].response.scimType)
+    assert.matches("bulkId:unknown names no POST", ops[9].response.detail)
+    assert.equal(1, #s:users())
+  end)
+
+  it("stops after failOnErrors errors, and fails references to failed POSTs or cycles", function()
+    local res = bulk({
+      { method = "POST", path = "/Users", bulkId = "x", data = { schemas = { CORE } } },
+      { method = "POST", path = "/Users", bulkId = "y", data = user("y@example.com") },
+      { method = "POST", path = "/Users", bulkId = "z", data = { schemas = { CORE } } },
+      { method = "POST", path = "/Users", bulkId = "w", data = user("w@example.com") },
+    }, { failOnErrors = 2 })
+    assert.same({ "400", "201", "400" }, statuses(res))
+    assert.equal(1, #s:users())
+    res = bulk{
+      { method = "POST", path = "/Users", bulkId = "bad", data = { schemas = { CORE } } },
+      { method = "POST", path = "/Groups", bulkId = "g", data = { schemas = { GROUP },
+        displayName = "G", members = { { value = "bulkId:bad" } } } },
+      { method = "POST", path = "/Groups", bulkId = "c1", data = { schemas = { GROUP },
+        displayName = "C1", members = { { value = "bulkId:c2" } } } },
+      { method = "POST", path = "/Groups", bulkId = "c2", data = { schemas = { GROUP },
+        displayName = "C2", members = { { value = "bulkId:c1" } } } },
+    }
+    assert.same({ "400", "409", "409", "409" }, statuses(res))
+    assert.matches("failed", res.json.Operations[2].response.detail)
+    assert.matches("circular", res.json.Operations[3].response.detail)
+    assert.same({}, s:groups())
+  end)
+
+  it("enforces maxOperations and maxPayloadSize with 413, and the BulkRequest schema", function()
+    s:configure{ bulk = { max_operations = 2, max_payload = 1000 } }
+    local ops = {}
+    for i = 1, 3 do
+      ops[i] = { method = "POST", path = "/Users", bulkId = "u" .. i,
+                 data = user("u" .. i .. "@example.com") }
+    end
+    local res = bulk(ops)
+    assert.equal(413, res.status)
+    assert.same({ ERROR }, res.json.schemas)
+    assert.matches("maxOperations %(2%)", res.json.detail)
+    ops[3] = nil
+    ops[2].data.title = string.rep("x", 1000)
+    res = bulk(ops)
+    assert.equal(413, res.status)
+    assert.matches("maxPayloadSize %(1000%)", res.json.detail)
+    -- Chunked (no Content-Length): counted while read.
+    res = s:request{ method = "POST", path = "Bulk", headers = { ["Transfer-Encoding"] = "chunked" },
+                     body = { schemas = { BULK_REQ }, Operations = ops } }
+    assert.equal(413, res.status)
+    assert.same({}, s:users())
+    s:configure{ bulk = { max_operations = 1000, max_payload = 1048576 } }
+    res = s:request{ method = "POST", path = "Bulk", body = { Operations = {} } }
+    assert.equal(400, res.status)
+    assert.equal("invalidSyntax", res.json.scimType)
+    assert.equal(400, bulk({}, { failOnErrors = 0 }).status)
+  end)
+
+  it("applies strict mode and max_patch_ops to each operation", function()
+    s:configure{ strict = true, max_patch_ops = 1 }
+    local u = s:seed(1)[1]
+    local res = bulk{
+      { method = "POST", path = "/Users", bulkId = "a", data = { userName = "a@example.com" } },
+      { method = "PATCH", path = "/Users/" .. u.id, data = { schemas = { PATCHOP }, Operations = {
+        { op = "replace", path = "title", value = "A" },
+        { op = "replace", path = "nickName", value = "B" } } } },
+    }
+    s:configure{ strict = false, max_patch_ops = 0 }
+    assert.same({ "400", "400" }, statuses(res))
+    assert.equal("invalidSyntax", res.json.Operations[1].response.scimType)
+    assert.equal("tooMany", res.json.Operations[2].response.scimType)
+  end)
+end)
+
+describe("entra mode (API-driven inbound provisioning)", function()
+  local s
+  server.per_describe(_ENV, { mode = "entra" }, function(started) s = started end)
+
+  local BULK_REQ = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+  local CUSTOM = "urn:ietf:params:scim:schemas:extension:contoso:1.0:User"
+  local function op(i, extra)
+    local data = { schemas = { CORE, ENTERPRISE, CUSTOM }, externalId = "E" .. i,
+      userName = "u" .. i .. "@example.com", name = { givenName = "G", familyName = "F" .. i },
+      active = true, [ENTERPRISE] = { employeeNumber = tostring(i), department = "D" },
+      [CUSTOM] = { costCenter = "C" .. i } }
+    for k, v in pairs(extra or {}) do data[k] = v end
+    return { method = "POST", bulkId = "b" .. i, path = "/Users", data = data }
+  end
+  local function upload(ops, req)
+    req = req or {}
+    req.method, req.path = "POST", s.bulk_upload_url
+    req.body = req.body or { schemas = { BULK_REQ }, Operations = ops }
+    return s:request(req)
+  end
+  local function by_external()
+    local out = {}
+    for _, u in ipairs(s:users()) do out[u.externalId] = u end
+    return out
+  end
+
+  it("takes a BulkRequest of POSTs with 202 and no body, upserting by externalId", function()
+    assert.matches("^http://127%.0%.0%.1:%d+/scim/bulkUpload$", s.bulk_upload_url)
+    local ops = {}
+    for i = 1, 50 do ops[i] = op(i) end
+    local res = upload(ops)
+    assert.equal(202, res.status, res.body)
+    assert.equal("", res.body)
+    assert.matches("^" .. s.origin, res.headers.location)
+    local users = by_external()
+    assert.equal(50, #s:users())
+    assert.equal("C7", users.E7[CUSTOM].costCenter)
+    assert.equal("7", users.E7[ENTERPRISE].employeeNumber)
+    local id = users.E7.id
+    -- The same externalId again: an update of the same user, not a second one.
+    res = upload{ op(7, { active = false, [CUSTOM] = { costCenter = "X" } }), op(51) }
+    assert.equal(202, res.status)
+    users = by_external()
+    assert.equal(51, #s:users())
+    assert.equal(id, users.E7.id)
+    assert.equal(false, users.E7.active)
+    assert.equal("X", users.E7[CUSTOM].costCenter)
+    assert.equal(2, users.E7.meta.uploads)
+    local st = s:stats()
+    assert.same({ ["POST /bulkUpload"] = 2 }, st.by_route)
+    assert.equal(52, st.bulk.operations)
+    assert.equal(2, st.bulk.requests)
+  end)
+
+  it("refuses more than 50 operations, and malformed requests, storing nothing", function()
+    local ops = {}
+    for i = 1, 51 do ops[i] = op(i) end
+    local res = upload(ops)
+    assert.equal(400, res.status)
+    assert.same({ ERROR }, res.json.schemas)
+    assert.matches("at most 50", res.json.detail)
+    local cases = {
+      { { op(1) }, { content_type = "application/json" }, "Content%-Type" },
+      { nil, { body = { Operations = { op(1) } } }, "schemas" },
+      { { op(1), { method = "PUT", path = "/Users/x", bulkId = "p", data = {} } }, nil, "method" },
+      { { op(1, { externalId = cjson.null }) }, nil, "externalId is required" },
+      { { op(1, { schemas = { CORE } }) }, nil, "schemas do not list it" },
+      { { op(1), { method = "POST", path = "/Groups", bulkId = "g", data = {} } }, nil, "path" },
+      { {}, nil, "non%-empty" },
+    }
+    for i, c in ipairs(cases) do
+      res = upload(c[1], c[2])
+      assert.equal(400, res.status, "case " .. i .. ": " .. res.body)
+      assert.matches(c[3], res.json.detail, 1)
+    end
+    assert.same({}, s:users())
+    -- Nothing else is served.
+    assert.equal(404, s:request{ path = "Users" }.status)
+    assert.equal(401, upload({ op(1) }, { token = false }).status)
+  end)
+
+  it("throttles like the real service when a rate limit is set", function()
+    s:configure{ rate_limit = { rps = 0.01, burst = 2 } }
+    local codes = {}
+    for i = 1, 3 do codes[i] = upload{ op(i) }.status end
+    assert.same({ 202, 202, 429 }, codes)
+    assert.equal(2, #s:users())
+    assert.equal(1, s:stats().limiter.refused)
   end)
 end)

@@ -19,6 +19,7 @@
 local filter = require "scim.filter"
 local http = require "scim.http"
 local json = require "scim.json"
+local token_mod = require "scim.token"
 
 local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring,
   tonumber, error
@@ -34,6 +35,8 @@ local client = {}
 local secrets = setmetatable({}, { __mode = "k" })
 -- client -> "Bearer <token>" when it must go on each request (a shared engine).
 local auth_headers = setmetatable({}, { __mode = "k" })
+-- client -> its token provider (`token = provider`): asked before each request.
+local providers = setmetatable({}, { __mode = "k" })
 
 -- {====================================================================
 -- Errors
@@ -72,7 +75,7 @@ client.codes = {
   "NOT_FOUND", "UNIQUENESS", "UNAUTHORIZED", "FORBIDDEN", "PRECONDITION_FAILED", "TOO_LARGE",
   "RATE_LIMITED", "NOT_IMPLEMENTED", "INVALID_FILTER", "TOO_MANY", "MUTABILITY",
   "INVALID_SYNTAX", "INVALID_PATH", "NO_TARGET", "INVALID_VALUE", "INVALID_VERS", "SENSITIVE",
-  "BAD_JSON", "BAD_PAGING", "AMBIGUOUS", "NOT_SUPPORTED", "ENCODE",
+  "BAD_JSON", "BAD_PAGING", "AMBIGUOUS", "NOT_SUPPORTED", "ENCODE", "BAD_ID", "AUTH",
 }
 
 local Error = {}
@@ -183,8 +186,12 @@ local function http_error(self, res, method, url)
   local head = string_format("%s %s: %d %s", method, safe_url(url), status,
     REASONS[status] or "HTTP error")
   if scim_type then head = head .. " (" .. scim_type .. ")" end
+  local message = detail and (head .. ": " .. detail) or head
+  if res.token_error then
+    message = message .. " (renewing the token failed: " .. res.token_error .. ")"
+  end
   return new_error({
-    message = detail and (head .. ": " .. detail) or head,
+    message = message,
     status = status, scim_type = scim_type, detail = detail, method = method,
     url = safe_url(url), code = code, attempts = res.attempts,
   }, secrets[self])
@@ -264,6 +271,8 @@ local DIALECT_DEFAULTS = {
   list = { resources = "Resources", total = "totalResults", start = "startIndex",
            per_page = "itemsPerPage" },
   users_path = "Users",
+  groups_path = "Groups",
+  group_schema = "urn:ietf:params:scim:schemas:core:2.0:Group",
 }
 
 local PATCHOP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
@@ -373,8 +382,9 @@ local ENGINE_OPTIONS = { "concurrency", "rate", "timeout", "connect_timeout", "r
   "user_agent", "ca_file", "insecure", "allow_http", "proxy", "max_body", "trace" }
 -- Every option `client.new` takes, with its type ("any": checked where it is used).
 local OPTIONS = {
-  url = "string", token = "string", dialect = "any", engine = "table", max_pages = "number",
-  headers = "table", http = "table",
+  url = "string", token = "any", dialect = "any", engine = "table", max_pages = "number",
+  headers = "table", http = "table", max_patch_operations = "number",
+  max_patch_values = "number",
 }
 for _, k in ipairs(ENGINE_OPTIONS) do OPTIONS[k] = http.OPTION_TYPES[k] end
 
@@ -417,7 +427,9 @@ end
 -- @tparam table opts options:
 --
 --  * `url` base URL of the SCIM API, e.g. "https://host/scim/v2/" (default: the dialect's)
---  * `token` the bearer token (never appears in messages or traces)
+--  * `token` the bearer token (never appears in messages or traces), or a token provider
+--    (`scim.token`): asked before each request, and once more after a 401, when the
+--    request is sent again with the new token
 --  * `dialect` "scim2" (default), "meta", "workplace_v1", or a dialect table
 --  * `concurrency`, `rate`, `timeout`, `connect_timeout`, `retries`, `user_agent`,
 --    `ca_file`, `insecure`, `proxy`, `allow_http`, `max_body`, `trace`: passed to `scim.http`
@@ -436,7 +448,13 @@ function client.new(opts)
   http.check_options(opts, OPTIONS, "scim.client.new", 2)
   local dialect, d = load_dialect(opts.dialect)
   local url = base_url(opts.url or d.default_url, d)
-  local token = opts.token
+  local token, provider = opts.token, nil
+  if token ~= nil and type(token) ~= "string" then
+    if not token_mod.is_provider(token) then
+      error("scim.client.new: token must be a string or a provider (see scim.token)", 2)
+    end
+    token, provider = nil, opts.token
+  end
   if token and (token == "" or token:find("%c")) then
     -- Never echo the token itself.
     error("scim.client.new: token must be non-empty and free of control characters", 2)
@@ -446,14 +464,23 @@ function client.new(opts)
     error("scim.client.new: max_pages must be a whole number, at least 1", 2)
   end
   local auth = token and ("Bearer " .. token) or nil
+  for _, k in ipairs{ "max_patch_operations", "max_patch_values" } do
+    local v = opts[k]
+    if v ~= nil and not (math_tointeger(v) and v >= 1) then
+      error("scim.client.new: " .. k .. " must be a whole number, at least 1", 2)
+    end
+  end
 
   local self = setmetatable({
     url = url,
     dialect = dialect,  -- the dialect table as its module returned it
     d = d,              -- the same with defaults for the fields it leaves out
     users_url = url .. d.users_path,
+    groups_url = url .. d.groups_path,
     max_pages = max_pages or 100000,
     etags = {}, n_etags = 0,
+    max_patch_operations = opts.max_patch_operations and math_tointeger(opts.max_patch_operations),
+    max_patch_values = opts.max_patch_values and math_tointeger(opts.max_patch_values),
   }, Client)
   local hidden = { token }
   local userinfo = url:match("^%a[%w+.-]*://([^/?#]*)@")
@@ -461,7 +488,9 @@ function client.new(opts)
     hidden[#hidden + 1] = userinfo
     hidden[#hidden + 1] = userinfo:match(":(.*)$")
   end
+  hidden.fixed = #hidden
   secrets[self] = hidden
+  providers[self] = provider
   if opts.engine then
     -- A shared engine does not know our token or headers: they go on each request.
     self.engine, self.owns_engine = opts.engine, false
@@ -514,17 +543,58 @@ local function version_of(resource, res)
   return type(v) == "string" and v ~= "" and v or nil
 end
 
+-- How many of the tokens a provider gave are kept to scrub from messages (the newest).
+local KEEP_TOKENS = 4
+
+-- The provider's token now, remembered among the client's secrets: the token, or nil and
+-- an error object.
+local function provider_token(self, provider, method, url, stale)
+  local tok, err, code
+  if stale then tok, err, code = provider:refresh(stale) else tok, err, code = provider:get() end
+  if type(tok) ~= "string" or tok == "" or tok:find("%c") then
+    local why = tok and "the token provider gave an unusable token" or tostring(err)
+    return nil, new_error({ message = method .. " " .. safe_url(url) .. ": no token: " .. why,
+      method = method, url = safe_url(url), code = tok and "AUTH" or code or "AUTH",
+      detail = why }, secrets[self])
+  end
+  local hidden = secrets[self]
+  local known = false
+  for i = hidden.fixed + 1, #hidden do if hidden[i] == tok then known = true break end end
+  if not known then
+    if #hidden - hidden.fixed >= KEEP_TOKENS then table.remove(hidden, hidden.fixed + 1) end
+    hidden[#hidden + 1] = tok
+  end
+  return tok
+end
+
 -- One HTTP exchange. Returns the response for any status, or nil and an error object for
--- a transport failure.
+-- a transport failure (or a token provider's failure). With a token provider, a 401 makes
+-- it renew the token once and the request is sent again.
 local function send(self, method, url, body, headers)
   local h = { Accept = self.d.accept }
   if self.extra_headers then for k, v in pairs(self.extra_headers) do h[k] = v end end
   local auth = auth_headers[self]
   if auth then h.Authorization = auth end
+  local provider, tok = providers[self], nil
+  if provider then
+    local terr
+    tok, terr = provider_token(self, provider, method, url)
+    if not tok then return nil, terr end
+    h.Authorization = "Bearer " .. tok
+  end
   if body then h["Content-Type"] = self.d.content_type end
   if headers then for k, v in pairs(headers) do h[k] = v end end
-  local res, err, code = self.engine:request{ method = method, url = url, headers = h,
-    body = body }
+  local spec = { method = method, url = url, headers = h, body = body }
+  local res, err, code = self.engine:request(spec)
+  if res and res.status == 401 and provider then
+    local new, terr = provider_token(self, provider, method, url, tok)
+    if new and new ~= tok then
+      h.Authorization = "Bearer " .. new
+      res, err, code = self.engine:request(spec)
+    elseif not new then
+      res.token_error = terr.detail  -- told in the 401's message
+    end
+  end
   if not res then
     local msg = tostring(err or "request failed")
     if not msg:find(method, 1, true) then msg = method .. " " .. safe_url(url) .. ": " .. msg end
@@ -605,6 +675,19 @@ local function member_url(self, method, collection, id)
   return collection .. "/" .. escape(id)
 end
 
+-- `resource`, or a copy of it with `schemas = { schema }` when it has none (the caller's
+-- table is not changed). A non-table raises at the caller of method `name`.
+local function with_schemas(resource, schema, name)
+  if type(resource) ~= "table" then
+    argerror(1, name, "resource table expected, got " .. type(resource), 3)
+  end
+  if resource.schemas ~= nil then return resource end
+  local copy = {}
+  for k, v in pairs(resource) do copy[k] = v end
+  copy.schemas = json.array{ schema }
+  return copy
+end
+
 local function user_url(self, id, method)
   return member_url(self, method, self.users_url, id)
 end
@@ -618,15 +701,7 @@ end
 -- @treturn[2] string code, e.g. "UNIQUENESS" (409), "INVALID_VALUE"
 function Client:create(resource)
   check_open(self, "create")
-  if type(resource) ~= "table" then
-    argerror(1, "create", "resource table expected, got " .. type(resource))
-  end
-  if resource.schemas == nil then
-    local copy = {}
-    for k, v in pairs(resource) do copy[k] = v end
-    copy.schemas = json.array{ self.d.core_schema }
-    resource = copy
-  end
+  resource = with_schemas(resource, self.d.core_schema, "create")
   local doc, res = call(self, "POST", self.users_url, resource)
   return settle(self, doc and doc.id, doc, res)
 end
@@ -682,6 +757,37 @@ end
 
 local PATCH_OPS = { add = "add", remove = "remove", replace = "replace" }
 
+-- The operations of `patch` and `patch_group`, checked (misuse raises at the caller of
+-- `name`), with an array value longer than `max_values`
+-- split into several operations of the same op and path.
+local function split_operations(operations, max_values, name)
+  if type(operations) ~= "table" or operations[1] == nil then
+    argerror(2, name, "non-empty array of operations expected", 3)
+  end
+  local out = {}
+  for i, o in ipairs(operations) do
+    local op = type(o) == "table" and type(o.op) == "string" and PATCH_OPS[o.op:lower()]
+    if not op then
+      argerror(2, name, "operation " .. i .. " needs op add, remove or replace", 3)
+    elseif o.path ~= nil and type(o.path) ~= "string" then
+      argerror(2, name, "operation " .. i .. ": path must be a string", 3)
+    elseif op == "remove" and o.path == nil then
+      argerror(2, name, "operation " .. i .. ": remove needs a path", 3)
+    end
+    local v = o.value
+    if op ~= "replace" and type(v) == "table" and v[1] ~= nil and #v > max_values then
+      for first = 1, #v, max_values do
+        local part = json.array()
+        for j = first, math.min(#v, first + max_values - 1) do part[#part + 1] = v[j] end
+        out[#out + 1] = { op = op, path = o.path, value = part }
+      end
+    else
+      out[#out + 1] = { op = op, path = o.path, value = v }
+    end
+  end
+  return out
+end
+
 --- Modify a user with an RFC 7644 PatchOp (PATCH /Users/{id}).
 -- @tparam string id the user's id
 -- @tparam table operations array of `{ op = "add"|"remove"|"replace", path = ..., value = ... }`
@@ -693,21 +799,7 @@ local PATCH_OPS = { add = "add", remove = "remove", replace = "replace" }
 function Client:patch(id, operations)
   check_open(self, "patch")
   id = check_id(id, "patch")
-  if type(operations) ~= "table" or operations[1] == nil then
-    argerror(2, "patch", "non-empty array of operations expected")
-  end
-  local ops = json.array()
-  for i, o in ipairs(operations) do
-    local op = type(o) == "table" and type(o.op) == "string" and PATCH_OPS[o.op:lower()]
-    if not op then
-      argerror(2, "patch", "operation " .. i .. " needs op add, remove or replace")
-    elseif o.path ~= nil and type(o.path) ~= "string" then
-      argerror(2, "patch", "operation " .. i .. ": path must be a string")
-    elseif op == "remove" and o.path == nil then
-      argerror(2, "patch", "operation " .. i .. ": remove needs a path")
-    end
-    ops[i] = { op = op, path = o.path, value = o.value }
-  end
+  local ops = json.array(split_operations(operations, math_huge, "patch"))
   local url, bad = user_url(self, id, "PATCH")
   if not url then return fail(bad) end
   local schema = patch_schema(self.d)
@@ -770,7 +862,7 @@ function Client:capabilities()
 end
 
 local function list_url(self, o, start, count)
-  return self.users_url .. query_string{
+  return (o.collection or self.users_url) .. query_string{
     { "filter", o.filter },
     { "startIndex", start },
     { "count", count },
@@ -781,12 +873,15 @@ local function list_url(self, o, start, count)
   }
 end
 
-local function list_options(opts, name)
+local function list_options(opts, name, groups)
   opts = opts or {}
   if type(opts) ~= "table" then error("bad argument #1 to '" .. name .. "' (table expected)", 3) end
   local o = {}
   for k, v in pairs(opts) do
-    if k == "filter" or k == "sort_by" then
+    if k == "members" and groups then
+      if type(v) ~= "boolean" then error(name .. ": members must be a boolean", 3) end
+      o[k] = v
+    elseif k == "filter" or k == "sort_by" then
       if type(v) ~= "string" then error(name .. ": " .. k .. " must be a string", 3) end
       o[k] = v
     elseif k == "sort_order" then
@@ -1027,6 +1122,365 @@ function Client:find_user(user_name, opts)
   if found then remember_etag(self, found.id, version_of(found)) end
   return found or false
 end
+
+
+-- {====================================================================
+-- Groups
+-- =====================================================================
+
+local function unsupported(self, method, url, what)
+  return fail(local_error(self, method, url, what, "UNSUPPORTED"))
+end
+
+-- Has the server Groups? The dialect says no (`groups = false`, or SCIM 1.x unless it says
+-- `groups = true`), else the server's /ResourceTypes, read once: a list without a Group
+-- type is a no. A server without /ResourceTypes (or a passing failure) is given the benefit
+-- of the doubt. Returns true, or the fail triple (UNSUPPORTED).
+local function check_groups(self, method, url)
+  local d = self.dialect
+  if d.groups == false or (d.groups == nil and d.scim_version == 1) then
+    return unsupported(self, method, url, "the " .. tostring(d.name or "given")
+      .. " dialect has no Groups")
+  end
+  if self.has_groups == nil then
+    local rt = self.url .. (d.resource_types_path or "ResourceTypes")
+    local res = send(self, "GET", rt)
+    local known
+    if res and res.status >= 200 and res.status <= 299 then
+      local doc = json.decode(res.body or "")
+      local list = type(doc) == "table" and (json.is_array(doc) and doc or doc.Resources)
+      if type(list) == "table" then
+        known = false
+        for _, r in ipairs(list) do
+          if type(r) == "table" and (r.name == "Group" or r.endpoint == "/Groups"
+              or r.id == "Group") then
+            known = true
+          end
+        end
+      end
+    elseif res and res.status ~= 429 and res.status < 500 then
+      known = true  -- no such endpoint: try the Groups themselves
+    end
+    self.has_groups = known
+    if known == nil then return true end
+  end
+  if self.has_groups == false then
+    return unsupported(self, method, url, "the server has no Group resource type "
+      .. "(per its /ResourceTypes)")
+  end
+  return true
+end
+
+local function group_url(self, id, method)
+  return member_url(self, method, self.groups_url, id)
+end
+
+-- A group request after the Groups check: the document (or true) or the fail triple.
+local function group_call(self, method, url, body, empty)
+  local ok, err, code = check_groups(self, method, url)
+  if not ok then return nil, err, code end
+  local doc, res = call(self, method, url, body, nil, empty)
+  if not doc then return fail(res) end
+  return doc
+end
+
+--- Read one group (GET /Groups/{id}).
+-- @tparam string id the group's id
+-- @tparam[opt] table opts `attributes`, `excluded_attributes`
+-- @treturn table the group
+-- @treturn[2] nil
+-- @treturn[2] scim.error err
+-- @treturn[2] string code, e.g. "NOT_FOUND", "UNSUPPORTED", "BAD_ID"
+function Client:get_group(id, opts)
+  check_open(self, "get_group")
+  id = check_id(id, "get_group")
+  opts = opts or {}
+  local url, bad = group_url(self, id, "GET")
+  if not url then return fail(bad) end
+  return group_call(self, "GET", url .. query_string{
+    { "attributes", attribute_list(opts.attributes, "attributes") },
+    { "excludedAttributes", attribute_list(opts.excluded_attributes, "excluded_attributes") },
+  })
+end
+
+-- The attributes a `members = true` listing asks for: the caller's, or the group's usual
+-- ones, with members.
+local GROUP_ATTRIBUTES = "displayName,externalId,members"
+
+--- Iterate over every matching group, across pages, as `users` does.
+-- With `members = true` each group comes with its `members`: the listing asks for them
+-- (`attributes=...,members`), and when a server leaves them out of listings (a group
+-- without `members` while no group of the listing had any), the group is read
+-- (`GET /Groups/{id}?attributes=members`). Nested groups keep their `type = "Group"`.
+-- @tparam[opt] table opts `filter`, `count`, `attributes`, `excluded_attributes`,
+--   `sort_by`, `sort_order`, `start_index`, `limit`, `members`
+-- @return a generic-for iterator yielding groups
+-- @raise the `scim.error` of a failed request or bad paging (code "UNSUPPORTED" for a
+--   server or dialect without Groups)
+function Client:groups(opts)
+  check_open(self, "groups")
+  local o = list_options(opts, "groups", true)
+  local step = self:_group_pager(o)
+  return function()
+    local r, err = step()
+    if err then error(err, 0) end
+    return r
+  end
+end
+
+--- Every matching group, all pages, as an array (the non-raising sibling of `groups`).
+-- @tparam[opt] table opts as for `groups`
+-- @treturn table array of groups
+-- @treturn[2] nil
+-- @treturn[2] scim.error err
+-- @treturn[2] string code
+function Client:find_groups(opts)
+  check_open(self, "find_groups")
+  local o = list_options(opts, "find_groups", true)
+  local step = self:_group_pager(o)
+  local out = json.array()
+  while true do
+    local r, err = step()
+    if err then return fail(err) end
+    if r == nil then return out end
+    out[#out + 1] = r
+  end
+end
+
+-- The paging loop over /Groups (see `groups`): a step function as `pager` gives.
+function Client:_group_pager(o)
+  local checked, cerr = check_groups(self, "GET", self.groups_url)
+  if not checked then return function() return nil, cerr end end
+  o.collection = self.groups_url
+  local want_members = o.members
+  o.members = nil
+  if want_members then
+    if o.attributes then
+      if not ("," .. o.attributes .. ","):find(",members,", 1, true) then
+        o.attributes = o.attributes .. ",members"
+      end
+    else
+      o.attributes = GROUP_ATTRIBUTES
+    end
+  end
+  local step = pager(self, o)
+  if not want_members then return step end
+  -- Groups in listing order, held while it is unknown whether this server lists members:
+  -- a group without them is an empty group on a server that does, and one to read on a
+  -- server that does not.
+  local pending, finished = {}, false
+  local listed = self.lists_members
+  local hold = o.count or 100
+  return function()
+    while true do
+      if #pending > 0 and (listed ~= nil or finished) then
+        local g = table.remove(pending, 1)
+        if g.members == nil and not listed and g.id ~= nil then
+          local full, err = self:get_group(tostring(g.id), { attributes = { "members" } })
+          if not full then return nil, err end
+          g.members = full.members
+        end
+        return g
+      end
+      if finished then return nil end
+      local g, err = step()
+      if err then return nil, err end
+      if g == nil then
+        finished = true
+      else
+        pending[#pending + 1] = g
+        if listed == nil then
+          if g.members ~= nil then
+            listed = true
+            self.lists_members = true
+          elseif #pending >= hold then
+            listed = false
+          end
+        end
+      end
+    end
+  end
+end
+
+--- Find a group by displayName (compared without regard to case).
+-- @tparam string name the displayName
+-- @tparam[opt] table opts `attributes`, `excluded_attributes`, `members`
+-- @treturn table|boolean the group, or false when there is none
+-- @treturn[2] nil
+-- @treturn[2] scim.error err
+-- @treturn[2] string code, e.g. "AMBIGUOUS", "UNSUPPORTED"
+function Client:find_group(name, opts)
+  check_open(self, "find_group")
+  if type(name) ~= "string" then
+    argerror(1, "find_group", "string expected, got " .. type(name))
+  end
+  local o = list_options(opts, "find_group", true)
+  if name == "" or utf8_len(name) == nil then
+    return fail(local_error(self, "GET", self.groups_url, "displayName "
+      .. (name == "" and "is empty" or "is not valid UTF-8"), "INVALID_VALUE"))
+  end
+  o.filter = filter.eq("displayName", name)
+  o.count, o.limit = 2, 3
+  if o.attributes and not ("," .. o.attributes .. ","):find(",displayName,", 1, true) then
+    o.attributes = o.attributes .. ",displayName"
+  end
+  local step = self:_group_pager(o)
+  local want, found = name:lower(), nil
+  while true do
+    local g, err = step()
+    if err then return fail(err) end
+    if g == nil then break end
+    if type(g.displayName) == "string" and g.displayName:lower() == want then
+      if found then
+        return fail(local_error(self, "GET", self.groups_url, "more than one group has "
+          .. "displayName " .. filter.string(name), "AMBIGUOUS"))
+      end
+      found = g
+    end
+  end
+  return found or false
+end
+
+--- Create a group (POST /Groups). A group without `schemas` gets the dialect's group
+-- schema; the table is not changed.
+-- @tparam table resource e.g. `{ displayName = "Sales", members = { { value = id } } }`
+-- @treturn table the created group (with `id`)
+-- @treturn[2] nil
+-- @treturn[2] scim.error err
+-- @treturn[2] string code, e.g. "UNIQUENESS", "UNSUPPORTED"
+function Client:create_group(resource)
+  check_open(self, "create_group")
+  resource = with_schemas(resource, self.d.group_schema, "create_group")
+  return group_call(self, "POST", self.groups_url, resource)
+end
+
+local DEFAULT_MAX_PATCH = 100
+
+local function batch_limit(v, default, key)
+  if v == nil then v = default or DEFAULT_MAX_PATCH end
+  if math_type(v) ~= "integer" or v < 1 then
+    error("patch_group: " .. key .. " must be a positive integer", 3)
+  end
+  return v
+end
+
+--- Modify a group with PatchOps (PATCH /Groups/{id}), in as many requests as the limits
+-- need: at most `max_operations` operations per request, and an `add`/`remove` whose value
+-- is an array of more than `max_values` items split into several operations.
+-- @tparam string id the group's id
+-- @tparam table operations array of `{ op =, path =, value = }` as for `patch`
+-- @tparam[opt] table opts `max_operations`, `max_values` (default: the client's
+--   `max_patch_operations` / `max_patch_values`, else 100)
+-- @treturn table|boolean the group as the last request returned it, or true (204)
+-- @treturn[2] nil
+-- @treturn[2] scim.error err, with `applied` = the operations already applied by earlier
+--   requests
+-- @treturn[2] string code, e.g. "NOT_FOUND", "TOO_MANY", "UNSUPPORTED"
+function Client:patch_group(id, operations, opts)
+  check_open(self, "patch_group")
+  id = check_id(id, "patch_group")
+  opts = opts or {}
+  local max_ops = batch_limit(opts.max_operations, self.max_patch_operations, "max_operations")
+  local max_values = batch_limit(opts.max_values, self.max_patch_values, "max_values")
+  local ops = split_operations(operations, max_values, "patch_group")
+  local url, bad = group_url(self, id, "PATCH")
+  if not url then return fail(bad) end
+  local has, herr, hcode = check_groups(self, "PATCH", url)
+  if not has then return nil, herr, hcode end
+  local schema = patch_schema(self.d)
+  if not schema then
+    return unsupported(self, "PATCH", url, "the " .. tostring(self.d.name)
+      .. " dialect has no PATCH")
+  end
+  local result
+  for first = 1, #ops, max_ops do
+    local batch = json.array()
+    for j = first, math.min(#ops, first + max_ops - 1) do batch[#batch + 1] = ops[j] end
+    local doc, err, code = group_call(self, "PATCH", url,
+      { schemas = json.array{ schema }, Operations = batch }, true)
+    if not doc then
+      err.applied = first - 1
+      return nil, err, code
+    end
+    result = doc
+  end
+  return result
+end
+
+-- Member values: ids as given, or `{ value = id, type = "Group" }` kept as they are.
+local function member_values(members, name)
+  if type(members) ~= "table" then argerror(2, name, "array of member ids expected", 3) end
+  local out = json.array()
+  for i, m in ipairs(members) do
+    if math_type(m) == "integer" then m = tostring(m) end
+    if type(m) == "string" and m ~= "" then
+      out[i] = { value = m }
+    elseif type(m) == "table" and type(m.value) == "string" and m.value ~= "" then
+      out[i] = m
+    else
+      argerror(2, name, "member " .. i .. " must be an id or { value = id }", 3)
+    end
+  end
+  return out
+end
+
+--- Add members to a group: `add` on `members`, batched as `patch_group` does.
+-- @tparam string id the group's id
+-- @tparam table members array of ids (or `{ value = id, type = "Group" }`)
+-- @tparam[opt] table opts as for `patch_group`
+-- @return as `patch_group`; true when `members` is empty (nothing sent)
+function Client:add_members(id, members, opts)
+  check_open(self, "add_members")
+  local values = member_values(members, "add_members")
+  if #values == 0 then return true end
+  return self:patch_group(id, { { op = "add", path = "members", value = values } }, opts)
+end
+
+--- Remove members from a group, batched as `patch_group` does: one `remove` per member
+-- with the path `members[value eq "id"]` (RFC 7644 §3.5.2.2), or with `opts.style =
+-- "value"` `remove` on `members` with the values (as Entra ID and others take it).
+-- @tparam string id the group's id
+-- @tparam table members array of ids
+-- @tparam[opt] table opts as for `patch_group`, and `style` ("filter", default, or "value")
+-- @return as `patch_group`; true when `members` is empty (nothing sent)
+function Client:remove_members(id, members, opts)
+  check_open(self, "remove_members")
+  local values = member_values(members, "remove_members")
+  if #values == 0 then return true end
+  opts = opts or {}
+  local style = opts.style or "filter"
+  local ops = {}
+  if style == "value" then
+    ops[1] = { op = "remove", path = "members", value = values }
+  elseif style == "filter" then
+    for i, m in ipairs(values) do
+      ops[i] = { op = "remove", path = "members[value eq " .. filter.string(m.value) .. "]" }
+    end
+  else
+    argerror(3, "remove_members", "style must be \"filter\" or \"value\"")
+  end
+  local po = {}
+  for k, v in pairs(opts) do if k ~= "style" then po[k] = v end end
+  return self:patch_group(id, ops, po)
+end
+
+--- Delete a group (DELETE /Groups/{id}).
+-- @tparam string id the group's id
+-- @treturn boolean true
+-- @treturn[2] nil
+-- @treturn[2] scim.error err
+-- @treturn[2] string code, e.g. "NOT_FOUND", "UNSUPPORTED"
+function Client:delete_group(id)
+  check_open(self, "delete_group")
+  id = check_id(id, "delete_group")
+  local url, bad = group_url(self, id, "DELETE")
+  if not url then return fail(bad) end
+  local ok, err, code = group_call(self, "DELETE", url, nil, true)
+  if not ok then return nil, err, code end
+  return true
+end
+
+-- }====================================================================
 
 --- The engine's counters: `{ requests = n, retries = n, by_status = { [200] = n } }`.
 -- @treturn table

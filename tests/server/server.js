@@ -80,8 +80,10 @@ function parseArgs(argv) {
 const opts = parseArgs(process.argv.slice(2));
 const v1 = opts.mode === "v1";
 const meta = opts.mode === "meta";
+const entra = opts.mode === "entra";
 // Meta serves SCIM at the root of its host (https://scim.workplace.com/Users).
-const base = v1 ? "/scim/v1" : meta ? "" : "/scim/v2";
+// Entra's bulkUpload lives at <base>/bulkUpload (see lib/entra.js).
+const base = v1 ? "/scim/v1" : meta ? "" : entra ? "/scim" : "/scim/v2";
 // Live settings; /_control/config changes them.
 const cfg = {
   token: opts.token,
@@ -243,8 +245,8 @@ function checkAgent(req, res, next) {
     schemas: ["urn:ietf:params:scim:api:messages:2.0:Error"], status: "400", detail });
 }
 
-const impl = await import(v1 ? "./lib/v1.js" : "./lib/scim2.js");
-const bulk = v1 ? null : await import("./lib/bulk.js");
+const impl = await import(v1 ? "./lib/v1.js" : entra ? "./lib/entra.js" : "./lib/scim2.js");
+const bulk = v1 || entra ? null : await import("./lib/bulk.js");
 mode = impl.install(app, { base, cfg, store, origin, faults, meta, verify: opts.verify_egress, bulk });
 if (opts.bulk !== undefined) {
   if (!mode.setBulk) die("--bulk needs a SCIM 2.0 mode");

@@ -19,29 +19,42 @@ local hostile = {}
 local methods = {}
 local mt = { __name = "support.hostile", __index = methods }
 
-local function script_path()
+-- A script's path beside this file.
+local function beside(name)
   local src = debug.getinfo(1, "S").source
-  return (src:match("^@(.*/)[^/]*$") or "tests/support/") .. "hostile.js"
+  return (src:match("^@(.*/)[^/]*$") or "tests/support/") .. name
 end
 
---- Starts a hostile server.
--- @return the server object; raises if it does not start within 15 s
-function hostile.start()
+--- Starts one of the node helpers beside this file that print "listening PORT" (also
+-- used by support.oauth). Raises (naming `who`) if it does not start within 15 s.
+-- @tparam string who the harness, for messages
+-- @tparam string name the script's file name, e.g. "hostile.js"
+-- @tparam table args further arguments, already shell-quoted
+-- @return the object's fields: `port`, `origin`, `_pipe`, `_files`, `_body`
+function hostile.spawn(who, name, args)
   local tmp = os.tmpname()
   local out, log = tmp .. ".out", tmp .. ".log"
   local pipe = assert(io.popen(table.concat({ "exec", util.CLEAN_ENV, "node",
-    util.shell_quote(script_path()), "--exit-on-stdin-eof", ">", out, "2>", log }, " "), "w"))
+    util.shell_quote(beside(name)), table.concat(args, " "), "--exit-on-stdin-eof",
+    ">", out, "2>", log }, " "), "w"))
   util.wait_listening(out, 15)
   local port = tonumber((util.read_file(out) or ""):match("^listening (%d+)\n"))
   if not port then
     pipe:close()
     local why = util.read_file(log) or ""
     os.remove(out); os.remove(log); os.remove(tmp)
-    error("hostile.start: the server did not start: " .. why, 2)
+    error(who .. ": the server did not start: " .. why, 3)
   end
-  local origin = "http://127.0.0.1:" .. port
-  return setmetatable({ port = port, origin = origin, url = origin .. "/scim/v2/",
-    _pipe = pipe, _files = { tmp, out, log, tmp .. ".body" }, _body = tmp .. ".body" }, mt)
+  return { port = port, origin = "http://127.0.0.1:" .. port, _pipe = pipe,
+    _files = { tmp, out, log, tmp .. ".body" }, _body = tmp .. ".body" }
+end
+
+--- Starts a hostile server.
+-- @return the server object; raises if it does not start within 15 s
+function hostile.start()
+  local self = hostile.spawn("hostile.start", "hostile.js", {})
+  self.url = self.origin .. "/scim/v2/"
+  return setmetatable(self, mt)
 end
 
 local function control(self, method, path, body)

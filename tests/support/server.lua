@@ -9,6 +9,7 @@
 --     local server = require "support.server"
 --     local s = server.start{ mode = "scim2", page_size = 50 }
 --     -- s.url = "http://127.0.0.1:PORT/scim/v2/", s.token = "test-token"
+--     -- (entra mode: s.bulk_upload_url = "http://127.0.0.1:PORT/scim/bulkUpload")
 --     s:faults{ status = 429, retry_after = 1, count = 1, match = "POST /Users" }
 --     ...
 --     s:stop()
@@ -59,9 +60,12 @@ local START_OPTIONS = {
 }
 
 --- Starts a server.
--- @tparam[opt] table opts `mode` ("scim2", "meta" or "v1", default "scim2"; meta: SCIM 2.0
---   at the root as Meta serves it, with Meta's extensions, a User-Agent required and claimed
---   accounts undeletable), `token`
+-- @tparam[opt] table opts `mode` ("scim2", "meta", "v1" or "entra", default "scim2"; meta:
+--   SCIM 2.0 at the root as Meta serves it, with Meta's extensions, a User-Agent required and
+--   claimed accounts undeletable; entra: only `POST s.bulk_upload_url`
+--   ("http://127.0.0.1:PORT/scim/bulkUpload"), Entra's API-driven inbound provisioning: a
+--   BulkRequest of at most 50 POSTs to /Users, answered 202 with no body, users upserted by
+--   externalId and read back with `s:users()`), `token`
 --   (default "test-token"), `page_size` (maximum page size, default 100),
 --   `latency_ms` (every answer waits until this long after its request arrived, default 0),
 --   `numeric_ids` (default: true in v1 and meta modes), `strict` (v1: reject unknown and
@@ -93,8 +97,9 @@ function server.start(opts)
     end
   end
   local mode = opts.mode or "scim2"
-  if mode ~= "scim2" and mode ~= "meta" and mode ~= "v1" then
-    error("server.start: mode must be \"scim2\", \"meta\" or \"v1\", got " .. tostring(mode), 2)
+  if mode ~= "scim2" and mode ~= "meta" and mode ~= "v1" and mode ~= "entra" then
+    error("server.start: mode must be \"scim2\", \"meta\", \"v1\" or \"entra\", got "
+      .. tostring(mode), 2)
   end
   for _, key in ipairs{ "page_size", "latency_ms", "max_patch_ops" } do
     local v = opts[key]
@@ -166,7 +171,9 @@ function server.start(opts)
     token = token,
     origin = origin,
     port = tonumber(origin:match(":(%d+)$")),
-    url = origin .. (mode == "v1" and "/scim/v1/" or mode == "meta" and "/" or "/scim/v2/"),
+    url = origin .. (mode == "v1" and "/scim/v1/" or mode == "meta" and "/"
+                     or mode == "entra" and "/scim/" or "/scim/v2/"),
+    bulk_upload_url = mode == "entra" and origin .. "/scim/bulkUpload" or nil,
     _pipe = pipe,
     _files = { tmp, out, log },
     _body = tmp .. ".body",

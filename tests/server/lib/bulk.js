@@ -13,7 +13,7 @@ const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v)
 const REF_RE = /^bulkId:(.+)$/;
 
 /** Reads the raw body, counting bytes (Content-Length or not); null past `limit`. */
-function readBody(req, limit) {
+export function readBody(req, limit) {
   return new Promise((resolve, reject) => {
     const chunks = [];
     let size = 0;

@@ -307,8 +307,10 @@ function scimError(status, scimType, detail) {
 function sendError(res, ex) {
   let status = ex.status ?? ex.statusCode ?? 500;
   let body;
-  if (ex instanceof SCIMMY.Types.Error) body = new SCIMMY.Messages.Error(ex);
-  else if (ex.type === "entity.parse.failed") body = scimError(400, "invalidSyntax", "Request body is not valid JSON");
+  if (ex instanceof SCIMMY.Types.Error) {
+    // SCIMMY's message refuses some pairs RFC 7644 allows (400 tooMany): ours then.
+    try { body = new SCIMMY.Messages.Error(ex); } catch { body = scimError(status, ex.scimType, ex.message); }
+  } else if (ex.type === "entity.parse.failed") body = scimError(400, "invalidSyntax", "Request body is not valid JSON");
   else if (ex.type === "entity.too.large") body = scimError(413, null, "Request body too large");
   else {
     if (!(status >= 400 && status < 600)) status = 500;
