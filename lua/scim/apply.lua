@@ -41,7 +41,13 @@ function Run:outcome(e, action, f)
   res.counts[action] = (res.counts[action] or 0) + 1
   if action == "failed" then res.failed = res.failed + 1 end
   if self.on_result then self.on_result(r) end
-  e.current, e.created, e.values = nil, nil, nil
+  -- Done with: let a large run's memory go as it proceeds.
+  e.current, e.created = nil, nil
+  local i = e.index
+  if i then
+    local p = self.plan
+    p.current[i], p.diff[i], p.same[i] = nil, nil, nil
+  end
 end
 
 function Run:fail(e, err, extra)
@@ -76,7 +82,7 @@ end
 function Run:set_refs(e, resource, deferred)
   local p, m = self.plan, self.plan.mapping
   local missing
-  for name, ref in pairs(e.refs or {}) do
+  for name, ref in pairs(p.input.refs[e.index] or {}) do
     if not (deferred and deferred[name]) then
       local id = p.directory:id(ref)
       if id then m:set_reference(resource, name, id)
@@ -91,14 +97,15 @@ end
 
 function Run:create(e)
   local p = self.plan
-  local resource = p:resource(e, p.input.create_job)
-  local missing = self:set_refs(e, resource, e.deferred)
+  local resource = p:resource(e.index, p.input.create_job)
+  local deferred = p.deferred[e.index]
+  local missing = self:set_refs(e, resource, deferred)
   local res, err = p.client:create(resource)
   if res then
     local id = idstr(res.id)
     e.id = id
     p.directory:set(e.key, id)
-    if e.deferred then
+    if deferred then
       -- Its manager can only be set once both exist: the link phase does it.
       e.created = { id = res.id }
       self.links[#self.links + 1] = e
@@ -135,7 +142,7 @@ function Run:send_update(e, current, desired)
     res, err = p.client:patch(idstr(current.id), ops)
   end
   if not res then return nil, err, changes end
-  return true, p:readable(e, changes)
+  return true, p:readable(changes, p.input.refs[e.index])
 end
 
 function Run:update(e)
@@ -154,10 +161,10 @@ function Run:update(e)
       error = missing and table.concat(missing, "; ") .. " (not set)" or nil })
   end
   local existing_only = p.job == "create" and not p.upsert
-  if existing_only and not p:needs_fill(e) then
+  if existing_only and not p:needs_fill(e.index, e.current) then
     return self:outcome(e, "exists", { status = 409, id = e.id })
   end
-  local desired, missing = p:desired(e, false)
+  local desired, missing = p:desired(e.index, false)
   local note = missing and table.concat(missing, "; ") .. " (not set)" or nil
   local ok, changes, chg = self:send_update(e, e.current, desired)
   if not ok then
@@ -220,18 +227,25 @@ function apply.run(p, opts)
     links = {}, conflicts = {},
   }, Run)
   local creates, updates, removals = {}, {}, {}
-  for e in p:changes() do
-    local a = e.action
+  for i = 1, p.n do
+    local a = p.act[i]
     if SETTLED[a] then
+      local e = p:change(i)
       self:outcome(e, a, { status = e.status, id = e.id, error = e.error or e.note })
-    elseif a == "create" then creates[#creates + 1] = e
-    elseif a == "update" then updates[#updates + 1] = e
-    else removals[#removals + 1] = e end
+    else
+      local e = p:change(i)
+      e.current = p.current[i]
+      if a == "create" then creates[#creates + 1] = e
+      elseif a == "update" then updates[#updates + 1] = e
+      else removals[#removals + 1] = e end
+    end
   end
+  for _, a in ipairs(p.absent) do removals[#removals + 1] = a end
+  self.work = { creates, updates, removals }
   -- Creates level by level down the manager tree (see scim.plan's order).
   local levels = {}
   for _, e in ipairs(creates) do
-    local l = (e.level or 0) + 1
+    local l = (p.level[e.index] or 0) + 1
     levels[l] = levels[l] or {}
     table.insert(levels[l], e)
   end
@@ -243,15 +257,22 @@ function apply.run(p, opts)
   local why = self.stopped == "AUTH" and "the server refused the token"
     or self.stopped == "THROTTLED" and ("the server asked to wait: " .. tostring(self.stop_error))
     or self.stopped or "not done"
-  for e in p:changes() do
-    if not e.reported then
-      if e.created then
-        -- The account exists; a rerun finds it and sets what is missing (the manager).
-        self:outcome(e, "created", { status = 201, id = e.id,
-          error = "the manager was not set (" .. why .. "): run again to finish" })
-      else
-        self:outcome(e, "skipped", { error = why })
-      end
+  -- Every row not done, in file order (work lists hold each row once: a create that met a
+  -- 409 or waits for its link is also in `updates`, and is reported once).
+  local left = {}
+  for _, list in ipairs(self.work) do
+    for _, e in ipairs(list) do
+      if not e.reported and not left[e] then left[e] = true; left[#left + 1] = e end
+    end
+  end
+  table.sort(left, function(a, b) return (a.index or math.huge) < (b.index or math.huge) end)
+  for _, e in ipairs(left) do
+    if e.created then
+      -- The account exists; a rerun finds it and sets what is missing (the manager).
+      self:outcome(e, "created", { status = 201, id = e.id,
+        error = "the manager was not set (" .. why .. "): run again to finish" })
+    else
+      self:outcome(e, "skipped", { error = why })
     end
   end
   local result = self.result

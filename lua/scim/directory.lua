@@ -37,7 +37,8 @@ end
 function Directory:set(key, id)
   local lkey = self.mapping:key_id(key)
   self.ids[lkey] = id
-  if self.names[lkey] == nil then self.names[lkey] = key end
+  -- The key as written, only where it differs from its lowercased form.
+  if lkey ~= key and self.names[lkey] == nil then self.names[lkey] = key end
   self.keys = nil
 end
 

@@ -113,8 +113,10 @@ local selected = input.selected
 --   updated), `unknown_columns` ("error" or "ignore", default: the mapping's setting),
 --   `where` (list of `{ column=, op="="|"!=", value= }`), `limit` (the first N selected rows),
 --   `csv` (options for the CSV reader when `rows` is a path), `on_warning(msg)`
--- @treturn table `{ entries=, by_key=, columns=, outside_refs=, selected=, source=,
---   create_job=, update_job= }`
+-- @treturn table `{ n=, keys=, lines=, packed=, refs=, by_key= (lowercased key -> index),
+--   columns=, outside_refs=, selected=, rows=, source=, create_job=, update_job= }`: row `i`
+--   has key `keys[i]`, line `lines[i]`, references `refs[i]` (nil when none) and values
+--   `input.values(inp, i)`
 -- @treturn[2] nil
 -- @treturn[2] scim.error code "INVALID" with `problems` (strings) and `total`, or the
 --   reader's failure (code from scim.csv) when the source cannot be opened
@@ -138,7 +140,10 @@ function input.read(opts)
   local create_job = job == "update" and "update" or "create"
   local update_job = (job == "sync" and "sync") or ((job == "update" or opts.upsert) and "update")
     or "create"
-  local entries, by_key, refs_needed = {}, {}, {}
+  -- Rows are kept as parallel arrays, each row's values packed into one string: a large
+  -- file costs a few hundred bytes a row, not a table per row and per value.
+  local keys, lines, packed, refs_of, by_key, refs_needed = {}, {}, {}, {}, {}, {}
+  local n, fmt = 0, nil
   local columns, from_report
   local where, limit = opts.where or {}, opts.limit
   local n_selected, n_rows = 0, 0
@@ -147,6 +152,7 @@ function input.read(opts)
     from_report = is_report_header(hdr)
     columns = hdr
     if from_report then columns = table.move(hdr, #report_columns + 1, #hdr, 1, {}) end
+    fmt = ("s4"):rep(#columns)
     local ok, msgs = m:check_header(columns, job, { unknown_columns = opts.unknown_columns })
     if not ok then
       for _, msg in ipairs(msgs) do problem(name .. ": " .. msg) end
@@ -177,11 +183,12 @@ function input.read(opts)
     local first = by_key[lkey]
     if first then
       return problem(string.format("%s:%s: %s '%s' already on line %s", name, tostring(line),
-        m.key_attribute, key, tostring(first.line)))
+        m.key_attribute, key, tostring(lines[first])))
     end
-    local e = { line = line, key = key, values = values }
-    by_key[lkey] = e
-    entries[#entries + 1] = e
+    n = n + 1
+    by_key[lkey], keys[n], lines[n] = n, key, line
+    for i = 1, #columns do values[i] = values[i] or "" end
+    packed[n] = string.pack(fmt, table.unpack(values, 1, #columns))
     if job == "delete" then return end
     -- The resource a new account gets, and the one an existing account is compared with
     -- (create-only defaults such as active=true left out).
@@ -193,7 +200,7 @@ function input.read(opts)
     end
     local refs = m:references(keyed)
     if next(refs) then
-      e.refs = refs
+      refs_of[n] = refs
       for _, ref in pairs(refs) do
         local lref = m:key_id(ref)
         refs_needed[lref] = refs_needed[lref] or ref
@@ -229,10 +236,21 @@ function input.read(opts)
   end
   table.sort(outside)
   return {
-    entries = entries, by_key = by_key, columns = columns or {}, outside_refs = outside,
-    selected = n_selected, rows = n_rows, source = name, from_report = from_report,
-    create_job = create_job, update_job = update_job,
+    n = n, keys = keys, lines = lines, packed = packed, refs = refs_of, by_key = by_key,
+    fmt = fmt, columns = columns or {}, outside_refs = outside, selected = n_selected,
+    rows = n_rows, source = name, from_report = from_report, create_job = create_job,
+    update_job = update_job,
   }
+end
+
+--- The values of row `i` in column order.
+-- @tparam table inp what `input.read` returned
+-- @tparam integer i
+-- @treturn table
+function input.values(inp, i)
+  local v = { string.unpack(inp.fmt, inp.packed[i]) }
+  v[#v] = nil  -- string.unpack's last result is the next position
+  return v
 end
 
 --- An entry's row, keyed by the input's column names (for the mapping and the report).

@@ -118,8 +118,14 @@ function plan.new(opts)
   client = client or opts.connect()
 
   local self = setmetatable({
-    client = client, mapping = m, job = job, input = inp, entries = inp.entries,
-    columns = inp.columns, removals = opts.removals, upsert = opts.upsert,
+    client = client, mapping = m, job = job, input = inp, n = inp.n,
+    columns = inp.columns,
+    -- Row i's state, in arrays (a large plan must not cost a table per row): its action,
+    -- and only where needed the account as kept (`current`), whether only references can
+    -- differ (`same`), the changes (`diff`), an error, a status, a note, its level in the
+    -- manager tree and the references that close a cycle (`deferred`).
+    act = {}, current = {}, same = {}, diff = {}, err = {}, status = {}, note = {},
+    level = {}, deferred = {}, removals = opts.removals, upsert = opts.upsert,
     deactivate = opts.deactivate or opts.removals == "deactivate",
     warnings = warnings, warn = warn, absent = {}, counts = {},
     selected = inp.selected,
@@ -168,14 +174,19 @@ function plan.new(opts)
   return self
 end
 
--- The resource an entry's row describes for a job of the mapping (it passed validation).
-function Plan:resource(e, job)
-  return assert(self.mapping:to_resource(input.row(self.columns, e.values), e.line, job))
+-- The values of row i, keyed by the input's column names.
+function Plan:keyed(i)
+  return input.row(self.columns, input.values(self.input, i))
 end
 
---- An entry's row, keyed by the input's column names (for reports).
+-- The resource row i describes for a job of the mapping (it passed validation).
+function Plan:resource(i, job)
+  return assert(self.mapping:to_resource(self:keyed(i), self.input.lines[i], job))
+end
+
+--- A change's input row, keyed by the input's column names (nil for an absent account).
 function Plan:row(change)
-  return change.values and input.row(self.columns, change.values) or nil
+  return change.index and self:keyed(change.index) or nil
 end
 
 -- The record kept of an existing account: the whole resource where a PUT may need it
@@ -183,8 +194,7 @@ end
 -- directory must not hold their whole records.
 local function stub_of(m, cur, keep)
   if keep then return cur end
-  local stub = { id = cur.id, active = cur.active, meta = cur.meta and { version =
-    type(cur.meta) == "table" and cur.meta.version or nil } }
+  local stub = { id = cur.id, active = cur.active }
   for name in pairs(m.reference_columns) do
     local id = m:reference_id(cur, name)
     if id then m:set_reference(stub, name, id) end
@@ -192,29 +202,36 @@ local function stub_of(m, cur, keep)
   return stub
 end
 
--- Learns the current accounts of the entries: one paged listing when it pays (always for
+-- Learns the current accounts of the rows: one paged listing when it pays (always for
 -- sync: it must see the absent), lookups otherwise; a create may skip them (`exact` false).
+-- Sets `current[i]` (the account, or false when there is none) or `err[i]`.
 function Plan:learn(total, opts)
   local dir, m, job = self.directory, self.mapping, self.job
-  local entries = self.entries
+  local n, keys, current, errs = self.n, self.input.keys, self.current, self.err
   self.total, self.n_absent = total, 0
   self.max_removals = opts.max_removals and assert(plan.parse_limit(opts.max_removals))
     or plan.DEFAULT_MAX_REMOVALS
   local put = dir:use_put()
-  local full = job == "sync" or dir:listing_pays(#entries)
+  local full = job == "sync" or dir:listing_pays(n)
   if not full and job == "create" and opts.exact == false then
     self.strategy = "optimistic"
     return true
   end
   if not full then
     self.strategy = "lookups"
-    local ok, err, code = dir:look_up(entries)
+    local items = {}
+    for i = 1, n do items[i] = { key = keys[i], index = i } end
+    local ok, err, code = dir:look_up(items)
     if not ok then return nil, err, code end
+    for i, item in ipairs(items) do
+      if item.lookup_error then errs[i] = item.lookup_error
+      else current[i] = item.current end
+    end
     return true
   end
   self.strategy = "listing"
   if total == 0 then
-    for _, e in ipairs(entries) do e.current = false end
+    for i = 1, n do current[i] = false end
     return true
   end
   local by_key = self.input.by_key
@@ -230,18 +247,18 @@ function Plan:learn(total, opts)
     listed = listed + 1
     if not key then return end
     local k = m:key_id(key)
-    local e = by_key[k]
+    local i = by_key[k]
     if met[k] then
-      if e then e.lookup_error = err_mod.new(string.format("several accounts have %s '%s'",
-        m.key_attribute, e.key), "AMBIGUOUS") end
+      if i then errs[i] = err_mod.new(string.format("several accounts have %s '%s'",
+        m.key_attribute, keys[i]), "AMBIGUOUS") end
       dir:set(key, nil)
       return
     end
     met[k] = true
-    if e then
-      local keep = put or self:differs(e, user)
+    if i then
+      local keep = put or self:differs(i, user)
       -- `same`: only references can differ, compared once every id is known.
-      e.current, e.same = stub_of(m, user, keep), not keep or nil
+      current[i], self.same[i] = stub_of(m, user, keep), not keep or nil
       dir:set(key, idstr(user.id))
       return
     end
@@ -260,9 +277,9 @@ function Plan:learn(total, opts)
   if not ok then return nil, err, code end
   self.total = math.max(total, listed)
   self.n_absent, self.absent_keys = n_absent, absent_keys
-  for _, e in ipairs(entries) do
-    if e.current == nil and not e.lookup_error then e.current = false end
-    if e.lookup_error then e.current = nil end
+  for i = 1, n do
+    if errs[i] then current[i] = nil
+    elseif current[i] == nil then current[i] = false end
   end
   return true
 end
@@ -276,31 +293,29 @@ function Plan:update_job()
   return self.input.update_job
 end
 
--- Whether an account differs from its row in anything but references (those are compared
+-- Whether an account differs from row i in anything but references (those are compared
 -- once every id is known).
-function Plan:differs(e, current)
+function Plan:differs(i, current)
   local ujob = self:update_job()
   if not ujob then return false end
-  local ops = self.mapping:diff(current, self:resource(e, ujob))
+  local ops = self.mapping:diff(current, self:resource(i, ujob))
   return ops ~= nil and #ops > 0
 end
 
--- The desired state of an existing account: the row's resource for the update job (or only
--- the references when none), with references set from the directory. `placeholder`: people
--- still to be created get "(new: key)" so a dry run can show them. Returns the resource and
--- the list of references that could not be set.
-function Plan:desired(e, placeholder)
+-- The desired state of row i's account: the row's resource for the update job (or only the
+-- references when none, or when only they can differ), with references set from the
+-- directory. `placeholder`: people still to be created get "(new: key)" so a dry run can
+-- show them. Returns the resource and the list of references that could not be set.
+function Plan:desired(i, placeholder)
   local m, dir = self.mapping, self.directory
-  local ujob = not e.same and self:update_job()
-  local desired = ujob and self:resource(e, ujob) or {}
+  local ujob = not self.same[i] and self:update_job()
+  local desired = ujob and self:resource(i, ujob) or {}
   local missing
-  for name, ref in pairs(e.refs or {}) do
+  for name, ref in pairs(self.input.refs[i] or {}) do
     local id = dir:id(ref)
     if not id and placeholder then
-      local target = self.input.by_key[m:key_id(ref)]
-      if target and (target.action == "create" or target.current == false) then
-        id = "(new: " .. target.key .. ")"
-      end
+      local t = self.input.by_key[m:key_id(ref)]
+      if t and self.act[t] == "create" then id = "(new: " .. self.input.keys[t] .. ")" end
     end
     if id then
       m:set_reference(desired, name, id)
@@ -315,7 +330,9 @@ end
 --- Rewrites the changes of reference attributes (the manager's SCIM id) to people's keys,
 -- so a plan reads "manager: a@example.com -> b@example.com", and names each change's
 -- attribute.
-function Plan:readable(e, changes)
+-- @tparam table changes as `mapping:diff` returns them
+-- @tparam[opt] table refs the row's references (name -> key)
+function Plan:readable(changes, refs)
   local m, dir = self.mapping, self.directory
   local by_col
   for _, c in ipairs(changes or {}) do
@@ -328,118 +345,121 @@ function Plan:readable(e, changes)
       local name = c.column and by_col[c.column]
       if name then
         c.old = c.old ~= nil and (dir:key_of(c.old) or ("id " .. tostring(c.old))) or nil
-        c.new = e.refs and e.refs[name] or c.new
+        c.new = refs and refs[name] or c.new
       end
     end
   end
   return changes
 end
 
--- Whether an existing account, without --upsert, needs its missing manager filled in.
-function Plan:needs_fill(e)
-  if not e.refs then return false end
-  for name in pairs(e.refs) do
-    if self.mapping:reference_id(e.current, name) then return false end
+--- Whether an existing account, without upsert, needs its missing manager filled in.
+-- @tparam integer i the row
+-- @tparam table current the account
+function Plan:needs_fill(i, current)
+  local refs = self.input.refs[i]
+  if not refs then return false end
+  for name in pairs(refs) do
+    if self.mapping:reference_id(current, name) then return false end
   end
   return true
 end
 
--- Decides every entry's action from what was learned.
+local function diff_active(cur)
+  return { { attribute = "active", path = "active",
+    old = cur.active == nil and true or cur.active, new = false } }
+end
+
+-- Decides every row's action from what was learned.
 function Plan:decide()
-  local job, m = self.job, self.mapping
-  local entries = self.entries
+  local job, m, inp = self.job, self.mapping, self.input
+  local act, current = self.act, self.current
   -- Creates first: an update's manager may be a person created by this plan.
-  for _, e in ipairs(entries) do
-    if e.lookup_error then
-      e.action, e.error = "failed", e.lookup_error
-    elseif e.current == false or (e.current == nil and self.strategy == "optimistic") then
+  for i = 1, self.n do
+    if self.err[i] then
+      act[i] = "failed"
+    elseif current[i] == false or (current[i] == nil and self.strategy == "optimistic") then
       if job == "update" then
-        e.action, e.status = "failed", 404
-        e.error = string.format("no account with %s '%s' (create it first)", m.key_attribute,
-          e.key)
+        act[i], self.status[i] = "failed", 404
+        self.err[i] = string.format("no account with %s '%s' (create it first)",
+          m.key_attribute, inp.keys[i])
       elseif job == "delete" then
-        e.action, e.status = "not_found", 404
+        act[i], self.status[i] = "not_found", 404
       else
-        e.action = "create"
+        act[i] = "create"
       end
     end
   end
-  for _, e in ipairs(entries) do
-    local cur = e.current
-    if not e.action and cur then
-      e.id = idstr(cur.id)
+  for i = 1, self.n do
+    local cur = current[i]
+    if not act[i] and cur then
       if job == "delete" then
-        if self.deactivate and cur.active == false then e.action = "unchanged"
-        else e.action = self.deactivate and "deactivate" or "delete" end
-        if e.action == "deactivate" then
-          e.diff = { { attribute = "active", path = "active", column = nil,
-            old = cur.active == nil and true or cur.active, new = false } }
-        end
-      elseif job == "create" and not self.upsert and not self:needs_fill(e) then
-        e.action, e.status = "exists", 409
+        if self.deactivate and cur.active == false then act[i] = "unchanged"
+        else act[i] = self.deactivate and "deactivate" or "delete" end
+        if act[i] == "deactivate" then self.diff[i] = diff_active(cur) end
+      elseif job == "create" and not self.upsert and not self:needs_fill(i, cur) then
+        act[i], self.status[i] = "exists", 409
       else
-        local desired, missing = self:desired(e, true)
+        local desired, missing = self:desired(i, true)
         local ops, changes = m:diff(cur, desired)
-        e.note = missing and table.concat(missing, "; ") .. " (not set)" or nil
+        self.note[i] = missing and table.concat(missing, "; ") .. " (not set)" or nil
         if ops and #ops > 0 then
-          e.action, e.diff = "update", self:readable(e, changes)
-          e.fill = job == "create" and not self.upsert or nil
+          act[i], self.diff[i] = "update", self:readable(changes, inp.refs[i])
         else
-          e.action = (job == "create" and not self.upsert) and "exists" or "unchanged"
-          e.status = e.action == "exists" and 409 or nil
-          if not e.refs then e.current = nil end
-          if e.action == "unchanged" then e.current = { id = cur.id } end
+          act[i] = (job == "create" and not self.upsert) and "exists" or "unchanged"
+          self.status[i] = act[i] == "exists" and 409 or nil
         end
       end
+      -- Only what apply needs stays: the account of a row it writes.
+      if act[i] ~= "update" and act[i] ~= "delete" and act[i] ~= "deactivate" then
+        current[i], self.same[i] = nil, nil
+      end
     end
-    e.diff = e.diff or (e.action == "create" and {} or nil)
   end
   for _, a in ipairs(self.absent) do
     a.id = idstr(a.current.id)
     a.action = self.removals
-    if a.action == "deactivate" then
-      a.diff = { { attribute = "active", path = "active",
-        old = a.current.active == nil and true or a.current.active, new = false } }
-    end
+    if a.action == "deactivate" then a.diff = diff_active(a.current) end
   end
   self:order()
   local counts = {}
-  for change in self:changes() do counts[change.action] = (counts[change.action] or 0) + 1 end
+  for k = 1, self.n do counts[act[k]] = (counts[act[k]] or 0) + 1 end
+  for _, a in ipairs(self.absent) do counts[a.action] = (counts[a.action] or 0) + 1 end
   self.counts = counts
 end
 
--- Orders the creates down the manager tree: `e.level` is 0 for a person whose manager is not
--- created by this plan, else one more than the manager's. A reference that closes a cycle
--- (a person managing themselves, or A managing B managing A) is `deferred`: set by a PATCH
--- once both exist. Cycles are warned about before anything is sent.
+-- Orders the creates down the manager tree: `level[i]` is 0 for a person whose manager is
+-- not created by this plan, else one more than the manager's. A reference that closes a
+-- cycle (a person managing themselves, or A managing B managing A) is `deferred`: set by a
+-- PATCH once both exist. Cycles are warned about before anything is sent.
 function Plan:order()
-  local m, by_key = self.mapping, self.input.by_key
-  local state = {}  -- entry -> "visiting" | "done"
+  local m, inp, act = self.mapping, self.input, self.act
+  local level, deferred = self.level, self.deferred
+  local state = {}  -- row -> "visiting" | "done"
   local function target_of(ref)
-    local t = by_key[m:key_id(ref)]
-    return t and t.action == "create" and t or nil
+    local t = inp.by_key[m:key_id(ref)]
+    return t and act[t] == "create" and t or nil
   end
-  local function visit(e)
+  local function visit(i)
     -- Iterative depth-first walk up the manager chain (a chain can be long).
-    local stack = { e }
+    local stack = { i }
     while #stack > 0 do
       local top = stack[#stack]
       if state[top] == "done" then
         stack[#stack] = nil
       else
         state[top] = "visiting"
-        local pending, level = nil, 0
-        for name, ref in pairs(top.refs or {}) do
+        local pending, lvl = nil, 0
+        for name, ref in pairs(inp.refs[top] or {}) do
           local t = target_of(ref)
-          if t and not (top.deferred and top.deferred[name]) then
+          if t and not (deferred[top] and deferred[top][name]) then
             if state[t] == "visiting" then
-              top.deferred = top.deferred or {}
-              top.deferred[name] = true
-              self.warn(string.format("%s:%s: %s '%s' %s", self.input.source,
-                tostring(top.line), name, ref, t == top and "is the person themselves"
+              deferred[top] = deferred[top] or {}
+              deferred[top][name] = true
+              self.warn(string.format("%s:%s: %s '%s' %s", inp.source, tostring(inp.lines[top]),
+                name, ref, t == top and "is the person themselves"
                 or "closes a cycle of managers; it is set after both accounts exist"))
             elseif state[t] == "done" then
-              level = math.max(level, t.level + 1)
+              lvl = math.max(lvl, level[t] + 1)
             else
               pending = t
             end
@@ -448,16 +468,25 @@ function Plan:order()
         if pending then
           stack[#stack + 1] = pending
         else
-          top.level = level
-          state[top] = "done"
+          level[top], state[top] = lvl, "done"
           stack[#stack] = nil
         end
       end
     end
   end
-  for _, e in ipairs(self.entries) do
-    if e.action == "create" and not state[e] then visit(e) end
+  for i = 1, self.n do
+    if act[i] == "create" and not state[i] then visit(i) end
   end
+end
+
+--- The change of row i: a new table with `index`, `action`, `key`, `line`, `id` (existing
+-- accounts), `diff`, `error`, `status`, `note`.
+function Plan:change(i)
+  local key = self.input.keys[i]
+  local err = self.err[i]
+  return { index = i, action = self.act[i], key = key, line = self.input.lines[i],
+    id = self.directory:id(key) or nil, diff = self.diff[i] or (self.act[i] == "create" and {}
+    or nil), error = err, status = self.status[i], note = self.note[i] }
 end
 
 --- The planned changes: every input row in file order, then the absent accounts (sync with
@@ -466,11 +495,11 @@ end
 -- `id` (existing accounts), `diff` (`{ column=, attribute=, old=, new= }` list), `error`.
 -- @treturn function iterator
 function Plan:changes()
-  local entries, absent = self.entries, self.absent
-  local i, n = 0, #self.entries
+  local absent = self.absent
+  local i, n = 0, self.n
   return function()
     i = i + 1
-    if i <= n then return entries[i] end
+    if i <= n then return self:change(i) end
     return absent[i - n]
   end
 end

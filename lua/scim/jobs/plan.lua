@@ -70,7 +70,7 @@ function job.run(ctx)
   if opts.where or opts.limit then
     rep:info(string.format("%d of %d rows selected", p.input.selected, p.input.rows))
   end
-  rep:begin(#p.entries + #p.absent)
+  rep:begin(p.n + #p.absent)
 
   if opts.dry_run then
     for change in p:changes() do
