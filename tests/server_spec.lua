@@ -1099,7 +1099,8 @@ describe("strict mode in SCIM 2.0 (scim2 and meta)", function()
     assert.equal(400, res.status)
     assert.equal("invalidSyntax", res.json.scimType)
     body.schemas = { CORE }
-    assert.equal(201, m:request{ method = "POST", path = "Users", headers = UA, body = body }.status)
+    assert.equal(201,
+      m:request{ method = "POST", path = "Users", headers = UA, body = body }.status)
     assert.equal(404, m:request{ path = "Users/", headers = UA }.status)
     assert.same({ ["POST /Users"] = 2, ["GET /Users/"] = 1 }, m:stats().by_route)
     m:stop()
@@ -1270,7 +1271,8 @@ describe("groups (scim2 and meta)", function()
     local outer = s:seed_groups{ { displayName = "Out", members = {
       { value = u[1].id }, { value = u[2].id }, { value = inner.id } } } }[1]
     assert.equal(204, s:request{ method = "DELETE", path = "Users/" .. u[1].id }.status)
-    assert.same(sorted{ u[2].id, inner.id }, member_ids(s:request{ path = "Groups/" .. outer.id }.json))
+    assert.same(sorted{ u[2].id, inner.id },
+      member_ids(s:request{ path = "Groups/" .. outer.id }.json))
     assert.is_nil(s:request{ path = "Groups/" .. inner.id }.json.members)
     assert.equal(204, s:request{ method = "DELETE", path = "Groups/" .. inner.id }.status)
     assert.same({ u[2].id }, member_ids(s:request{ path = "Groups/" .. outer.id }.json))
@@ -1368,7 +1370,8 @@ describe("bulk (RFC 7644 3.7)", function()
       { method = "POST", path = "/Groups", bulkId = "inner",
         data = { schemas = { GROUP }, displayName = "Inner" } },
       { method = "PATCH", path = "/Groups/bulkId:inner", data = { schemas = { PATCHOP },
-        Operations = { { op = "add", path = "members", value = { { value = "bulkId:boss" } } } } } },
+        Operations = { { op = "add", path = "members",
+                         value = { { value = "bulkId:boss" } } } } } },
     }
     assert.equal(200, res.status, res.body)
     assert.same({ BULK_RES }, res.json.schemas)
@@ -1466,7 +1469,8 @@ describe("bulk (RFC 7644 3.7)", function()
     assert.equal(413, res.status)
     assert.matches("maxPayloadSize %(1000%)", res.json.detail)
     -- Chunked (no Content-Length): counted while read.
-    res = s:request{ method = "POST", path = "Bulk", headers = { ["Transfer-Encoding"] = "chunked" },
+    res = s:request{ method = "POST", path = "Bulk",
+                     headers = { ["Transfer-Encoding"] = "chunked" },
                      body = { schemas = { BULK_REQ }, Operations = ops } }
     assert.equal(413, res.status)
     assert.same({}, s:users())
@@ -1596,7 +1600,9 @@ for _, opts in ipairs{
 
     local GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
     local function patch(ops) return { schemas = { PATCHOP }, Operations = ops } end
-    local function post(path, body) return s:request{ method = "POST", path = path, body = body } end
+    local function post(path, body)
+      return s:request{ method = "POST", path = path, body = body }
+    end
 
     it("creates, reads, replaces and deletes users, with uniqueness and ETags", function()
       local res = post("Users", user("ann@example.com", { schemas = { CORE, ENTERPRISE },
@@ -1613,7 +1619,8 @@ for _, opts in ipairs{
       assert.equal(200, put.status, put.body)
       assert.equal("Boss", put.json.title)
       assert.is_nil(put.json[ENTERPRISE])
-      local stale = s:request{ method = "PUT", path = "Users/" .. id, body = user("ann@example.com"),
+      local stale = s:request{ method = "PUT", path = "Users/" .. id,
+                               body = user("ann@example.com"),
                                headers = { ["If-Match"] = res.json.meta.version } }
       assert.equal(412, stale.status)
       assert.equal(204, s:request{ method = "DELETE", path = "Users/" .. id }.status)
@@ -1625,7 +1632,8 @@ for _, opts in ipairs{
     it("requires schemas, filters on one eq only, pages honestly, routes exactly", function()
       assert.equal("invalidSyntax", post("Users", { userName = "x@example.com" }).json.scimType)
       s:seed(7)
-      local res = s:request{ path = "Users?filter=" .. escape('userName eq "USER00003@example.com"') }
+      local res = s:request{ path = "Users?filter="
+                             .. escape('userName eq "USER00003@example.com"') }
       assert.equal(1, res.json.totalResults)
       res = s:request{ path = "Users?filter=" .. escape('userName sw "user"') }
       assert.equal(400, res.status)
@@ -1645,7 +1653,8 @@ for _, opts in ipairs{
 
     it("patches users: absent extension values, value filters, no-op 204", function()
       local u = s:seed{ user("p@example.com", { emails = {
-        { value = "p@example.com", type = "work" }, { value = "p@home.example", type = "home" } } }) }[1]
+        { value = "p@example.com", type = "work" },
+        { value = "p@home.example", type = "home" } } }) }[1]
       local path = "Users/" .. u.id
       local res = s:request{ method = "PATCH", path = path, body = patch{
         { op = "replace", path = ENTERPRISE .. ":manager.value", value = "boss-1" },
@@ -1707,7 +1716,8 @@ for _, opts in ipairs{
       assert.equal(9, #s:request{ path = "Groups/" .. id }.json.members)
       local ops = {}
       for i = 1, 11 do ops[i] = { op = "replace", path = "displayName", value = "N" .. i } end
-      assert.equal(400, s:request{ method = "PATCH", path = "Groups/" .. id, body = patch(ops) }.status)
+      assert.equal(400,
+        s:request{ method = "PATCH", path = "Groups/" .. id, body = patch(ops) }.status)
       local st = s:stats()
       assert.equal(4, st.by_route["PATCH /Groups/:id"])
       assert.equal(4, st.by_route["POST /Groups"])

@@ -60,7 +60,8 @@ function parseArgs(argv) {
       if (a === "--rate-limit" && /^\d+(\.\d+)?$/.test(v)) parsed = { rps: Number(v) };
       else if (a === "--bulk" && v === "off") parsed = false;
       else {
-        try { parsed = JSON.parse(v); } catch { die(`${a} needs ${a === "--bulk" ? "a JSON object or off" : "requests per second or a JSON object"}, got ${v}`); }
+        const want = a === "--bulk" ? "a JSON object or off" : "requests per second or a JSON object";
+        try { parsed = JSON.parse(v); } catch { die(`${a} needs ${want}, got ${v}`); }
       }
       opts[a.slice(2).replace("-", "_")] = parsed;
     } else if (a === "--help" || a === "-h") {
@@ -189,7 +190,8 @@ control.post("/config", controlJson, (req, res) => {
   if (b.rate_limit !== undefined) faults.setLimiter(b.rate_limit);
   if (typeof b.omit_members_in_list === "boolean") cfg.omit_members_in_list = b.omit_members_in_list;
   if (b.max_patch_ops !== undefined) {
-    if (!Number.isInteger(b.max_patch_ops) || b.max_patch_ops < 0) throw Object.assign(new Error("max_patch_ops must be an integer >= 0 (0: no limit)"), { status: 400 });
+    if (!Number.isInteger(b.max_patch_ops) || b.max_patch_ops < 0)
+      throw Object.assign(new Error("max_patch_ops must be an integer >= 0 (0: no limit)"), { status: 400 });
     cfg.max_patch_ops = b.max_patch_ops;
   }
   if (b.bulk !== undefined) {
@@ -253,7 +255,7 @@ const impl = await import(v1 ? "./lib/v1.js" : entra ? "./lib/entra.js"
 const bulk = v1 || entra || minimal ? null : await import("./lib/bulk.js");
 mode = impl.install(app, { base, cfg, store, origin, faults, meta, verify: opts.verify_egress, bulk });
 if (opts.bulk !== undefined) {
-  if (!mode.setBulk) die("--bulk needs a SCIM 2.0 mode");
+  if (!mode.setBulk) die(`--bulk: no /Bulk in ${opts.mode} mode (scim2 and meta have it)`);
   try { mode.setBulk(opts.bulk); } catch (ex) { die(`--bulk: ${ex.message}`); }
 }
 

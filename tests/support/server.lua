@@ -137,7 +137,8 @@ function server.start(opts)
     local v = opts[key]
     if v ~= nil then
       if type(v) ~= "table" and not (key == "bulk" and type(v) == "boolean") then
-        error("server.start: " .. key .. " must be a table" .. (key == "bulk" and " or a boolean" or ""), 2)
+        error("server.start: " .. key .. " must be a table"
+          .. (key == "bulk" and " or a boolean" or ""), 2)
       end
       local text = v == false and "off" or v == true and "{}" or cjson.encode(v)
       args[#args + 1] = "--" .. key:gsub("_", "-") .. " " .. shell_quote(text)

@@ -256,8 +256,9 @@ function intParam(q, name, dflt) {
 /** Shapes a stored record for output: no write-only attributes, attributes= / excludedAttributes=. */
 function present(r, q, always) {
   const out = {};
-  const pick = typeof q.attributes === "string" ? new Set(q.attributes.split(",").map((a) => a.trim().toLowerCase())) : null;
-  const drop = typeof q.excludedAttributes === "string" ? new Set(q.excludedAttributes.split(",").map((a) => a.trim().toLowerCase())) : null;
+  const names = (v) => (typeof v === "string" ? new Set(v.split(",").map((a) => a.trim().toLowerCase())) : null);
+  const pick = names(q.attributes);
+  const drop = names(q.excludedAttributes);
   for (const [k, v] of Object.entries(r)) {
     if (k === "password") continue;
     const lk = k.toLowerCase();
