@@ -1041,6 +1041,26 @@ local function pager(self, o)
   end
 end
 
+-- A generic-for iterator over a step function's resources that raises its errors.
+local function raising(step)
+  return function()
+    local r, err = step()
+    if err then error(err, 0) end
+    return r
+  end
+end
+
+-- Every resource of a step function as an array, or the fail triple.
+local function collect(step)
+  local out = json.array()
+  while true do
+    local r, err = step()
+    if err then return fail(err) end
+    if r == nil then return out end
+    out[#out + 1] = r
+  end
+end
+
 --- Iterate over every matching user, across pages (RFC 7644 §3.4.2.4).
 -- Pages start at 1 and advance by the number of Resources the server actually returned;
 -- the loop stops at totalResults, and fails on a server that pages forever or returns an
@@ -1052,13 +1072,7 @@ end
 -- @usage for u in client:users{ filter = filter.sw("userName", "a") } do print(u.id) end
 function Client:users(opts)
   check_open(self, "users")
-  local o = list_options(opts, "users")
-  local step = pager(self, o)
-  return function()
-    local r, err = step()
-    if err then error(err, 0) end
-    return r
-  end
+  return raising(pager(self, list_options(opts, "users")))
 end
 
 --- Every matching user, all pages, as an array (the non-raising sibling of `users`).
@@ -1075,14 +1089,7 @@ function Client:find(f, opts)
   end
   local o = list_options(opts, "find")
   o.filter = f
-  local out = json.array()
-  local step = pager(self, o)
-  while true do
-    local r, err = step()
-    if err then return fail(err) end
-    if r == nil then return out end
-    out[#out + 1] = r
-  end
+  return collect(pager(self, o))
 end
 
 --- Find a user by userName (compared without regard to case, as SCIM's userName is).
@@ -1132,8 +1139,8 @@ local internals = {
   call = call, fail = fail, local_error = local_error, http_error = http_error,
   decode_body = decode_body, member_url = member_url, with_schemas = with_schemas,
   split_operations = split_operations, patch_schema = patch_schema, PATCHOP = PATCHOP,
-  list_options = list_options, pager = pager, query_string = query_string,
-  attribute_list = attribute_list, escape = escape,
+  list_options = list_options, pager = pager, raising = raising, collect = collect,
+  query_string = query_string, attribute_list = attribute_list, escape = escape,
 }
 function internals.unsupported(self, method, url, what)
   return fail(local_error(self, method, url, what, "UNSUPPORTED"))

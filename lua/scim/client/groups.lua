@@ -18,7 +18,7 @@ local M = {}
 local Client = {}
 local argerror, check_open, check_id, call, fail, local_error, member_url, with_schemas,
   split_operations, patch_schema, list_options, pager, query_string, attribute_list, send,
-  unsupported
+  unsupported, raising, collect
 
 -- {====================================================================
 -- Groups
@@ -166,13 +166,7 @@ end
 --   server or dialect without Groups)
 function Client:groups(opts)
   check_open(self, "groups")
-  local o = list_options(opts, "groups", true)
-  local step = group_pager(self, o)
-  return function()
-    local r, err = step()
-    if err then error(err, 0) end
-    return r
-  end
+  return raising(group_pager(self, list_options(opts, "groups", true)))
 end
 
 --- Every matching group, all pages, as an array (the non-raising sibling of `groups`).
@@ -183,15 +177,7 @@ end
 -- @treturn[2] string code
 function Client:find_groups(opts)
   check_open(self, "find_groups")
-  local o = list_options(opts, "find_groups", true)
-  local step = group_pager(self, o)
-  local out = json.array()
-  while true do
-    local r, err = step()
-    if err then return fail(err) end
-    if r == nil then return out end
-    out[#out + 1] = r
-  end
+  return collect(group_pager(self, list_options(opts, "find_groups", true)))
 end
 
 --- Find a group by displayName (compared without regard to case).
@@ -395,6 +381,7 @@ function M.install(class, internals)
   attribute_list = I.attribute_list
   send = I.send
   unsupported = I.unsupported
+  raising, collect = I.raising, I.collect
   for k, v in pairs(Client) do class[k] = v end
 end
 
