@@ -1208,6 +1208,28 @@ describe("scim.client", function()
   end)
 
   describe("bulk answers", function()
+    it("uses a dialect's declared endpoint and limits; 202 with no body is accepted", function()
+      local dialect = setmetatable({ bulk = { url = "https://upload.example.com/bulkUpload",
+        max_operations = 2 } }, { __index = require "scim.dialects.scim2" })
+      local c, e = new_client(function(req)
+        assert.equal("https://upload.example.com/bulkUpload", req.url)
+        return response(202)
+      end, { dialect = dialect })
+      local ops = {}
+      for i = 1, 5 do ops[i] = { method = "POST", data = { userName = "u" .. i } } end
+      local results = assert(c:bulk(ops))
+      assert.equal(3, results.requests)
+      assert.equal(3, #e.sent)  -- no ServiceProviderConfig asked
+      for i = 1, 5 do
+        assert.is_true(results[i].ok)
+        assert.is_true(results[i].accepted)
+        assert.equal(202, results[i].status)
+        assert.equal("op" .. i, results[i].bulk_id)
+      end
+      assert.same({ "op1", "op2" }, { json.decode(e.sent[1].body).Operations[1].bulkId,
+        json.decode(e.sent[1].body).Operations[2].bulkId })
+    end)
+
     local SPC = { bulk = { supported = true, maxOperations = 2, maxPayloadSize = 100000 } }
     it("matches answers by bulkId in any order and fails a refused request's operations", function()
       local n = 0

@@ -138,7 +138,10 @@ end
 -- the others. Operations keep their order: a reference `"bulkId:x"` in `data` (or as an
 -- `id`) to a POST in the same request is resolved by the server; to a POST of an earlier
 -- request, by the client before it sends. An operation referring to a POST that failed is
--- not sent (code "BULK_REF").
+-- not sent (code "BULK_REF"). A dialect may declare the endpoint and limits
+-- (`bulk = { url = or path =, max_operations =, max_payload_size = }`); then no
+-- ServiceProviderConfig is read, and a 2xx answer without a body (202 Accepted) gives each
+-- operation of that request `{ ok = true, accepted = true, status = 202 }`.
 -- @tparam table operations array of `{ method = "POST"|"PUT"|"PATCH"|"DELETE",
 --   resource = "Users"|"Groups" (default "Users"), id = (PUT/PATCH/DELETE), path = (instead
 --   of resource and id, e.g. "/Users/42"), bulk_id = (POST; default "op<index>"),
@@ -162,22 +165,29 @@ function Client:bulk(operations, opts)
       error("bulk: option '" .. tostring(k) .. "' unknown or not a positive integer", 2)
     end
   end
-  local bulk_url = self.url .. (self.d.bulk_path or "Bulk")
+  -- A dialect may declare its Bulk endpoint and limits (`bulk = { url = or path =,
+  -- max_operations =, max_payload_size = }`): then no ServiceProviderConfig is needed.
+  local declared = type(self.dialect.bulk) == "table" and self.dialect.bulk or nil
+  local bulk_url = declared and declared.url
+    or self.url .. (declared and declared.path or self.d.bulk_path or "Bulk")
   local ops, results, seen = {}, { requests = 0 }, {}
   for i, o in ipairs(operations) do
     local op, err = bulk_operation(self, i, o, seen)
     ops[i] = op
     if not op then results[i] = { error = err, code = err.code } end
   end
-  local caps = self:capabilities()
-  if not caps.bulk.supported then
+  local limits = declared or self:capabilities().bulk
+  if not declared and not limits.supported then
     return unsupported(self, "POST", bulk_url, "the server does not offer SCIM Bulk "
       .. "(per its ServiceProviderConfig)")
   end
+  local function limit(v, fallback)
+    return (math_type(v) and v > 0) and v or fallback
+  end
   local max_ops = math.min(opts.max_operations or math_huge,
-    caps.bulk.max_operations > 0 and caps.bulk.max_operations or BULK_MAX_OPERATIONS)
+    limit(limits.max_operations, BULK_MAX_OPERATIONS))
   local max_bytes = math.min(opts.max_payload_size or math_huge,
-    caps.bulk.max_payload_size > 0 and caps.bulk.max_payload_size or BULK_MAX_PAYLOAD)
+    limit(limits.max_payload_size, BULK_MAX_PAYLOAD))
   local head = '{"Operations":['
   local tail = '],"schemas":["' .. BULK_REQUEST .. '"]}'
   local created, failed = {}, {}  -- bulkId -> id of a POST in an earlier request / failed
@@ -226,6 +236,13 @@ function Client:bulk(operations, opts)
       local doc, derr
       if res and (res.status < 200 or res.status > 299) then
         err = http_error(self, res, "POST", bulk_url)
+      elseif res and (res.body or ""):find("^%s*$") then
+        -- Accepted for later processing (202 and no body, as Entra's bulkUpload answers):
+        -- success as far as this request can tell.
+        for _, i in ipairs(batch) do
+          results[i] = { ok = true, accepted = true, status = res.status,
+            bulk_id = ops[i].bulkId }
+        end
       elseif res then
         doc, derr = decode_body(self, res, "POST", bulk_url)
         err = derr
@@ -239,7 +256,7 @@ function Client:bulk(operations, opts)
           results[i] = { error = err, code = err.code, status = err.status }
           if ops[i].bulkId then failed[ops[i].bulkId] = true end
         end
-      else
+      elseif doc then
         -- Answers by bulkId first, then the rest in order, method by method.
         local by_id, rest = {}, {}
         for _, r in ipairs(doc.Operations) do
