@@ -1089,6 +1089,177 @@ describe("scim.client", function()
     end)
   end)
 
+  describe("bulk against the scim2 test server", function()
+    local server = require "support.server"
+    local s, c
+    local ENT = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+    server.per_describe(_ENV, { mode = "scim2" }, function(started) s = started end)
+
+    local function connect(bulk)
+      s:configure{ bulk = bulk }
+      if c then c:close() end
+      c = client.new{ url = s.url, token = s.token }
+    end
+    after_each(function()
+      if c then c:close() end
+      c = nil
+    end)
+
+    local function person(i, manager)
+      local r = { userName = ("p%03d@example.com"):format(i) }
+      if manager then
+        r.schemas = { "urn:ietf:params:scim:schemas:core:2.0:User", ENT }
+        r[ENT] = { manager = { value = "bulkId:p" .. manager } }
+      end
+      return { method = "POST", bulk_id = "p" .. i, data = r }
+    end
+
+    it("splits by maxOperations and links managers inside and across requests", function()
+      connect{ max_operations = 10 }
+      local ops = { person(1) }
+      for i = 2, 25 do ops[i] = person(i, i - 1) end  -- each managed by the one before
+      local results = assert(c:bulk(ops))
+      assert.equal(3, results.requests)
+      assert.equal(3, s:stats().by_route["POST /Bulk"])
+      local by_name = {}
+      for _, u in ipairs(s:users()) do by_name[u.userName] = u end
+      for i = 1, 25 do
+        local r = results[i]
+        assert.is_true(r.ok, tostring(r.error))
+        assert.equal(201, r.status)
+        assert.equal("p" .. i, r.bulk_id)
+        local u = by_name[("p%03d@example.com"):format(i)]
+        assert.equal(u.id, r.id)
+        if i > 1 then assert.equal(results[i - 1].id, u[ENT].manager.value) end
+      end
+    end)
+
+    it("keeps every request under maxPayloadSize", function()
+      connect{ max_payload = 1500 }
+      local ops = {}
+      for i = 1, 30 do ops[i] = person(i) end
+      local results = assert(c:bulk(ops))
+      assert.is_true(results.requests >= 3)
+      for i = 1, 30 do assert.is_true(results[i].ok, tostring(results[i].error)) end
+      assert.equal(30, #s:users())
+      assert.is_nil(s:stats().by_status["413"])
+    end)
+
+    it("maps a partial failure to the right operations", function()
+      connect{ max_operations = 3 }
+      s:seed{ { userName = "taken@example.com" } }
+      local existing = s:users()[1]
+      local ops = {
+        person(1),
+        { method = "POST", bulk_id = "dup", data = { userName = "taken@example.com" } },
+        person(3),
+        -- next request: refers to the failed POST, so it is not sent
+        { method = "POST", bulk_id = "orphan", data = { userName = "o@example.com",
+          schemas = { "urn:ietf:params:scim:schemas:core:2.0:User", ENT },
+          [ENT] = { manager = { value = "bulkId:dup" } } } },
+        { method = "PATCH", id = existing.id, data = { { op = "replace", path = "title",
+          value = "Boss" } } },
+        { method = "DELETE", id = ".." },
+        { method = "PUT", id = "missing-id", data = { userName = "m@example.com" } },
+        { method = "PATCH", id = "bulkId:p1", data = { { op = "replace", path = "title",
+          value = "First" } } },
+        { method = "POST", resource = "Groups", bulk_id = "g", data = { displayName = "G",
+          members = { { value = "bulkId:p3" } } } },
+        { method = "DELETE", id = existing.id },
+      }
+      local results = assert(c:bulk(ops))
+      assert.is_true(results[1].ok)
+      assert.equal("UNIQUENESS", results[2].code)
+      assert.equal(409, results[2].status)
+      assert.is_true(results[3].ok)
+      assert.equal("BULK_REF", results[4].code)
+      assert.is_true(results[5].ok, tostring(results[5].error))
+      assert.equal("BAD_ID", results[6].code)
+      assert.equal("NOT_FOUND", results[7].code)
+      assert.matches("^PUT " .. s.url:gsub("%p", "%%%0") .. "Users/missing%-id: 404",
+        tostring(results[7].error))
+      assert.is_true(results[8].ok, tostring(results[8].error))
+      assert.is_true(results[9].ok, tostring(results[9].error))
+      assert.is_true(results[10].ok, tostring(results[10].error))
+      assert.equal(204, results[10].status)
+      local by_name = {}
+      for _, u in ipairs(s:users()) do by_name[u.userName] = u end
+      assert.is_nil(by_name["o@example.com"])
+      assert.is_nil(by_name["taken@example.com"])
+      assert.equal("First", by_name["p001@example.com"].title)
+      local groups = s:groups()
+      assert.equal(1, #groups)
+      assert.equal(results[3].id, groups[1].members[1].value)
+      -- 10 operations, 3 per request, two not sent: 3 requests, 8 operations.
+      assert.equal(3, results.requests)
+      assert.equal(8, s:stats().bulk.operations)
+    end)
+
+    it("says UNSUPPORTED when the server has no Bulk, sending nothing", function()
+      connect(false)
+      local v, err, code = c:bulk{ person(1) }
+      assert.is_nil(v)
+      assert.equal("UNSUPPORTED", code)
+      assert.matches("does not offer SCIM Bulk", tostring(err))
+      assert.is_nil(s:stats().by_route["POST /Bulk"])
+      assert.has_error(function() c:bulk{ { method = "GET" } } end)
+      assert.has_error(function() c:bulk{ person(1), person(1) } end)
+    end)
+  end)
+
+  describe("bulk answers", function()
+    it("uses a dialect's declared endpoint and limits; 202 with no body is accepted", function()
+      local dialect = setmetatable({ bulk = { url = "https://upload.example.com/bulkUpload",
+        max_operations = 2 } }, { __index = require "scim.dialects.scim2" })
+      local c, e = new_client(function(req)
+        assert.equal("https://upload.example.com/bulkUpload", req.url)
+        return response(202)
+      end, { dialect = dialect })
+      local ops = {}
+      for i = 1, 5 do ops[i] = { method = "POST", data = { userName = "u" .. i } } end
+      local results = assert(c:bulk(ops))
+      assert.equal(3, results.requests)
+      assert.equal(3, #e.sent)  -- no ServiceProviderConfig asked
+      for i = 1, 5 do
+        assert.is_true(results[i].ok)
+        assert.is_true(results[i].accepted)
+        assert.equal(202, results[i].status)
+        assert.equal("op" .. i, results[i].bulk_id)
+      end
+      assert.same({ "op1", "op2" }, { json.decode(e.sent[1].body).Operations[1].bulkId,
+        json.decode(e.sent[1].body).Operations[2].bulkId })
+    end)
+
+    local SPC = { bulk = { supported = true, maxOperations = 2, maxPayloadSize = 100000 } }
+    it("matches answers by bulkId in any order and fails a refused request's operations", function()
+      local n = 0
+      local c, e = new_client(function(req, path)
+        if path:find("ServiceProviderConfig") then return response(200, SPC) end
+        n = n + 1
+        local body = json.decode(req.body)
+        if n == 2 then return response(500, { detail = "bulk broke" }) end
+        local out = {}
+        for i = #body.Operations, 1, -1 do  -- answers reversed
+          local op = body.Operations[i]
+          out[#out + 1] = { method = op.method, bulkId = op.bulkId, status = "201",
+            location = BASE .. "Users/id%2F" .. op.bulkId }
+        end
+        return response(200, { Operations = out })
+      end)
+      local ops = {}
+      for i = 1, 5 do ops[i] = { method = "POST", data = { userName = "u" .. i } } end
+      local results = assert(c:bulk(ops))
+      assert.equal(3, results.requests)
+      assert.equal("id/op1", results[1].id)
+      assert.equal("id/op2", results[2].id)
+      assert.equal("HTTP_500", results[3].code)
+      assert.equal("HTTP_500", results[4].code)
+      assert.matches("bulk broke", tostring(results[3].error))
+      assert.equal("id/op5", results[5].id)
+      assert.equal(4, #e.sent)
+    end)
+  end)
+
   describe("against the v1 test server", function()
     local server = require "support.server"
     local s, c

@@ -86,7 +86,7 @@ describe("support.server harness", function()
     assert.has_error(function() server.start{ prot = 1 } end,
       "server.start: unknown option 'prot'")
     assert.has_error(function() server.start{ mode = "v3" } end,
-      'server.start: mode must be "scim2", "meta", "v1" or "entra", got v3')
+      'server.start: mode must be "scim2", "meta", "v1", "entra" or "minimal", got v3')
     assert.has_error(function() server.start{ page_size = 0 } end,
       "server.start: page_size must be an integer >= 1, got 0")
   end)
@@ -1099,7 +1099,8 @@ describe("strict mode in SCIM 2.0 (scim2 and meta)", function()
     assert.equal(400, res.status)
     assert.equal("invalidSyntax", res.json.scimType)
     body.schemas = { CORE }
-    assert.equal(201, m:request{ method = "POST", path = "Users", headers = UA, body = body }.status)
+    assert.equal(201,
+      m:request{ method = "POST", path = "Users", headers = UA, body = body }.status)
     assert.equal(404, m:request{ path = "Users/", headers = UA }.status)
     assert.same({ ["POST /Users"] = 2, ["GET /Users/"] = 1 }, m:stats().by_route)
     m:stop()
@@ -1270,7 +1271,8 @@ describe("groups (scim2 and meta)", function()
     local outer = s:seed_groups{ { displayName = "Out", members = {
       { value = u[1].id }, { value = u[2].id }, { value = inner.id } } } }[1]
     assert.equal(204, s:request{ method = "DELETE", path = "Users/" .. u[1].id }.status)
-    assert.same(sorted{ u[2].id, inner.id }, member_ids(s:request{ path = "Groups/" .. outer.id }.json))
+    assert.same(sorted{ u[2].id, inner.id },
+      member_ids(s:request{ path = "Groups/" .. outer.id }.json))
     assert.is_nil(s:request{ path = "Groups/" .. inner.id }.json.members)
     assert.equal(204, s:request{ method = "DELETE", path = "Groups/" .. inner.id }.status)
     assert.same({ u[2].id }, member_ids(s:request{ path = "Groups/" .. outer.id }.json))
@@ -1368,7 +1370,8 @@ describe("bulk (RFC 7644 3.7)", function()
       { method = "POST", path = "/Groups", bulkId = "inner",
         data = { schemas = { GROUP }, displayName = "Inner" } },
       { method = "PATCH", path = "/Groups/bulkId:inner", data = { schemas = { PATCHOP },
-        Operations = { { op = "add", path = "members", value = { { value = "bulkId:boss" } } } } } },
+        Operations = { { op = "add", path = "members",
+                         value = { { value = "bulkId:boss" } } } } } },
     }
     assert.equal(200, res.status, res.body)
     assert.same({ BULK_RES }, res.json.schemas)
@@ -1466,7 +1469,8 @@ describe("bulk (RFC 7644 3.7)", function()
     assert.equal(413, res.status)
     assert.matches("maxPayloadSize %(1000%)", res.json.detail)
     -- Chunked (no Content-Length): counted while read.
-    res = s:request{ method = "POST", path = "Bulk", headers = { ["Transfer-Encoding"] = "chunked" },
+    res = s:request{ method = "POST", path = "Bulk",
+                     headers = { ["Transfer-Encoding"] = "chunked" },
                      body = { schemas = { BULK_REQ }, Operations = ops } }
     assert.equal(413, res.status)
     assert.same({}, s:users())
@@ -1581,5 +1585,168 @@ describe("entra mode (API-driven inbound provisioning)", function()
     assert.same({ 202, 202, 429 }, codes)
     assert.equal(2, #s:users())
     assert.equal(1, s:stats().limiter.refused)
+  end)
+end)
+
+-- The same behaviour from two independent implementations: the SCIMMY-based scim2 mode made
+-- strict, and the hand-written minimal mode.
+for _, opts in ipairs{
+  { mode = "minimal", page_size = 5 },
+  { mode = "scim2", page_size = 5, strict = true, omit_members_in_list = true, max_patch_ops = 10 },
+} do
+  describe("strict SCIM 2.0 behaviour, " .. opts.mode .. " mode", function()
+    local s
+    server.per_describe(_ENV, opts, function(started) s = started end)
+
+    local GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+    local function patch(ops) return { schemas = { PATCHOP }, Operations = ops } end
+    local function post(path, body)
+      return s:request{ method = "POST", path = path, body = body }
+    end
+
+    it("creates, reads, replaces and deletes users, with uniqueness and ETags", function()
+      local res = post("Users", user("ann@example.com", { schemas = { CORE, ENTERPRISE },
+        password = "never-shown", [ENTERPRISE] = { department = "R&D" } }))
+      assert.equal(201, res.status, res.body)
+      local id = res.json.id
+      assert.equal(s.url .. "Users/" .. id, res.headers.location)
+      assert.equal(res.json.meta.version, res.headers.etag)
+      assert.is_nil(res.json.password)
+      assert.equal("R&D", res.json[ENTERPRISE].department)
+      assert.equal(409, post("Users", user("ANN@example.com")).status)
+      local put = s:request{ method = "PUT", path = "Users/" .. id,
+                             body = user("ann@example.com", { title = "Boss" }) }
+      assert.equal(200, put.status, put.body)
+      assert.equal("Boss", put.json.title)
+      assert.is_nil(put.json[ENTERPRISE])
+      local stale = s:request{ method = "PUT", path = "Users/" .. id,
+                               body = user("ann@example.com"),
+                               headers = { ["If-Match"] = res.json.meta.version } }
+      assert.equal(412, stale.status)
+      assert.equal(204, s:request{ method = "DELETE", path = "Users/" .. id }.status)
+      res = s:request{ path = "Users/" .. id }
+      assert.equal(404, res.status)
+      assert.same({ ERROR }, res.json.schemas)
+    end)
+
+    it("requires schemas, filters on one eq only, pages honestly, routes exactly", function()
+      assert.equal("invalidSyntax", post("Users", { userName = "x@example.com" }).json.scimType)
+      s:seed(7)
+      local res = s:request{ path = "Users?filter="
+                             .. escape('userName eq "USER00003@example.com"') }
+      assert.equal(1, res.json.totalResults)
+      res = s:request{ path = "Users?filter=" .. escape('userName sw "user"') }
+      assert.equal(400, res.status)
+      assert.equal("invalidFilter", res.json.scimType)
+      res = s:request{ path = "Users?count=50&startIndex=6" }
+      assert.equal(7, res.json.totalResults)
+      assert.equal(2, res.json.itemsPerPage)
+      assert.equal(6, res.json.startIndex)
+      assert.equal("user00006@example.com", res.json.Resources[1].userName)
+      assert.equal(5, s:request{ path = "Users" }.json.itemsPerPage)
+      assert.equal(404, s:request{ path = "Users/" }.status)
+      assert.equal(404, s:request{ path = "Groups/" }.status)
+      local spc = s:request{ path = "ServiceProviderConfig" }.json
+      assert.is_true(spc.patch.supported)
+      assert.equal(5, spc.filter.maxResults)
+    end)
+
+    it("patches users: absent extension values, value filters, no-op 204", function()
+      local u = s:seed{ user("p@example.com", { emails = {
+        { value = "p@example.com", type = "work" },
+        { value = "p@home.example", type = "home" } } }) }[1]
+      local path = "Users/" .. u.id
+      local res = s:request{ method = "PATCH", path = path, body = patch{
+        { op = "replace", path = ENTERPRISE .. ":manager.value", value = "boss-1" },
+        { op = "replace", path = 'emails[type eq "work"].value', value = "new@example.com" },
+        { op = "add", path = "title", value = "T" } } }
+      assert.equal(200, res.status, res.body)
+      assert.equal("boss-1", res.json[ENTERPRISE].manager.value)
+      local emails = {}
+      for _, e in ipairs(res.json.emails) do emails[e.type] = e.value end
+      assert.same({ work = "new@example.com", home = "p@home.example" }, emails)
+      local same = s:request{ method = "PATCH", path = path, body = patch{
+        { op = "replace", path = "title", value = "T" } } }
+      assert.equal(204, same.status)
+      res = s:request{ method = "PATCH", path = path, body = patch{
+        { op = "remove", path = ENTERPRISE .. ":manager" } } }
+      assert.equal(200, res.status, res.body)
+      assert.is_nil((res.json[ENTERPRISE] or {}).manager)
+      res = s:request{ method = "PATCH", path = path,
+                       body = { Operations = { { op = "add", path = "title", value = "X" } } } }
+      assert.equal(400, res.status)
+    end)
+
+    it("keeps groups: members checked and typed, omitted from listings, PATCH capped", function()
+      local u = s:seed(12)
+      local inner = post("Groups", { schemas = { GROUP }, displayName = "Inner" }).json
+      local res = post("Groups", { schemas = { GROUP }, displayName = "Outer", members = {
+        { value = u[1].id }, { value = inner.id, type = "Group" } } })
+      assert.equal(201, res.status, res.body)
+      local id = res.json.id
+      assert.equal("Group", res.json.members[2].type)
+      assert.equal("User", res.json.members[1].type)
+      assert.equal(400, post("Groups", { schemas = { GROUP }, displayName = "Bad",
+                                         members = { { value = "nobody" } } }).status)
+      assert.equal(409, post("Groups", { schemas = { GROUP }, displayName = "outer" }).status)
+      local list = s:request{ path = "Groups" }.json
+      assert.equal(2, list.totalResults)
+      for _, g in ipairs(list.Resources) do assert.is_nil(g.members) end
+      list = s:request{ path = "Groups?attributes=members&filter="
+                        .. escape('displayName eq "outer"') }.json
+      assert.equal(2, #list.Resources[1].members)
+      local ten, eleven = {}, {}
+      for i = 2, 12 do
+        if i <= 11 then ten[#ten + 1] = { value = u[i].id } end
+        eleven[#eleven + 1] = { value = u[i].id }
+      end
+      res = s:request{ method = "PATCH", path = "Groups/" .. id, body = patch{
+        { op = "add", path = "members", value = eleven } } }
+      assert.equal(400, res.status)
+      assert.equal("tooMany", res.json.scimType)
+      res = s:request{ method = "PATCH", path = "Groups/" .. id, body = patch{
+        { op = "add", path = "members", value = ten },
+        { op = "remove", path = 'members[value eq "' .. u[1].id .. '"]' } } }
+      assert.equal(200, res.status, res.body)
+      assert.equal(11, #s:request{ path = "Groups/" .. id }.json.members)
+      res = s:request{ method = "PATCH", path = "Groups/" .. id, body = patch{
+        { op = "remove", path = "members", value = { { value = u[2].id } } } } }
+      assert.equal(200, res.status, res.body)
+      assert.equal(204, s:request{ method = "DELETE", path = "Users/" .. u[3].id }.status)
+      assert.equal(9, #s:request{ path = "Groups/" .. id }.json.members)
+      local ops = {}
+      for i = 1, 11 do ops[i] = { op = "replace", path = "displayName", value = "N" .. i } end
+      assert.equal(400,
+        s:request{ method = "PATCH", path = "Groups/" .. id, body = patch(ops) }.status)
+      local st = s:stats()
+      assert.equal(4, st.by_route["PATCH /Groups/:id"])
+      assert.equal(4, st.by_route["POST /Groups"])
+    end)
+  end)
+end
+
+describe("minimal mode's own strictness", function()
+  it("refuses unknown and mistyped attributes, advertises no Bulk, lists its types", function()
+    local s = server.start{ mode = "minimal" }
+    local res = s:request{ method = "POST", path = "Users",
+                           body = user("a@example.com", { externalID = "1", [ENTERPRISE] = {} }) }
+    assert.equal(400, res.status)
+    assert.equal("invalidValue", res.json.scimType)
+    res = s:request{ method = "POST", path = "Users", body = user("a@example.com",
+      { [ENTERPRISE] = { department = "D" } }) }
+    assert.equal(400, res.status)
+    assert.matches("not listed in 'schemas'", res.json.detail)
+    res = s:request{ method = "POST", path = "Users", body = user("a@example.com",
+      { active = "yes" }) }
+    assert.equal(400, res.status)
+    assert.matches("'active' must be a boolean", res.json.detail)
+    assert.is_false(s:request{ path = "ServiceProviderConfig" }.json.bulk.supported)
+    assert.equal(404, s:request{ method = "POST", path = "Bulk", body = {} }.status)
+    local types = s:request{ path = "ResourceTypes" }.json
+    assert.equal(2, types.totalResults)
+    assert.equal("/Groups", types.Resources[2].endpoint)
+    assert.equal(ENTERPRISE, types.Resources[1].schemaExtensions[1].schema)
+    assert.equal("", s:log())
+    s:stop()
   end)
 end)

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // scim-agent's test SCIM service provider. See README.md beside this file.
 //
-//   node server.js [--port 0] [--mode scim2|meta|v1] [--token T] [--page-size N]
+//   node server.js [--port 0] [--mode scim2|meta|v1|entra|minimal] [--token T] [--page-size N]
 //                  [--latency-ms N] [--numeric-ids|--no-numeric-ids] [--strict|--no-strict]
 //                  [--require-user-agent|--no-require-user-agent]
 //                  [--compress] [--verify-egress] [--exit-on-stdin-eof] [--parent-pid PID]
@@ -16,7 +16,7 @@ import express from "express";
 import { Faults } from "./lib/faults.js";
 import { Store } from "./lib/store.js";
 
-const USAGE = "usage: node server.js [--port N] [--mode scim2|meta|v1] [--token T] [--page-size N]"
+const USAGE = "usage: node server.js [--port N] [--mode scim2|meta|v1|entra|minimal] [--token T] [--page-size N]"
   + " [--latency-ms N] [--[no-]numeric-ids] [--[no-]strict] [--[no-]require-user-agent]"
   + " [--compress] [--verify-egress] [--exit-on-stdin-eof] [--parent-pid PID]"
   + " [--rate-limit RPS|JSON] [--bulk JSON|off] [--[no-]omit-members-in-list] [--max-patch-ops N]";
@@ -31,7 +31,7 @@ function parseArgs(argv) {
     port: 0, host: "127.0.0.1", mode: "scim2", token: "test-token", page_size: 100,
     latency_ms: 0, numeric_ids: undefined, strict: undefined, require_user_agent: undefined,
     exit_on_stdin_eof: false, parent_pid: undefined, compress: false, verify_egress: false,
-    rate_limit: null, bulk: undefined, omit_members_in_list: false, max_patch_ops: 0,
+    rate_limit: null, bulk: undefined, omit_members_in_list: undefined, max_patch_ops: undefined,
   };
   const ints = { "--port": "port", "--page-size": "page_size", "--latency-ms": "latency_ms",
     "--parent-pid": "parent_pid", "--max-patch-ops": "max_patch_ops" };
@@ -60,7 +60,8 @@ function parseArgs(argv) {
       if (a === "--rate-limit" && /^\d+(\.\d+)?$/.test(v)) parsed = { rps: Number(v) };
       else if (a === "--bulk" && v === "off") parsed = false;
       else {
-        try { parsed = JSON.parse(v); } catch { die(`${a} needs ${a === "--bulk" ? "a JSON object or off" : "requests per second or a JSON object"}, got ${v}`); }
+        const want = a === "--bulk" ? "a JSON object or off" : "requests per second or a JSON object";
+        try { parsed = JSON.parse(v); } catch { die(`${a} needs ${want}, got ${v}`); }
       }
       opts[a.slice(2).replace("-", "_")] = parsed;
     } else if (a === "--help" || a === "-h") {
@@ -70,7 +71,8 @@ function parseArgs(argv) {
       die(`unknown argument ${JSON.stringify(a)}`);
     }
   }
-  if (!["scim2", "meta", "v1", "entra"].includes(opts.mode)) die(`--mode must be scim2, meta, v1 or entra, got ${opts.mode}`);
+  if (!["scim2", "meta", "v1", "entra", "minimal"].includes(opts.mode))
+    die(`--mode must be scim2, meta, v1, entra or minimal, got ${opts.mode}`);
   if (!/^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(opts.host)) die("--host must be a loopback address");
   if (opts.page_size < 1) die("--page-size must be at least 1");
   if (opts.token === "") die("--token must not be empty");
@@ -81,6 +83,7 @@ const opts = parseArgs(process.argv.slice(2));
 const v1 = opts.mode === "v1";
 const meta = opts.mode === "meta";
 const entra = opts.mode === "entra";
+const minimal = opts.mode === "minimal";
 // Meta serves SCIM at the root of its host (https://scim.workplace.com/Users).
 // Entra's bulkUpload lives at <base>/bulkUpload (see lib/entra.js).
 const base = v1 ? "/scim/v1" : meta ? "" : entra ? "/scim" : "/scim/v2";
@@ -91,8 +94,9 @@ const cfg = {
   strict: opts.strict ?? v1,
   require_user_agent: opts.require_user_agent ?? (v1 || meta),
   compress: opts.compress,
-  omit_members_in_list: opts.omit_members_in_list,
-  max_patch_ops: opts.max_patch_ops,
+  // The minimal mode's defaults are a strict provider's (see lib/minimal.js).
+  omit_members_in_list: opts.omit_members_in_list ?? minimal,
+  max_patch_ops: opts.max_patch_ops ?? (minimal ? 10 : 0),
 };
 const store = new Store({ numericIds: opts.numeric_ids ?? (v1 || meta) });
 const faults = new Faults({ base, mode: opts.mode, latency_ms: opts.latency_ms });
@@ -186,7 +190,8 @@ control.post("/config", controlJson, (req, res) => {
   if (b.rate_limit !== undefined) faults.setLimiter(b.rate_limit);
   if (typeof b.omit_members_in_list === "boolean") cfg.omit_members_in_list = b.omit_members_in_list;
   if (b.max_patch_ops !== undefined) {
-    if (!Number.isInteger(b.max_patch_ops) || b.max_patch_ops < 0) throw Object.assign(new Error("max_patch_ops must be an integer >= 0 (0: no limit)"), { status: 400 });
+    if (!Number.isInteger(b.max_patch_ops) || b.max_patch_ops < 0)
+      throw Object.assign(new Error("max_patch_ops must be an integer >= 0 (0: no limit)"), { status: 400 });
     cfg.max_patch_ops = b.max_patch_ops;
   }
   if (b.bulk !== undefined) {
@@ -245,11 +250,12 @@ function checkAgent(req, res, next) {
     schemas: ["urn:ietf:params:scim:api:messages:2.0:Error"], status: "400", detail });
 }
 
-const impl = await import(v1 ? "./lib/v1.js" : entra ? "./lib/entra.js" : "./lib/scim2.js");
-const bulk = v1 || entra ? null : await import("./lib/bulk.js");
+const impl = await import(v1 ? "./lib/v1.js" : entra ? "./lib/entra.js"
+  : minimal ? "./lib/minimal.js" : "./lib/scim2.js");
+const bulk = v1 || entra || minimal ? null : await import("./lib/bulk.js");
 mode = impl.install(app, { base, cfg, store, origin, faults, meta, verify: opts.verify_egress, bulk });
 if (opts.bulk !== undefined) {
-  if (!mode.setBulk) die("--bulk needs a SCIM 2.0 mode");
+  if (!mode.setBulk) die(`--bulk: no /Bulk in ${opts.mode} mode (scim2 and meta have it)`);
   try { mode.setBulk(opts.bulk); } catch (ex) { die(`--bulk: ${ex.message}`); }
 }
 

@@ -65,7 +65,9 @@ local START_OPTIONS = {
 --   claimed accounts undeletable; entra: only `POST s.bulk_upload_url`
 --   ("http://127.0.0.1:PORT/scim/bulkUpload"), Entra's API-driven inbound provisioning: a
 --   BulkRequest of at most 50 POSTs to /Users, answered 202 with no body, users upserted by
---   externalId and read back with `s:users()`), `token`
+--   externalId and read back with `s:users()`; minimal: a second, hand-written SCIM 2.0
+--   server at /scim/v2/ sharing no protocol code with scim2: always strict, unknown attributes
+--   refused, `omit_members_in_list` and `max_patch_ops = 10` by default, no Bulk), `token`
 --   (default "test-token"), `page_size` (maximum page size, default 100),
 --   `latency_ms` (every answer waits until this long after its request arrived, default 0),
 --   `numeric_ids` (default: true in v1 and meta modes), `strict` (v1: reject unknown and
@@ -97,8 +99,9 @@ function server.start(opts)
     end
   end
   local mode = opts.mode or "scim2"
-  if mode ~= "scim2" and mode ~= "meta" and mode ~= "v1" and mode ~= "entra" then
-    error("server.start: mode must be \"scim2\", \"meta\", \"v1\" or \"entra\", got "
+  local MODES = { scim2 = true, meta = true, v1 = true, entra = true, minimal = true }
+  if not MODES[mode] then
+    error("server.start: mode must be \"scim2\", \"meta\", \"v1\", \"entra\" or \"minimal\", got "
       .. tostring(mode), 2)
   end
   for _, key in ipairs{ "page_size", "latency_ms", "max_patch_ops" } do
@@ -134,7 +137,8 @@ function server.start(opts)
     local v = opts[key]
     if v ~= nil then
       if type(v) ~= "table" and not (key == "bulk" and type(v) == "boolean") then
-        error("server.start: " .. key .. " must be a table" .. (key == "bulk" and " or a boolean" or ""), 2)
+        error("server.start: " .. key .. " must be a table"
+          .. (key == "bulk" and " or a boolean" or ""), 2)
       end
       local text = v == false and "off" or v == true and "{}" or cjson.encode(v)
       args[#args + 1] = "--" .. key:gsub("_", "-") .. " " .. shell_quote(text)

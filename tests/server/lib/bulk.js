@@ -72,7 +72,8 @@ export function handler(ctx) {
       const declared = Number(req.headers["content-length"]);
       if (declared > bulkCfg.max_payload) {
         res.set("Connection", "close");     // the body is not read
-        throw SCIMError(413, null, `The size of the bulk operation (${declared} bytes) exceeds the maxPayloadSize (${bulkCfg.max_payload})`);
+        throw SCIMError(413, null, `The size of the bulk operation (${declared} bytes)`
+          + ` exceeds the maxPayloadSize (${bulkCfg.max_payload})`);
       }
       const { size, text } = await readBody(req, bulkCfg.max_payload);
       if (text === undefined)
@@ -84,7 +85,8 @@ export function handler(ctx) {
       if (!Array.isArray(body.Operations))
         throw SCIMError(400, "invalidSyntax", "A BulkRequest needs an 'Operations' array");
       if (body.Operations.length > bulkCfg.max_operations)
-        throw SCIMError(413, null, `The number of operations (${body.Operations.length}) exceeds the maxOperations (${bulkCfg.max_operations})`);
+        throw SCIMError(413, null, `The number of operations (${body.Operations.length})`
+          + ` exceeds the maxOperations (${bulkCfg.max_operations})`);
       const failOnErrors = body.failOnErrors;
       if (failOnErrors !== undefined && !(Number.isInteger(failOnErrors) && failOnErrors >= 1))
         throw SCIMError(400, "invalidValue", "failOnErrors must be an integer >= 1");
@@ -131,7 +133,9 @@ async function run(list, failOnErrors, { faults, userOps, groupOps, SCIMError })
     const { raw, method, path } = op;
     if (!["POST", "PUT", "PATCH", "DELETE"].includes(method))
       throw SCIMError(400, "invalidSyntax", `operation ${op.i + 1}: method must be POST, PUT, PATCH or DELETE`);
-    if (!path) throw SCIMError(400, "invalidPath", `operation ${op.i + 1}: path must be /Users[/id] or /Groups[/id], got ${JSON.stringify(raw.path)}`);
+    if (!path)
+      throw SCIMError(400, "invalidPath", `operation ${op.i + 1}: path must be /Users[/id] or`
+        + ` /Groups[/id], got ${JSON.stringify(raw.path)}`);
     if (method === "POST" && path.id !== undefined)
       throw SCIMError(400, "invalidPath", `operation ${op.i + 1}: POST goes to /${path.type}`);
     if (method !== "POST" && path.id === undefined)

@@ -671,7 +671,8 @@ export function install(app, { base, cfg, store, origin, faults, meta = false, v
     let simple = null;
     if (typeof query.filter === "string") {
       if (cfg.strict && !STRICT_FILTER_RE.test(query.filter))
-        throw SCIMError(400, "invalidFilter", `This server filters only on one 'attribute eq "value"', not ${JSON.stringify(query.filter)}`);
+        throw SCIMError(400, "invalidFilter", "This server filters only on one"
+          + ` 'attribute eq "value"', not ${JSON.stringify(query.filter)}`);
       simple = simpleFilter(query.filter, table);
       if (simple) delete query.filter;
     }
