@@ -18,8 +18,11 @@ local COMMANDS = {
   delete = "delete (or --deactivate) the accounts of FILE's rows",
   sync = "make the server match FILE: create, update, and optionally remove the absent",
   plan = "print what sync would do (sync --dry-run)",
+  groups = "make the groups FILE names hold exactly its members (group,member rows)",
+  ["export-groups"] = "write every group and member to FILE as group,member rows",
 }
-local COMMAND_ORDER = { "create", "update", "export", "delete", "sync", "plan" }
+local COMMAND_ORDER = { "create", "update", "export", "delete", "sync", "plan", "groups",
+  "export-groups" }
 local LEGACY = { ["-c"] = "create", ["-u"] = "update", ["-e"] = "export", ["-d"] = "delete" }
 
 local function usage_options(job)
@@ -167,7 +170,8 @@ function cli.parse(argv)
     return nil, "--limit cannot go with --deactivate-missing or --delete-missing: the rows "
       .. "after the limit would look absent"
   end
-  if opts.max_removals and not (opts.deactivate_missing or opts.delete_missing) then
+  if opts.max_removals and not (opts.deactivate_missing or opts.delete_missing
+      or opts.delete_missing_groups) then
     return nil, "--max-removals needs --deactivate-missing or --delete-missing"
   end
   if opts.quiet and opts.verbose then return nil, "choose one of --quiet and --verbose" end
@@ -277,7 +281,8 @@ end
 
 -- The CLI job of each command: the planned jobs share one adapter.
 local JOB_MODULES = { create = "scim.jobs.plan", update = "scim.jobs.plan",
-  delete = "scim.jobs.plan", sync = "scim.jobs.plan", export = "scim.jobs.export" }
+  delete = "scim.jobs.plan", sync = "scim.jobs.plan", export = "scim.jobs.export",
+  groups = "scim.jobs.groups", ["export-groups"] = "scim.jobs.export_groups" }
 
 --- Runs a job from merged options: loads the mapping, makes the run's context, and turns
 -- what the job returns or raises into the exit code.

@@ -26,7 +26,8 @@ config.OPTIONS = {
   { name = "retries", kind = "integer", min = 1, max = 20, arg = "N",
     help = "attempts per request, the first included (default 5)" },
   { name = "report", kind = "string", arg = "FILE.csv",
-    jobs = { create = true, update = true, delete = true, sync = true, plan = true },
+    jobs = { create = true, update = true, delete = true, sync = true, plan = true,
+      groups = true },
     help = "write one result row per input row" },
   { name = "dry-run", kind = "flag", help = "read the server, send no write, print the plan" },
   { name = "yes", kind = "flag", help = "do not ask before deleting" },
@@ -58,7 +59,12 @@ config.OPTIONS = {
     help = "the file's character set: utf-8 (default), cp1252, latin1, utf-16, ..." },
   { name = "no-formula-guard", kind = "flag", jobs = { export = true },
     help = "export: write values starting with = + - @ as they are" },
-  { name = "max-removals", kind = "removals", arg = "N|P%", jobs = { sync = true, plan = true },
+  { name = "delete-missing-groups", kind = "flag", jobs = { groups = true },
+    help = "groups: delete the groups absent from the file (within --max-removals)" },
+  { name = "ignore-missing-members", kind = "flag", jobs = { groups = true },
+    help = "groups: warn about members that are not on the server instead of refusing" },
+  { name = "max-removals", kind = "removals", arg = "N|P%",
+    jobs = { sync = true, plan = true, groups = true },
     help = "sync: most accounts to remove in one run (default 10%)" },
 }
 

@@ -91,6 +91,8 @@ end
 --   error code (the preflight failed: UNAUTHORIZED, FORBIDDEN, COULDNT_CONNECT, ...),
 --   "INTERRUPTED"
 function plan.new(opts)
+  -- Groups are planned by their own module, on the same pattern.
+  if type(opts) == "table" and opts.job == "groups" then return require("scim.groups").new(opts) end
   check_options(opts)
   local client = opts.client
   local m = opts.mapping
