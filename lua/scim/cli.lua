@@ -49,7 +49,8 @@ options:
 %s
   --help                       this help
 
-Token: --token-file, else SCIM_TOKEN, else the config, else a prompt on a terminal.
+Token: --token-command, --oauth-token-url or --token-file, else SCIM_TOKEN, else the
+config (the same three, or token), else a prompt on a terminal.
 Exit codes: 0 all rows done, 1 some rows failed, 2 invalid usage or input (nothing sent),
 3 the server refused the token or cannot be reached (nothing written).
 ]], command, COMMANDS[command]:gsub("^%l", string.upper), usage_options(command))
@@ -70,8 +71,9 @@ options:
   --help                       help (also: scim-agent COMMAND --help)
   --version                    print the version
 
-Token: --token-file, else SCIM_TOKEN, else the config, else the TOKEN argument, else a
-prompt on a terminal. URL: --url (or URL), else SCIM_URL, else the config, else the
+Token: --token-command, --oauth-token-url or --token-file, else SCIM_TOKEN, else the
+config (the same three, or token), else the TOKEN argument, else a prompt on a terminal.
+URL: --url (or URL), else SCIM_URL, else the config, else the
 dialect's default.
 Exit codes: 0 all rows done, 1 some rows failed, 2 invalid usage or input (nothing sent),
 3 the server refused the token or cannot be reached (nothing written).
@@ -262,7 +264,8 @@ function cli.main(argv, env)
     if token then return token end
     token = prompt_token(env)
     if token then return token end
-    return nil, "no token: give --token-file FILE or set SCIM_TOKEN (or a config's token_file)"
+    return nil, "no token: give --token-file FILE, --token-command CMD, --oauth-token-url URL "
+      .. "(with --client-id and --client-secret-file), or set SCIM_TOKEN"
   end
 
   merged.shown_url = merged.url and cli.safe_url(merged.url)

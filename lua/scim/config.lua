@@ -14,6 +14,16 @@ config.OPTIONS = {
   { name = "url", kind = "string", arg = "URL", help = "SCIM base URL (else SCIM_URL, the config, "
       .. "the dialect's default)" },
   { name = "token-file", kind = "string", arg = "FILE", help = "read the bearer token from FILE" },
+  { name = "token-command", kind = "string", arg = "CMD",
+    help = "run CMD for the token (first line of its output); again after a 401" },
+  { name = "oauth-token-url", kind = "string", arg = "URL",
+    help = "OAuth 2.0 client credentials: the token endpoint (renewed as it expires)" },
+  { name = "client-id", kind = "string", arg = "ID", help = "OAuth client id" },
+  { name = "client-secret-file", kind = "string", arg = "FILE",
+    help = "OAuth client secret, read from FILE" },
+  { name = "scope", kind = "string", arg = "S", help = "OAuth scope to ask for" },
+  { name = "oauth-auth", kind = "choice", choices = { "basic", "form" }, arg = "basic|form",
+    help = "how the client authenticates to the token endpoint (default basic)" },
   { name = "dialect", kind = "choice", choices = DIALECTS, arg = "NAME",
     help = "scim2 (default), meta or workplace_v1" },
   { name = "mapping", kind = "string", arg = "FILE.lua", help = "column mapping (default: the "
@@ -209,6 +219,36 @@ end
 --   or an error message when a named source could not be read
 -- @treturn boolean true when the second value is an error
 function config.token(cmdline, cfg, getenv)
+  -- Sources that renew themselves: a token command, then OAuth client credentials.
+  for _, src in ipairs{ cmdline, cfg } do
+    local where = src == cmdline and "command line" or "config"
+    if src.token_command then
+      return require("scim.token").command(src.token_command), "--token-command (" .. where .. ")"
+    end
+    if src.oauth_token_url then
+      if not ((cmdline.client_id or cfg.client_id)
+          and (cmdline.client_secret_file or cfg.client_secret_file)) then
+        return nil, "--oauth-token-url needs --client-id and --client-secret-file", true
+      end
+      local function pick(k) if cmdline[k] ~= nil then return cmdline[k] end return cfg[k] end
+      local ok, p = pcall(require("scim.token").oauth, {
+        token_url = src.oauth_token_url, client_id = pick("client_id"),
+        client_secret_file = pick("client_secret_file"), scope = pick("scope"),
+        auth = pick("oauth_auth"), allow_http = pick("allow_http"), ca_file = pick("ca_file"),
+        insecure = pick("insecure"), timeout = pick("timeout") })
+      if not ok then return nil, "OAuth: " .. tostring(p), true end
+      return p, "OAuth (" .. where .. ")"
+    end
+    if src == cmdline then
+      if src.token_file then
+        local t, err = config.read_token_file(src.token_file)
+        if not t then return nil, err, true end
+        return t, "--token-file"
+      end
+      local env = getenv("SCIM_TOKEN")
+      if env and env ~= "" then return env, "SCIM_TOKEN" end
+    end
+  end
   if cmdline.token_file then
     local t, err = config.read_token_file(cmdline.token_file)
     if not t then return nil, err, true end
