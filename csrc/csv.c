@@ -81,6 +81,9 @@ struct scim_csv {
   ** fails its record when that record is complete. */
   size_t u_done, u_next, u_lead, u_err;
   unsigned u_need, u_lo, u_hi;
+  /* The first control character scanned (NOPOS: none; see allow_control),
+  ** which fails its record when that record is complete. */
+  size_t c_err;
   size_t line;               /* line of the next byte to scan */
   size_t row_line;           /* line where the record being scanned began */
   size_t out_line;           /* line of the record last returned */
@@ -128,6 +131,8 @@ const char *scim_csv_strerror(int status) {
     case SCIM_CSV_EFIELDCOUNT: return "wrong number of fields";
     case SCIM_CSV_EUTF8: return "invalid UTF-8";
     case SCIM_CSV_EMISUSE: return "API misuse";
+    case SCIM_CSV_ECONTROL: return "control character";
+    case SCIM_CSV_EBOM: return "UTF-16 or UTF-32 byte-order mark";
     default: return "unknown status";
   }
 }
@@ -180,7 +185,7 @@ scim_csv *scim_csv_new(const scim_csv_opts *opts) {
   p->o = o;
   p->delim = o.delimiter;
   p->line = p->row_line = 1;
-  p->u_err = NOPOS;
+  p->u_err = p->c_err = NOPOS;
   p->expect = o.fields == SCIM_CSV_FIELDS_FIRST ? 0 : o.fields;
 #ifdef SCIM_CSV_SSE2
   if (o.simd < 2) p->isa = 1;
@@ -216,6 +221,7 @@ char *scim_csv_reserve(scim_csv *p, size_t want, size_t *avail) {
       p->field_start -= drop; p->qpos -= drop; p->det_pos -= drop;
       p->u_done -= drop; p->u_next -= drop; p->u_lead -= drop;
       if (p->u_err != NOPOS) p->u_err -= drop;
+      if (p->c_err != NOPOS) p->c_err -= drop;
       p->mc_end = 0;
       for (i = 0; i < p->nf; i++) {
         p->v[i].data -= drop;
@@ -375,6 +381,10 @@ static int finish_record(scim_csv *p, size_t rec_end) {
   size_t i;
   if (rec_end - p->row_start > p->o.max_row)
     return fail(p, SCIM_CSV_EROWSIZE, p->row_start);
+  if (p->c_err < rec_end) {
+    p->err.byte = (unsigned char)p->buf[p->c_err];
+    return fail(p, SCIM_CSV_ECONTROL, p->c_err);
+  }
   if (p->expect == 0 && p->o.fields == SCIM_CSV_FIELDS_FIRST)
     p->expect = p->nf;
   if (p->expect && p->nf != p->expect) {
@@ -427,16 +437,44 @@ static int finish_record(scim_csv *p, size_t rec_end) {
   return SCIM_CSV_ROW;
 }
 
+/*
+** The byte-order mark the input starts with: its length (UTF-8's is skipped)
+** and in *name the encoding it names; 0 when there is none, -1 when the
+** bytes so far (n < 4, more to come) could still begin one.
+*/
+static int find_bom(const unsigned char *b, size_t n, int more, const char **name) {
+  static const struct { const char *bytes, *name; size_t len; } boms[] = {
+    { "\xFF\xFE\0\0", "UTF-32LE", 4 }, { "\0\0\xFE\xFF", "UTF-32BE", 4 },
+    { "\xEF\xBB\xBF", "UTF-8", 3 }, { "\xFF\xFE", "UTF-16LE", 2 },
+    { "\xFE\xFF", "UTF-16BE", 2 }
+  };
+  size_t i;
+  for (i = 0; i < sizeof boms / sizeof boms[0]; i++) {
+    size_t k = boms[i].len;
+    if (n < k) {  /* a prefix of this mark: wait for more */
+      if (more && (n == 0 || memcmp(b, boms[i].bytes, n) == 0)) return -1;
+      continue;
+    }
+    if (memcmp(b, boms[i].bytes, k) == 0) { *name = boms[i].name; return (int)k; }
+  }
+  return 0;
+}
+
 /* Delimiter detection and the BOM: 0 when done, else a status. */
 static int begin(scim_csv *p) {
-  static const char bom[3] = { '\xEF', '\xBB', '\xBF' };
   static const char cand[4] = { ',', ';', '\t', '|' };
   int i;
   if (!p->bom_done) {
-    size_t n = p->len - p->pos;
-    if (n < 3 && !p->eof && memcmp(p->buf ? p->buf + p->pos : bom, bom, n) == 0)
-      return SCIM_CSV_NEED_MORE;
-    if (n >= 3 && memcmp(p->buf + p->pos, bom, 3) == 0) p->pos += 3;
+    const char *name = NULL;
+    int k = find_bom((const unsigned char *)p->buf + p->pos, p->len - p->pos, !p->eof,
+                     &name);
+    if (k < 0) return SCIM_CSV_NEED_MORE;
+    p->row_start = p->field_start = p->pos;
+    if (k > 0 && name[4] != '8' && p->o.check_utf8) {
+      p->err.bom = name;
+      return fail(p, SCIM_CSV_EBOM, p->pos);
+    }
+    if (k == 3) p->pos += 3;
     p->row_start = p->field_start = p->det_pos = p->pos;
     p->bom_done = 1;
   }
@@ -483,22 +521,29 @@ static size_t partial_field(const scim_csv *p) {
 
 #ifdef SCIM_CSV_SSE2
 /* The special bytes (bit i: b[i] is the delimiter, '"', CR or LF) of the 64
-** bytes at b, and in *hm those >= 0x80. */
+** bytes at b, in *hm those >= 0x80, and in *cm those < 0x20 other than TAB
+** (CR, LF and a control delimiter are among the special bytes: the caller
+** masks them out). */
 static ALWAYS_INLINE mask_t masks_sse2(const unsigned char *b, unsigned delim,
-                                       mask_t *hm) {
+                                       mask_t *hm, mask_t *cm) {
   const __m128i vd = _mm_set1_epi8((char)delim), vq = _mm_set1_epi8('"');
   const __m128i vcr = _mm_set1_epi8('\r'), vlf = _mm_set1_epi8('\n');
-  mask_t mask = 0, hi = 0;
+  const __m128i v20 = _mm_set1_epi8(0x20), vtab = _mm_set1_epi8('\t');
+  mask_t mask = 0, hi = 0, ctl = 0;
   int k;
   for (k = 0; k < 4; k++) {  /* four 16-byte quarters make one 64-bit mask */
     const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(b + 16 * k));
     const __m128i m = _mm_or_si128(
         _mm_or_si128(_mm_cmpeq_epi8(x, vd), _mm_cmpeq_epi8(x, vq)),
         _mm_or_si128(_mm_cmpeq_epi8(x, vcr), _mm_cmpeq_epi8(x, vlf)));
+    /* signed: bytes >= 0x80 compare below 0x20 too, and are taken out */
+    const __m128i c = _mm_andnot_si128(_mm_cmpeq_epi8(x, vtab), _mm_cmplt_epi8(x, v20));
     mask |= (mask_t)(unsigned)_mm_movemask_epi8(m) << (16 * k);
     hi |= (mask_t)(unsigned)_mm_movemask_epi8(x) << (16 * k);
+    ctl |= (mask_t)(unsigned)_mm_movemask_epi8(c) << (16 * k);
   }
   *hm = hi;
+  *cm = ctl & ~hi;
   return mask;
 }
 #endif
@@ -507,9 +552,10 @@ static ALWAYS_INLINE mask_t masks_sse2(const unsigned char *b, unsigned delim,
 /* The same with two 32-byte halves. Plain `inline`, not always_inline: it
 ** can only be inlined into AVX2 code, which is the only caller. */
 static AVX2_FN inline mask_t masks_avx2(const unsigned char *b, unsigned delim,
-                                        mask_t *hm) {
+                                        mask_t *hm, mask_t *cm) {
   const __m256i vd = _mm256_set1_epi8((char)delim), vq = _mm256_set1_epi8('"');
   const __m256i vcr = _mm256_set1_epi8('\r'), vlf = _mm256_set1_epi8('\n');
+  const __m256i v20 = _mm256_set1_epi8(0x20), vtab = _mm256_set1_epi8('\t');
   const __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)b);
   const __m256i x1 = _mm256_loadu_si256((const __m256i *)(const void *)(b + 32));
   const __m256i m0 = _mm256_or_si256(
@@ -518,8 +564,14 @@ static AVX2_FN inline mask_t masks_avx2(const unsigned char *b, unsigned delim,
   const __m256i m1 = _mm256_or_si256(
       _mm256_or_si256(_mm256_cmpeq_epi8(x1, vd), _mm256_cmpeq_epi8(x1, vq)),
       _mm256_or_si256(_mm256_cmpeq_epi8(x1, vcr), _mm256_cmpeq_epi8(x1, vlf)));
+  const __m256i c0 = _mm256_andnot_si256(_mm256_cmpeq_epi8(x0, vtab),
+                                         _mm256_cmpgt_epi8(v20, x0));
+  const __m256i c1 = _mm256_andnot_si256(_mm256_cmpeq_epi8(x1, vtab),
+                                         _mm256_cmpgt_epi8(v20, x1));
   *hm = (mask_t)(unsigned)_mm256_movemask_epi8(x0) |
         (mask_t)(unsigned)_mm256_movemask_epi8(x1) << 32;
+  *cm = ((mask_t)(unsigned)_mm256_movemask_epi8(c0) |
+         (mask_t)(unsigned)_mm256_movemask_epi8(c1) << 32) & ~*hm;
   return (mask_t)(unsigned)_mm256_movemask_epi8(m0) |
          (mask_t)(unsigned)_mm256_movemask_epi8(m1) << 32;
 }
@@ -538,6 +590,7 @@ static ALWAYS_INLINE int scan_impl(scim_csv *p, const int simd) {
   const int lenient = p->o.lenient;
   const size_t maxf = p->o.max_field;
   const int check_utf8 = p->o.check_utf8;
+  const int check_ctl = !p->o.allow_control;
   size_t pos = p->pos, end = p->len, nd = p->ndoubled, fs = p->field_start;
   size_t nf = p->nf, fcap = p->fcap;
   scim_csv_field *v = p->v;
@@ -558,24 +611,29 @@ static ALWAYS_INLINE int scan_impl(scim_csv *p, const int simd) {
       p->mc_end = 0;
 #ifdef SCIM_CSV_SSE2
     } else if (simd && end - pos >= 64) {
-      mask_t hm;
+      mask_t hm, cm;
 #ifdef SCIM_CSV_AVX2
-      if (simd == 2) mask = masks_avx2(b + pos, d, &hm); else
+      if (simd == 2) mask = masks_avx2(b + pos, d, &hm, &cm); else
 #endif
-      mask = masks_sse2(b + pos, d, &hm);
+      mask = masks_sse2(b + pos, d, &hm, &cm);
       if (hm && check_utf8) utf8_block(p, b, pos, hm, 64);
+      cm &= ~mask;
+      if (cm && check_ctl && p->c_err == NOPOS) p->c_err = pos + CTZ(cm);
       pos += 64;
 #endif
     } else {  /* the end of the input, or no SIMD */
       size_t i, n = end - pos < 64 ? end - pos : 64;
-      mask_t hm = 0;
+      mask_t hm = 0, cm = 0;
       mask = 0;
       for (i = 0; i < n; i++) {
         unsigned c = b[pos + i];
         mask |= (mask_t)p->cls[c] << i;
         hm |= (mask_t)(c >> 7) << i;
+        cm |= (mask_t)(c < 0x20 && c != '\t') << i;
       }
       if (hm && check_utf8) utf8_block(p, b, pos, hm, n);
+      cm &= ~mask;
+      if (cm && check_ctl && p->c_err == NOPOS) p->c_err = pos + CTZ(cm);
       pos += n;
     }
     while (mask) {

@@ -45,7 +45,9 @@ enum {
   SCIM_CSV_ETOOMANY = -7,    /* more than max_fields fields in a record */
   SCIM_CSV_EFIELDCOUNT = -8, /* field count differs from the expected one */
   SCIM_CSV_EUTF8 = -9,       /* invalid UTF-8 (check_utf8) */
-  SCIM_CSV_EMISUSE = -10     /* API misuse, e.g. feed after finish */
+  SCIM_CSV_EMISUSE = -10,    /* API misuse, e.g. feed after finish */
+  SCIM_CSV_ECONTROL = -11,   /* a C0 control character in a value */
+  SCIM_CSV_EBOM = -12        /* a UTF-16/UTF-32 byte-order mark (check_utf8) */
 };
 
 /* The allocator has lua_Alloc's contract: nsize 0 frees, else (re)allocates. */
@@ -62,7 +64,13 @@ typedef struct scim_csv_opts {
                             ',' when none). Never '"', CR or LF. */
   int lenient;           /* 1: a stray quote in an unquoted field, or text
                             after a closing quote, is literal (else error) */
-  int check_utf8;        /* 1: invalid UTF-8 is SCIM_CSV_EUTF8 */
+  int check_utf8;        /* 1: invalid UTF-8 is SCIM_CSV_EUTF8, and a
+                            UTF-16/32 byte-order mark SCIM_CSV_EBOM */
+  int allow_control;     /* 0 (the default): a C0 control character
+                            (U+0000..U+001F) other than TAB, CR, LF and the
+                            delimiter, anywhere in a record, is
+                            SCIM_CSV_ECONTROL; 1: accepted as data. CR and
+                            LF end lines, or are data inside quotes. */
   size_t fields;         /* SCIM_CSV_FIELDS_ANY / _FIRST / exact count */
   size_t max_field;      /* bytes per field after unescaping; 0: 1 MiB */
   size_t max_row;        /* raw bytes per record; 0: 16 MiB */
@@ -90,6 +98,9 @@ typedef struct scim_csv_error_info {
                             EFIELDCOUNT: first extra field, or the record's
                             end when it has too few */
   size_t fields, expected;  /* EFIELDCOUNT: counts */
+  unsigned byte;         /* ECONTROL: the control character */
+  const char *bom;       /* EBOM: "UTF-16LE", "UTF-16BE", "UTF-32LE" or
+                            "UTF-32BE" (static) */
 } scim_csv_error_info;
 
 typedef struct scim_csv scim_csv;

@@ -131,10 +131,19 @@ static const char *status_code(int st) {
     case SCIM_CSV_ETOOMANY: return "TOO_MANY_FIELDS";
     case SCIM_CSV_EFIELDCOUNT: return "FIELD_COUNT";
     case SCIM_CSV_EUTF8: return "UTF8";
+    case SCIM_CSV_ECONTROL: return "CONTROL";
+    case SCIM_CSV_EBOM: return "BOM";
     case ST_IO: return "IO";
     default: return "CSV";
   }
 }
+
+/* The names of the C0 control characters. */
+static const char *const control_names[32] = {
+  "NUL", "SOH", "STX", "ETX", "EOT", "ENQ", "ACK", "BEL", "BS", "TAB", "LF", "VT",
+  "FF", "CR", "SO", "SI", "DLE", "DC1", "DC2", "DC3", "DC4", "NAK", "SYN", "ETB",
+  "CAN", "EM", "SUB", "ESC", "FS", "GS", "RS", "US"
+};
 
 /*
 ** Pushes the message of error status `st` ("name:line:col: what") and
@@ -167,6 +176,21 @@ static const char *push_error(lua_State *L, int ridx, reader *r, int st) {
       case SCIM_CSV_EUTF8:
         what = "invalid UTF-8 (check_utf8 = false accepts it)";
         break;
+      case SCIM_CSV_ECONTROL: {
+        char cp[8];
+        snprintf(cp, sizeof cp, "U+%04X", e->byte & 31u);
+        what = lua_pushfstring(L, "control character %s (%s) in a value"
+                               " (check_control = false accepts it)",
+                               cp, control_names[e->byte & 31]);
+        lua_insert(L, -2);  /* below the name, removed with it */
+        break;
+      }
+      case SCIM_CSV_EBOM:
+        what = lua_pushfstring(L, "the file starts with a %s byte-order mark: it is"
+                               " %s text, not UTF-8 (save it as UTF-8)",
+                               e->bom, e->bom);
+        lua_insert(L, -2);
+        break;
       default: what = scim_csv_strerror(st); break;
     }
     if (st == SCIM_CSV_EFIELDCOUNT)
@@ -180,6 +204,7 @@ static const char *push_error(lua_State *L, int ridx, reader *r, int st) {
                       (lua_Integer)e->line, (lua_Integer)e->column, what);
   }
   lua_remove(L, -2);  /* the name */
+  if (st == SCIM_CSV_ECONTROL || st == SCIM_CSV_EBOM) lua_remove(L, -2);  /* `what` */
   return status_code(st);
 }
 
@@ -550,6 +575,7 @@ static int csv_open(lua_State *L) {
   lua_pop(L, 1);
   o.lenient = getbool(L, 3, "lenient", 0);
   o.check_utf8 = getbool(L, 3, "check_utf8", 1);
+  o.allow_control = !getbool(L, 3, "check_control", 1);
   o.max_field = getsize(L, 3, "max_field");
   o.max_row = getsize(L, 3, "max_row");
   o.max_fields = getsize(L, 3, "max_fields");

@@ -183,6 +183,42 @@ describe("scim.csv reader", function()
       local rows = parse("\xFF,\xC3\n", { check_utf8 = false })
       assert.same({ { "\xFF", "\xC3" } }, rows)
     end)
+
+    it("rejects C0 control characters in any value with line, column and code", function()
+      local r <close> = assert(csv.from_string("email,name\na@x,ok\nb@x\0,Bob\n",
+        { name = "c.csv" }))
+      assert.same({ email = "a@x", name = "ok" }, r:read())
+      local ok, err, code = r:read()
+      assert.is_nil(ok)
+      assert.equal("c.csv:3:4: control character U+0000 (NUL) in a value"
+        .. " (check_control = false accepts it)", err)
+      assert.equal("CONTROL", code)
+      -- in the header, inside quotes on a later line, an escape sequence
+      local _, herr, hcode = csv.from_string("id,na\x01me\n1,2\n", { name = "h.csv" })
+      assert.equal("h.csv:1:6: control character U+0001 (SOH) in a value"
+        .. " (check_control = false accepts it)", herr)
+      assert.equal("CONTROL", hcode)
+      assert.matches("^<string>:3:2: control character U%+001B %(ESC%)",
+        parse_error('a,b\n1,"x\ny\x1B[31m"\n'))
+    end)
+
+    it("accepts tab, CR and LF where RFC 4180 does, and controls by option", function()
+      assert.same({ { "a\tb", "c\r\nd" }, { "\te\t", "f" } },
+        parse('a\tb,"c\r\nd"\r\n\te\t,f\n', { delimiter = "," }))
+      assert.same({ { "a\0", "\27[1m" } }, parse("a\0,\27[1m\n", { check_control = false }))
+    end)
+
+    it("names a UTF-16 or UTF-32 byte-order mark", function()
+      local _, err, code = csv.from_string("\xFF\xFEe\0m\0\n\0", { name = "w.csv" })
+      assert.equal("w.csv:1:1: the file starts with a UTF-16LE byte-order mark: it is"
+        .. " UTF-16LE text, not UTF-8 (save it as UTF-8)", err)
+      assert.equal("BOM", code)
+      for bytes, name in pairs({ ["\xFE\xFF\0e"] = "UTF-16BE",
+          ["\xFF\xFE\0\0e\0\0\0"] = "UTF-32LE", ["\0\0\xFE\xFFe"] = "UTF-32BE" }) do
+        local _, e = csv.from_string(bytes)
+        assert.matches("starts with a " .. name:gsub("%-", "%%-") .. " byte%-order mark", e)
+      end
+    end)
   end)
 
   describe("header", function()
@@ -495,8 +531,19 @@ describe("scim.csv writer", function()
     local path = dir .. "/out.csv"
     local w = assert(csv.writer(path))
     w:write({ "=1+2", "+1 555", "-x", "@SUM(A1)", "\tx", "ok", -5 })
+    w:write({ " =1", "\t+1", "\n@x", "  \r\n-2", "a =1", " ok", "\r" })
     assert(w:close())
-    assert.equal("'=1+2,'+1 555,'-x,'@SUM(A1),'\tx,ok,-5\n", read_file(path))
+    assert.equal("'=1+2,'+1 555,'-x,'@SUM(A1),'\tx,ok,-5\n"
+      .. "' =1,'\t+1,\"'\n@x\",\"'  \r\n-2\",a =1, ok,\"'\r\"\n", read_file(path))
+    -- what the guard added, csv.unguard takes away; nothing else
+    local rows = parse(read_file(path))
+    for i, v in ipairs({ " =1", "\t+1", "\n@x", "  \r\n-2", "a =1", " ok", "\r" }) do
+      assert.equal(v, csv.unguard(rows[2][i]))
+    end
+    for _, v in ipairs({ "'x", "'", "' ok", "''=1", "x'=1" }) do
+      assert.equal(v, csv.unguard(v))
+    end
+    assert.equal(5, csv.unguard(5))
     local w2 = assert(csv.writer(path, { formula_guard = false }))
     w2:write({ "=1+2", "\rx" })
     assert(w2:close())

@@ -139,6 +139,33 @@ static const tcase cases[] = {
     "!EFIELDSIZE@1:10", 0, 0 },
   { "column counts characters", IN("\xC3\xA9\xC3\xA9,\xE2\x82\xAC\"\n"), 0, 0, 1, 0, 0,
     "!EQUOTE@1:5", 0, 0 },
+  /* control characters (allow_control 0, the default) */
+  { "NUL in a value", IN("a,b\nc,d\0e\n"), 0, 0, 1, 0, 0,
+    "1[a][b]\n!ECONTROL@2:4 0x00", 0, 0 },
+  { "escape in a quoted value on a later line", IN("a,b\n1,\"x\ny\x1B[31m\"\n"), 0, 0, 1,
+    0, 0, "1[a][b]\n!ECONTROL@3:2 0x1b", 0, 0 },
+  { "control character in the header", IN("id,na\x01me\n1,2\n"), 0, 0, 1, 0, 0,
+    "!ECONTROL@1:6 0x01", 0, 0 },
+  { "control character past a 64-byte block, records before it",
+    IN("a,b\n0123456789012345678901234567890123456789012345678901234567890123,x\n"
+       "c,0123456789012345678901234567890123456789012345678901234567890123\x7F\x1F\n"),
+    ',', 0, 1, 0, 0,
+    "1[a][b]\n2[0123456789012345678901234567890123456789012345678901234567890123][x]\n"
+    "!ECONTROL@3:68 0x1f", 0, 0 },
+  { "tab, CR and LF are not control errors", IN("a\tb,\"c\r\nd\"\r\n\te\t,f\n"), ',', 0,
+    1, 0, 0, "1[a\tb][\"c\\r\\nd]\n3[\te\t][f]\n", 0, 0 },
+  { "a control delimiter is no value", IN("a\x1F" "b\n1\x1F" "2\n"), '\x1F', 0, 1, 0, 0,
+    "1[a][b]\n2[1][2]\n", 0, 0 },
+  /* byte-order marks of other encodings (check_utf8) */
+  { "UTF-16LE BOM", IN("\xFF\xFE" "a\0,\0b\0\n\0"), 0, 0, 1, 0, 0,
+    "!EBOM@1:1 UTF-16LE", 0, 0 },
+  { "UTF-16BE BOM", IN("\xFE\xFF\0a\0,\0b\0\n"), 0, 0, 1, 0, 0, "!EBOM@1:1 UTF-16BE", 0, 0 },
+  { "UTF-32LE BOM", IN("\xFF\xFE\0\0" "a\0\0\0\n\0\0\0"), 0, 0, 1, 0, 0,
+    "!EBOM@1:1 UTF-32LE", 0, 0 },
+  { "UTF-32BE BOM", IN("\0\0\xFE\xFF\0\0\0a"), 0, 0, 1, 0, 0, "!EBOM@1:1 UTF-32BE", 0, 0 },
+  { "UTF-16LE BOM alone", IN("\xFF\xFE"), 0, 0, 1, 0, 0, "!EBOM@1:1 UTF-16LE", 0, 0 },
+  { "a BOM is data without check_utf8", IN("\xFF\xFE" "a,b\n"), 0, 0, 0, 0, 0,
+    "1[\xFF\xFE" "a][b]\n", 0, 0 },
 };
 
 static int passed, failed;
@@ -155,6 +182,8 @@ static const char *status_name(int st) {
     case SCIM_CSV_EFIELDCOUNT: return "EFIELDCOUNT";
     case SCIM_CSV_EUTF8: return "EUTF8";
     case SCIM_CSV_EMISUSE: return "EMISUSE";
+    case SCIM_CSV_ECONTROL: return "ECONTROL";
+    case SCIM_CSV_EBOM: return "EBOM";
     default: return "?";
   }
 }
@@ -211,6 +240,12 @@ static int drain(scim_csv *p, out *o) {
       if (st == SCIM_CSV_EFIELDCOUNT) {
         sprintf(buf, " %lu/%lu", (unsigned long)e->fields, (unsigned long)e->expected);
         puts_(o, buf);
+      } else if (st == SCIM_CSV_ECONTROL) {
+        sprintf(buf, " 0x%02x", e->byte);
+        puts_(o, buf);
+      } else if (st == SCIM_CSV_EBOM) {
+        puts_(o, " ");
+        puts_(o, e->bom);
       }
     }
     return 0;
@@ -472,6 +507,24 @@ static void api_checks(void) {
     }
     ok &= st == SCIM_CSV_END && rows == 1 + (n - 5) / 8;
     check("buffer moves after a cut CR LF", "api", ok ? "ok" : "bad", "ok");
+    scim_csv_free(p);
+  }
+  /* allow_control: control characters are data */
+  for (simd_level = 0; simd_level <= 2; simd_level++) {
+    size_t nf;
+    const scim_csv_field *f;
+    int ok;
+    memset(&o, 0, sizeof o);
+    o.allow_control = 1;
+    o.simd = simd_level;
+    p = scim_csv_new(&o);
+    scim_csv_feed(p, "a\0,\x1B\n", 5);
+    scim_csv_finish(p);
+    ok = scim_csv_next_row(p) == SCIM_CSV_ROW;
+    f = scim_csv_row(p, &nf);
+    ok &= nf == 2 && f[0].len == 2 && f[0].data[1] == '\0' && f[1].len == 1 &&
+          f[1].data[0] == '\x1B' && scim_csv_next_row(p) == SCIM_CSV_END;
+    check("allow_control", "api", ok ? "ok" : "bad", "ok");
     scim_csv_free(p);
   }
   simd_level = 0;

@@ -31,7 +31,8 @@ local concat, random, mtype = table.concat, math.random, math.type
 
 local READ_OPTS = {
   delimiter = "string", header = "boolean", array = "boolean", columns = "table",
-  strict = "boolean", check_utf8 = "boolean", empty_is_nil = "boolean", name = "string",
+  strict = "boolean", check_utf8 = "boolean", check_control = "boolean",
+  empty_is_nil = "boolean", name = "string",
   max_field = "integer", max_row = "integer", max_fields = "integer",
 }
 
@@ -80,7 +81,11 @@ end
 --   as nil, see `reader:field_index`);
 --   `strict` (default true; false reads a quote inside an unquoted field, or text after a
 --   closing quote, as text);
---   `check_utf8` (default true; false accepts invalid UTF-8);
+--   `check_utf8` (default true; false accepts invalid UTF-8 and does not look for a UTF-16
+--   or UTF-32 byte-order mark);
+--   `check_control` (default true: a C0 control character, U+0000 to U+001F, in any value,
+--   header included, is the error `CONTROL` naming its line and column; tab is always
+--   accepted, CR and LF as line ends and inside quoted fields; false accepts them as data);
 --   `empty_is_nil` (default false; true leaves unquoted empty fields out of rows, so only
 --   a quoted `""` reads as an empty string);
 --   `max_field` (bytes, default 1 MiB), `max_row` (bytes, default 16 MiB), `max_fields`
@@ -92,7 +97,9 @@ end
 -- @treturn[2] string message, e.g. `users.csv: No such file or directory`,
 --   `users.csv:1: duplicate column name: ...`
 -- @treturn[2] string code: `ENOENT`, `EACCES`, `EISDIR`, `OPEN_FAILED`, `NO_HEADER`,
---   `EMPTY_HEADER`, `DUPLICATE_HEADER`, or a parse code (see `reader:read`)
+--   `EMPTY_HEADER`, `DUPLICATE_HEADER`, or a parse code: `QUOTE`, `AFTER_QUOTE`,
+--   `UNTERMINATED`, `FIELD_TOO_LARGE`, `ROW_TOO_LARGE`, `TOO_MANY_FIELDS`, `FIELD_COUNT`,
+--   `UTF8`, `CONTROL`, `BOM` (a UTF-16/32 file), `IO`, `NOMEM`
 -- @raise on bad arguments or options
 -- @usage local r <close> = assert(csv.open("users.csv"))
 -- for row, line in r:rows() do print(line, row.email) end
@@ -147,11 +154,29 @@ local WRITE_OPTS = {
   name = "string",
 }
 
+-- Whether a spreadsheet could take a string cell for a formula: it starts with tab or CR,
+-- or its first character after any spaces, tabs, CRs and LFs is = + - or @.
+local function formula_like(v)
+  return v:find("^[\t\r]") ~= nil or v:find("^[ \t\r\n]*[=+%-@]") ~= nil
+end
+
+--- Undoes the writer's formula guard: a value written as `'` followed by a formula-like
+-- value (see `csv.writer`'s `formula_guard`) reads back without the `'`; any other value is
+-- returned as it is.
+-- @param v a value read from a CSV file (non-strings are returned unchanged)
+-- @return the value as it was before the guard
+function csv.unguard(v)
+  if type(v) == "string" and v:byte(1) == 39 and formula_like(v:sub(2)) then
+    return v:sub(2)
+  end
+  return v
+end
+
 -- A cell as text: spreadsheet formula guard, then minimal RFC 4180 quoting.
 local function cell(w, v, i)
   local t = type(v)
   if t == "string" then
-    if w.guard and v:find("^[=+%-@\t\r]") then v = "'" .. v end
+    if w.guard and formula_like(v) then v = "'" .. v end
   elseif t == "nil" then
     return ""
   elseif t == "number" or t == "boolean" then
@@ -184,8 +209,10 @@ end
 -- @tparam[opt] table opts
 --   `header` (list of column names: written first, and the order of keyed rows);
 --   `crlf` (default false: LF line ends);
---   `formula_guard` (default true: string cells starting with `=` `+` `-` `@` tab or CR get
---   a leading `'` so spreadsheets do not run them; numbers are never changed);
+--   `formula_guard` (default true: string cells starting with tab or CR, or whose first
+--   character after leading spaces, tabs, CRs and LFs is `=` `+` `-` or `@`, get a leading
+--   `'` so spreadsheets do not run them; numbers are never changed; `csv.unguard` undoes
+--   it; false writes every value as it is);
 --   `delimiter` (default `,`);
 --   `name` (the target name in messages)
 -- @treturn writer with `:write(row)`, `:close()`, `:abort()` (also to-be-closed: closed on
