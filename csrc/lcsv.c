@@ -11,10 +11,12 @@
 **   5 the source name used in messages.
 */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "lscim.h"
 #include "csv.h"
@@ -76,6 +78,15 @@ static const char *errno_name(int e) {
     case EIO: return "EIO";
     default: return NULL;
   }
+}
+
+/* Pushes the fail triple nil, "path: strerror", errno code. [-0, +3, m] */
+static int push_errno(lua_State *L, const char *path, int e) {
+  const char *code = errno_name(e);
+  luaL_pushfail(L);
+  lua_pushfstring(L, "%s: %s", path, strerror(e));
+  lua_pushstring(L, code ? code : "OPEN_FAILED");
+  return 3;
 }
 
 /* Reads the next record into the tokenizer: SCIM_CSV_ROW, _END, an error,
@@ -603,13 +614,7 @@ static int csv_open(lua_State *L) {
         fp = NULL;
         e = EISDIR;
       }
-      if (!fp) {
-        const char *code = errno_name(e);
-        luaL_pushfail(L);
-        lua_pushfstring(L, "%s: %s", path, strerror(e));
-        lua_pushstring(L, code ? code : "OPEN_FAILED");
-        return 3;
-      }
+      if (!fp) return push_errno(L, path, e);
       r->f = fp;
       r->own = 1;
       break;
@@ -773,6 +778,54 @@ static int csv_scan(lua_State *L) {
   return 3;
 }
 
+/* {====================================================== output files */
+
+/* The close function of the file handles csv_create makes. */
+static int io_fclose(lua_State *L) {
+  luaL_Stream *s = (luaL_Stream *)luaL_checkudata(L, 1, LUA_FILEHANDLE);
+  errno = 0;
+  return luaL_fileresult(L, fclose(s->f) == 0, NULL);
+}
+
+/*
+** core.csv_create(path, mode) -> Lua file (binary, for writing) | nil, message,
+** code. The file must not exist: O_CREAT|O_EXCL|O_NOFOLLOW, so neither a file
+** nor a symlink already at `path` is ever opened (EEXIST). `mode` goes to
+** open(2), so the umask still applies. [-0, +(1|3), m]
+*/
+static int csv_create(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  lua_Integer mode = luaL_checkinteger(L, 2);
+  luaL_Stream *s;
+  int fd;
+  luaL_argcheck(L, mode >= 0 && mode <= 07777, 2, "mode out of range");
+  s = (luaL_Stream *)lua_newuserdatauv(L, sizeof *s, 0);
+  s->f = NULL;
+  s->closef = NULL;  /* a closed file until it is open */
+  luaL_setmetatable(L, LUA_FILEHANDLE);
+  fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+  if (fd < 0) return push_errno(L, path, errno);
+  s->f = fdopen(fd, "wb");
+  if (!s->f) {
+    int e = errno;
+    close(fd);
+    unlink(path);
+    return push_errno(L, path, e);
+  }
+  s->closef = io_fclose;
+  return 1;
+}
+
+/* core.csv_mode(path) -> the permission bits of an existing file, or nil. */
+static int csv_mode(lua_State *L) {
+  struct stat sb;
+  if (stat(luaL_checkstring(L, 1), &sb) != 0) return 0;
+  lua_pushinteger(L, (lua_Integer)(sb.st_mode & 07777));
+  return 1;
+}
+
+/* }====================================================== */
+
 /* core.csv_errno_name(n) -> "ENOENT" ... or nil: names io.open's errno. */
 static int csv_errno_name(lua_State *L) {
   const char *s = errno_name((int)luaL_checkinteger(L, 1));
@@ -801,6 +854,8 @@ void scim_open_csv(lua_State *L) {
     { "csv_open", csv_open },
     { "csv_scan", csv_scan },
     { "csv_errno_name", csv_errno_name },
+    { "csv_create", csv_create },
+    { "csv_mode", csv_mode },
     { NULL, NULL }
   };
   scim_newclass(L, READER, meta, methods);

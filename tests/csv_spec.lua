@@ -604,6 +604,92 @@ describe("scim.csv writer", function()
     assert.same({ "users.csv" }, listdir(dir))
   end)
 
+  describe("file modes", function()
+    local core = require "scim.core"
+
+    local function mode_of(path)
+      local p = assert(io.popen("stat -c %a '" .. path .. "'"))
+      local m = p:read("l")
+      p:close()
+      return m
+    end
+
+    -- Runs a writer in a child process under `umask`, so this process's umask is untouched.
+    local function write_under_umask(umask, path, opts)
+      local script = "package.path=\"" .. package.path:gsub('"', '\\"') .. "\";"
+        .. " package.cpath=\"" .. package.cpath:gsub('"', '\\"') .. "\";"
+        .. " local w = assert(require(\"scim.csv\").writer(" .. string.format("%q", path)
+        .. ", " .. opts .. ")); w:write({ \"new\" }); assert(w:close())"
+      assert(os.execute("umask " .. umask .. " && lua5.4 -e '" .. script:gsub("'", "'\\''")
+        .. "'"))
+    end
+
+    it("creates files readable by the owner only under umask 022", function()
+      local path = dir .. "/export.csv"
+      write_under_umask("022", path, "{}")
+      assert.equal("600", mode_of(path))
+      assert.equal("new\n", read_file(path))
+      -- a replaced file that was world-readable is not any more
+      os.execute("chmod 644 '" .. path .. "'")
+      write_under_umask("022", path, "{}")
+      assert.equal("600", mode_of(path))
+    end)
+
+    it("keeps a replaced file's stricter mode, and an explicit mode wins", function()
+      local path = dir .. "/report.csv"
+      write_file(path, "old\n")
+      os.execute("chmod 600 '" .. path .. "'")
+      write_under_umask("022", path, "{}")
+      assert.equal("600", mode_of(path))
+      os.execute("chmod 400 '" .. path .. "'")
+      write_under_umask("022", path, "{}")
+      assert.equal("400", mode_of(path))
+      assert.equal("new\n", read_file(path))
+      write_under_umask("022", path, "{ mode = 420 }")
+      assert.equal("644", mode_of(path))
+      write_under_umask("077", path, "{ mode = 420 }")  -- the umask still applies
+      assert.equal("600", mode_of(path))
+      assert.same({ "report.csv" }, listdir(dir))
+      assert.has_error(function() csv.writer(path, { mode = 4096 }) end,
+        "option 'mode' must be an integer from 0 to 0777 (511)")
+    end)
+
+    it("never follows or opens a symlink or file at the temporary path", function()
+      local victim, link = dir .. "/victim", dir .. "/out.csv.tmp-1"
+      write_file(victim, "keep\n")
+      assert(os.execute("ln -s '" .. victim .. "' '" .. link .. "'"))
+      local f, err, code = core.csv_create(link, 384)
+      assert.is_nil(f)
+      assert.equal("EEXIST", code)
+      assert.equal(link .. ": File exists", err)
+      assert.equal("keep\n", read_file(victim))
+      -- dangling: the link's target is not created either
+      assert(os.execute("ln -s '" .. dir .. "/nowhere' '" .. dir .. "/d.tmp'"))
+      assert.is_nil(core.csv_create(dir .. "/d.tmp", 384))
+      assert.is_nil(io.open(dir .. "/nowhere", "rb"))
+      -- a plain file there is not truncated
+      local f2 = assert(core.csv_create(dir .. "/fresh", 384))
+      assert(f2:write("x"))
+      assert(f2:close())
+      local _, _, code2 = core.csv_create(dir .. "/fresh", 384)
+      assert.equal("EEXIST", code2)
+      assert.equal("x", read_file(dir .. "/fresh"))
+    end)
+
+    it("removes the temporary file when close fails", function()
+      local path = dir .. "/sub/out.csv"
+      os.execute("mkdir '" .. dir .. "/sub'")
+      local w = assert(csv.writer(path))
+      w:write({ "x" })
+      os.execute("mkdir '" .. path .. "'")    -- rename over a directory fails
+      local ok, err, code = w:close()
+      assert.is_nil(ok)
+      assert.matches("^" .. path:gsub("%p", "%%%0") .. ": ", err)
+      assert.equal("EISDIR", code)
+      assert.same({ "out.csv" }, listdir(dir .. "/sub"))
+    end)
+  end)
+
   it("fails with the errno code when the directory does not exist", function()
     local w, err, code = csv.writer(dir .. "/no/such/dir/out.csv")
     assert.is_nil(w)

@@ -24,7 +24,7 @@ local csv = {}
 
 local type, pairs, ipairs, tostring, error, setmetatable = type, pairs, ipairs, tostring,
   error, setmetatable
-local io_type, open, remove, rename = io.type, io.open, os.remove, os.rename
+local io_type, remove, rename = io.type, os.remove, os.rename
 local concat, random, mtype = table.concat, math.random, math.type
 
 -- {====================================================== reading
@@ -151,8 +151,28 @@ Writer.__index = Writer
 
 local WRITE_OPTS = {
   header = "table", crlf = "boolean", formula_guard = "boolean", delimiter = "string",
-  name = "string",
+  name = "string", mode = "number",
 }
+
+local PRIVATE = 384   -- 0600: output files are personal data
+
+-- Creates the temporary file beside `target` for a writer: a fresh random name, created
+-- exclusively (never a file or symlink already there) with the mode the target will have.
+-- Returns file, temporary path | nil, message, code.
+local function create_temp(target, mode)
+  if not mode then   -- 0600, or the replaced file's mode where that is stricter
+    local cur = core.csv_mode(target)
+    mode = cur and cur & PRIVATE or PRIVATE
+  end
+  local f, err, code
+  for _ = 1, 100 do   -- EEXIST: another name (collisions need an attacker or bad luck)
+    local tmp = string.format("%s.tmp-%08x", target, random(0, 0x7fffffff))
+    f, err, code = core.csv_create(tmp, mode)
+    if f then return f, tmp end
+    if code ~= "EEXIST" then break end
+  end
+  return nil, err:gsub("%.tmp%-%x+", ""), code
+end
 
 -- Whether a spreadsheet could take a string cell for a formula: it starts with tab or CR,
 -- or its first character after any spaces, tabs, CRs and LFs is = + - or @.
@@ -204,7 +224,11 @@ end
 
 --- Opens a CSV writer. Writing to a path goes to a temporary file in the same directory,
 -- renamed over the target only by a successful `close`, so a failed run never destroys a
--- previous good file.
+-- previous good file. The temporary file gets a random name and is created exclusively
+-- (`O_CREAT|O_EXCL|O_NOFOLLOW`: a file or symlink already there is never opened), with mode
+-- 0600, or the replaced target's mode where that has fewer bits (0400 stays 0400), before
+-- the umask; it is removed on every path that does not rename it (`abort`, a failed `close`,
+-- a raising to-be-closed block, a writer collected unclosed).
 -- @param target a path, `"-"` for stdout, or an open Lua file (left open: the caller owns it)
 -- @tparam[opt] table opts
 --   `header` (list of column names: written first, and the order of keyed rows);
@@ -214,7 +238,9 @@ end
 --   `'` so spreadsheets do not run them; numbers are never changed; `csv.unguard` undoes
 --   it; false writes every value as it is);
 --   `delimiter` (default `,`);
---   `name` (the target name in messages)
+--   `name` (the target name in messages);
+--   `mode` (an integer such as `tonumber("644", 8)`: the new file's permission bits instead
+--   of the private default; the umask still applies)
 -- @treturn writer with `:write(row)`, `:close()`, `:abort()` (also to-be-closed: closed on
 --   normal exit, aborted when the block raises)
 -- @treturn[2] nil
@@ -233,6 +259,9 @@ function csv.writer(target, opts)
     end
   end
   local sep = opts.delimiter or ","
+  if opts.mode and (mtype(opts.mode) ~= "integer" or opts.mode < 0 or opts.mode > 511) then
+    error("option 'mode' must be an integer from 0 to 0777 (511)", 2)
+  end
   if #sep ~= 1 or sep:find('^["\r\n]') then
     error("option 'delimiter' must be one character other than a quote, CR or LF", 2)
   end
@@ -252,20 +281,9 @@ function csv.writer(target, opts)
     w.f, w.name = io.stdout, opts.name or "<stdout>"
   elseif type(target) == "string" then
     w.path, w.name = target, opts.name or target
-    local err, errno
-    for _ = 1, 20 do   -- a fresh name beside the target; collisions are unlikely
-      local tmp = string.format("%s.tmp-%08x", target, random(0, 0x7fffffff))
-      local probe = open(tmp, "rb")
-      if probe then probe:close() else
-        w.f, err, errno = open(tmp, "wb")
-        if w.f then w.tmp = tmp break end
-        break
-      end
-    end
-    if not w.f then
-      return nil, (err and err:gsub("%.tmp%-%x+", "") or target .. ": cannot create file"),
-        errcode(errno) == "IO" and "OPEN_FAILED" or errcode(errno)
-    end
+    local f, tmp, code = create_temp(target, opts.mode)
+    if not f then return nil, tmp, code end
+    w.f, w.tmp = f, tmp
   else
     local t = io_type(target)
     if t ~= "file" then
@@ -313,7 +331,7 @@ function Writer:abort()
   if self.closed then return end
   self.closed = true
   if self.tmp then
-    self.f:close()
+    if io_type(self.f) == "file" then self.f:close() end
     remove(self.tmp)
   end
 end
