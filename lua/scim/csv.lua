@@ -32,7 +32,7 @@ local concat, random, mtype = table.concat, math.random, math.type
 local READ_OPTS = {
   delimiter = "string", header = "boolean", array = "boolean", columns = "table",
   strict = "boolean", check_utf8 = "boolean", check_control = "boolean",
-  empty_is_nil = "boolean", name = "string",
+  empty_is_nil = "boolean", name = "string", encoding = "string",
   max_field = "integer", max_row = "integer", max_fields = "integer",
 }
 
@@ -90,16 +90,26 @@ end
 --   a quoted `""` reads as an empty string);
 --   `max_field` (bytes, default 1 MiB), `max_row` (bytes, default 16 MiB), `max_fields`
 --   (default 16384);
---   `name` (the source name in messages).
+--   `name` (the source name in messages);
+--   `encoding` (the source's encoding: any name iconv knows, e.g. `utf-8`, `cp1252` or
+--   `windows-1252`, `latin1` or `iso-8859-1`, `utf-16`, `utf-16le`, `utf-16be`, `utf-32`;
+--   converted to UTF-8 in C as it is read. Absent: UTF-8, or UTF-16/UTF-32 when the file
+--   starts with their byte-order mark. An unknown name fails with `UNKNOWN_ENCODING`; a byte
+--   sequence invalid in the encoding fails with `ENCODING` at the line and column of the
+--   character it would have been (they count characters, so they are the same in the
+--   original file), with its byte offset in the file; a byte-order mark the given encoding
+--   contradicts, e.g. UTF-16's with `utf-8` or any with `cp1252`, fails with `BOM`).
 -- @treturn reader with `reader.header` (list of names), `reader.delimiter`, `reader.name`,
+--   `reader.encoding` (the given one, or the one detected: `UTF-8`, `UTF-16LE`, ...),
 --   `:rows()`, `:read()`, `:field_index(name)` and `:close()` (also to-be-closed)
 -- @treturn[2] nil
 -- @treturn[2] string message, e.g. `users.csv: No such file or directory`,
 --   `users.csv:1: duplicate column name: ...`
--- @treturn[2] string code: `ENOENT`, `EACCES`, `EISDIR`, `OPEN_FAILED`, `NO_HEADER`,
+-- @treturn[2] string code: `ENOENT`, `EACCES`, `EISDIR`, `OPEN_FAILED`, `UNKNOWN_ENCODING`,
+--   `NO_HEADER`,
 --   `EMPTY_HEADER`, `DUPLICATE_HEADER`, or a parse code: `QUOTE`, `AFTER_QUOTE`,
 --   `UNTERMINATED`, `FIELD_TOO_LARGE`, `ROW_TOO_LARGE`, `TOO_MANY_FIELDS`, `FIELD_COUNT`,
---   `UTF8`, `CONTROL`, `BOM` (a UTF-16/32 file), `IO`, `NOMEM`
+--   `UTF8`, `CONTROL`, `ENCODING`, `BOM`, `IO`, `NOMEM`
 -- @raise on bad arguments or options
 -- @usage local r <close> = assert(csv.open("users.csv"))
 -- for row, line in r:rows() do print(line, row.email) end
@@ -151,8 +161,31 @@ Writer.__index = Writer
 
 local WRITE_OPTS = {
   header = "table", crlf = "boolean", formula_guard = "boolean", delimiter = "string",
-  name = "string", mode = "number",
+  name = "string", mode = "number", encoding = "string",
 }
+
+-- Whether an encoding name means UTF-8 (no conversion).
+local function is_utf8(name)
+  return name:lower():gsub("[^%w]", "") == "utf8"
+end
+
+-- The message for a line the converter refused at byte `at` (0-based): which field, which
+-- character.
+local function unconvertible(w, cells, n, line, at, kind)
+  local i, pos = n, 0
+  for k = 1, n do
+    if at < pos + #cells[k] + #w.sep then i = k break end
+    pos = pos + #cells[k] + #w.sep
+  end
+  local field = w.header and ("'" .. tostring(w.header[i]) .. "' (column " .. i .. ")")
+    or ("column " .. i)
+  local ok, cp = pcall(utf8.codepoint, line, at + 1)
+  local what = ok and string.format("character U+%04X (%s) cannot be written in %s", cp,
+      utf8.char(cp), w.encoding)
+    or (kind == "incomplete" and "truncated" or "invalid") .. " UTF-8"
+  return string.format("%s: %s, %s: %s", w.name,
+    w.rows == 0 and w.header and "header" or "row " .. w.rows, field, what)
+end
 
 local PRIVATE = 384   -- 0600: output files are personal data
 
@@ -214,7 +247,13 @@ end
 
 local function write_line(w, cells, n)
   if n == 1 and cells[1] == "" then cells[1] = '""' end  -- else it reads back as blank
-  local ok, err, errno = w.f:write(concat(cells, w.sep, 1, n), w.eol)
+  local line = concat(cells, w.sep, 1, n) .. w.eol
+  if w.conv then   -- nothing of a row that cannot be converted is written
+    local out, at, kind = w.conv:convert(line)
+    if not out then return nil, unconvertible(w, cells, n, line, at, kind), "ENCODING" end
+    line = out
+  end
+  local ok, err, errno = w.f:write(line)
   if not ok then
     w.failed, w.failed_code = w.name .. ": " .. tostring(err), errcode(errno)
     return nil, w.failed, w.failed_code
@@ -240,7 +279,11 @@ end
 --   `delimiter` (default `,`);
 --   `name` (the target name in messages);
 --   `mode` (an integer such as `tonumber("644", 8)`: the new file's permission bits instead
---   of the private default; the umask still applies)
+--   of the private default; the umask still applies);
+--   `encoding` (default UTF-8; any name iconv knows, e.g. `cp1252`, `latin1`, `utf-16`: the
+--   output is converted to it; a value it cannot represent fails that `write` with the code
+--   `ENCODING`, naming the row and field, and nothing of the row is written; an unknown name
+--   fails the open with `UNKNOWN_ENCODING`)
 -- @treturn writer with `:write(row)`, `:close()`, `:abort()` (also to-be-closed: closed on
 --   normal exit, aborted when the block raises)
 -- @treturn[2] nil
@@ -268,8 +311,15 @@ function csv.writer(target, opts)
   local w = {
     sep = sep, eol = opts.crlf and "\r\n" or "\n", guard = opts.formula_guard ~= false,
     special = "[\"\r\n" .. (sep:find("%w") and sep or "%" .. sep) .. "]",
-    header = opts.header,
+    header = opts.header, rows = 0,
   }
+  if opts.encoding and not is_utf8(opts.encoding) then
+    w.conv, w.encoding = core.csv_converter(opts.encoding, "UTF-8"), opts.encoding
+    if not w.conv then
+      return nil, "unknown encoding '" .. opts.encoding .. "' (iconv does not know it; e.g."
+        .. " utf-8, cp1252, latin1, utf-16)", "UNKNOWN_ENCODING"
+    end
+  end
   if opts.header then
     for i, name in ipairs(opts.header) do
       if type(name) ~= "string" then
@@ -323,6 +373,7 @@ function Writer:write(row)
     n = #row
     for i = 1, n do cells[i] = cell(self, row[i], i) end
   end
+  self.rows = self.rows + 1
   return write_line(self, cells, n)
 end
 
@@ -349,6 +400,14 @@ function Writer:close()
     return nil, self.failed, self.failed_code
   end
   local ok, err, errno
+  local tail = self.conv and self.conv:convert()   -- a stateful encoding's reset
+  if tail and tail ~= "" then
+    ok, err, errno = self.f:write(tail)
+    if not ok then
+      self.failed, self.failed_code = self.name .. ": " .. tostring(err), errcode(errno)
+      return self:close()
+    end
+  end
   if self.tmp then
     ok, err, errno = self.f:close()
     if ok then ok, err, errno = rename(self.tmp, self.path) end
