@@ -757,6 +757,8 @@ static int reader_tostring(lua_State *L) {
 
 /* {====================================================== benchmark helper */
 
+#ifdef SCIM_BENCH  /* only in the module `make bench` builds (build/bench/) */
+
 /*
 ** core.csv_scan(path, mode) -> bytes, records, checksum. mode "memchr"
 ** counts LF bytes with memchr; "tokenize" runs the tokenizer and touches
@@ -818,6 +820,7 @@ static int csv_scan(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)sum);
   return 3;
 }
+#endif
 
 /* {====================================================== output files */
 
@@ -952,7 +955,9 @@ void scim_open_csv(lua_State *L) {
   };
   static const luaL_Reg funcs[] = {
     { "csv_open", csv_open },
+#ifdef SCIM_BENCH
     { "csv_scan", csv_scan },
+#endif
     { "csv_errno_name", csv_errno_name },
     { "csv_create", csv_create },
     { "csv_mode", csv_mode },
