@@ -199,8 +199,9 @@ function Bound:key(values, line)
     local cells = cells_of(self, values)
     return to_resource.key_of(m, cells[self.key_slot], line, self.view_of, values, cells)
   end
-  local s = self.key_slot
-  return to_resource.key_of(m, s and read_cell(self, values, self.index[s]), line)
+  local s, v = self.key_slot, nil
+  if s then v = read_cell(self, values, self.index[s]) end
+  return to_resource.key_of(m, v, line)
 end
 
 --- The resource the row describes (as `Mapping:to_resource`).

@@ -161,8 +161,8 @@ function M.build(m, cells, slots, view_of, src, line, job)
   for i = 1, #entries do
     local en = entries[i]
     if not en.jobs or job_allows(en, job) then
-      local slot = slots[i]
-      local v = slot and cells[slot]
+      local slot, v = slots[i], nil
+      if slot then v = cells[slot] end
       if not en.reference then
         local what, x = entry_value(en, v, view, line, job)
         if what == "value" then
@@ -229,8 +229,8 @@ end
 function M.references_of(m, cells, slots, view_of, src)
   local refs = {}
   for name, en in pairs(m.reference_entries) do
-    local slot = slots[name]
-    local v = slot and cells[slot]
+    local slot, v = slots[name], nil
+    if slot then v = cells[slot] end
     if v and v ~= "" then
       if en.transform then
         local ok, res = pcall(en.transform, v, view_of(src, cells))

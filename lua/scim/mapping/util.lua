@@ -48,9 +48,9 @@ function util.field(t, name)
   if type(t) ~= "table" then return nil end
   local v = t[name]
   if v ~= nil then return v end
-  local lname = name:lower()
-  for k, val in pairs(t) do
-    if type(k) == "string" and k:lower() == lname then return val end
+  local lname, n = name:lower(), #name
+  for k, val in pairs(t) do  -- the length first: most keys differ in it, and it's cheap
+    if type(k) == "string" and #k == n and k:lower() == lname then return val end
   end
   return nil
 end
@@ -58,9 +58,9 @@ end
 --- The key under which t holds name (case-insensitively), or nil.
 function util.field_key(t, name)
   if t[name] ~= nil then return name end
-  local lname = name:lower()
+  local lname, n = name:lower(), #name
   for k in pairs(t) do
-    if type(k) == "string" and k:lower() == lname then return k end
+    if type(k) == "string" and #k == n and k:lower() == lname then return k end
   end
   return nil
 end
