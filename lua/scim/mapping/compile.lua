@@ -131,7 +131,9 @@ compile.OPTIONS = {
   end },
   { "dialects", function(en, v, label, k, d)
     if v == nil then return end
-    typed("table", "_dialects")(en, v, label, k)
+    if type(v) ~= "table" then
+      fail(label .. ": '" .. k .. "' must be a table, got " .. type(v))
+    end
     local ok = false
     for _, dn in ipairs(v) do
       if type(dn) ~= "string" then fail(label .. ": dialects must be names") end
@@ -143,7 +145,6 @@ compile.OPTIONS = {
       end
       if dn == d.name then ok = true end
     end
-    en._dialects = nil
     if not ok then en.unavailable = "only used with dialect " .. table.concat(v, ", ") end
   end },
 }
@@ -362,13 +363,10 @@ local function build(tbl, opts, mt)
     m.targets[#m.targets + 1] = { attr = "name", sub = "formatted", text = "name.formatted",
       key = "name.formatted", entry = { type = "string", label = "name.formatted" } }
   end
-  -- The entries to_resource evaluates, and whether any needs the whole row.
+  -- The entries to_resource evaluates.
   m.row_entries = {}
   for _, en in ipairs(m.entries) do
-    if not en.unavailable and not en.export_only then
-      m.row_entries[#m.row_entries + 1] = en
-      if en.value_fn or en.transform then m.needs_view = true end
-    end
+    if not en.unavailable and not en.export_only then m.row_entries[#m.row_entries + 1] = en end
   end
   return m
 end

@@ -313,7 +313,10 @@ end
 --- The references a row makes (see `scim.mapping`).
 function M.references(m, row)
   if not next(m.reference_entries) then return {} end
-  return M.references_of(m, cells_of(m, normalized_row(row)), m.reference_columns, row_view, row)
+  local nrow, cells = normalized_row(row), {}
+  for _, col in pairs(m.reference_columns) do cells[col] = cell(m, nrow, col) end
+  return M.references_of(m, cells, m.reference_columns,
+    function(r) return row_view(r, cells_of(m, nrow)) end, row)
 end
 
 --}====================================================================
