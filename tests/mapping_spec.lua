@@ -854,7 +854,9 @@ describe("scim.mapping", function()
       local mm = mapping.default{ dialect = "meta" }
       local _, err = mm:bind{ "email", "start date" }:read({ "a@x", "1.1.2020" }, 7, "update")
       assert.matches("^line 7, field 'start date': '1.1.2020' is not a date", err)
-      assert.has_error(function() b:to_resource("a@x") end)
+      assert.has_error(function() b:to_resource("a@x") end,
+        "bad argument #1 to 'to_resource' (table of values expected)")
+      assert.has_error(function() b:key("a@x") end)
       assert.has_error(function() m:bind("email") end, "bad argument #1 to 'bind' (table expected)")
     end)
 

@@ -180,8 +180,10 @@ local function read_cell(b, values, i)
 end
 
 -- Every known column's cell, by slot: each cell read and trimmed once.
-local function cells_of(b, values)
-  if type(values) ~= "table" then error("bad argument #1 (table of values expected)", 3) end
+local function cells_of(b, values, fname)
+  if type(values) ~= "table" then
+    error("bad argument #1 to '" .. fname .. "' (table of values expected)", 3)
+  end
   local cells, index = {}, b.index
   for s = 1, b.nslots do cells[s] = read_cell(b, values, index[s]) end
   return cells
@@ -196,8 +198,11 @@ end
 function Bound:key(values, line)
   local m = self.mapping
   if m.key_entry.transform then
-    local cells = cells_of(self, values)
+    local cells = cells_of(self, values, "key")
     return to_resource.key_of(m, cells[self.key_slot], line, self.view_of, values, cells)
+  end
+  if type(values) ~= "table" then
+    error("bad argument #1 to 'key' (table of values expected)", 2)
   end
   local s, v = self.key_slot, nil
   if s then v = read_cell(self, values, self.index[s]) end
@@ -213,7 +218,7 @@ end
 -- @treturn[2] string "line 7, field 'start date': ..."
 -- @treturn[2] string "INVALID_VALUE"
 function Bound:to_resource(values, line, job)
-  local cells = cells_of(self, values)
+  local cells = cells_of(self, values, "to_resource")
   return to_resource.build(self.mapping, cells, self.slots, self.view_of, values, line, job)
 end
 
@@ -223,7 +228,7 @@ end
 function Bound:references(values)
   local m = self.mapping
   if not next(m.reference_entries) then return {} end
-  local cells = cells_of(self, values)
+  local cells = cells_of(self, values, "references")
   return to_resource.references_of(m, cells, self.ref_slots, self.view_of, values)
 end
 
@@ -239,7 +244,7 @@ end
 -- @treturn[2] string "INVALID_VALUE"
 function Bound:read(values, line, job)
   local m = self.mapping
-  local cells = cells_of(self, values)
+  local cells = cells_of(self, values, "read")
   local key, kerr = to_resource.key_of(m, cells[self.key_slot or 0], line, self.view_of,
     values, cells)
   if not key then return nil, kerr, "INVALID_VALUE" end
