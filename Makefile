@@ -104,7 +104,14 @@ fuzz: deps
 	  tests/fuzz/csv_fuzz.c csrc/csv.c
 	build/csv_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz-corpus tests/fuzz/corpus
 
-bench: deps build server-deps
+# The module again with the benchmark-only functions (core.csv_scan), which
+# the production build leaves out; csv_bench.lua loads it from build/bench/.
+BENCH_CORE = build/bench/scim/core.so
+$(BENCH_CORE): $(SRCS) $(HDRS)
+	@mkdir -p build/bench/scim
+	$(CC) $(ALL_CFLAGS) -DSCIM_BENCH $(LIBFLAG) -o $@ $(SRCS) -L$(CURL_LIBDIR) -lcurl
+
+bench: deps build server-deps $(BENCH_CORE)
 	$(LUA) tests/bench/run.lua
 
 demo: deps build server-deps

@@ -15,6 +15,8 @@
 */
 #include "csv.h"
 
+#include <errno.h>
+#include <iconv.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +60,12 @@ static unsigned ctz_portable(uint64_t x) {
 #define BLANK 3                  /* internal: a blank line was skipped */
 
 enum { S_UNQ, S_QUOTED, S_QSEEN };          /* scanner states */
+/* Decoding: the first bytes are looked at (DEC_DETECT), then passed through
+** (DEC_RAW) or converted (DEC_ICONV). */
+enum { DEC_DETECT, DEC_RAW, DEC_ICONV };
+/* What opts.encoding said: nothing, UTF-8, another Unicode form, or other. */
+enum { ENC_AUTO, ENC_UTF8, ENC_UNICODE, ENC_OTHER };
+#define NO_CD ((iconv_t)-1)
 /* Field flags, kept in scim_csv_field.quoted while a record is scanned and
 ** reduced to 0/1 when it is complete. */
 enum { F_QUOTED = 1, F_DOUBLED = 2, F_TRAIL = 4 };
@@ -81,6 +89,9 @@ struct scim_csv {
   ** fails its record when that record is complete. */
   size_t u_done, u_next, u_lead, u_err;
   unsigned u_need, u_lo, u_hi;
+  /* The first control character scanned (NOPOS: none; see allow_control),
+  ** which fails its record when that record is complete. */
+  size_t c_err;
   size_t line;               /* line of the next byte to scan */
   size_t row_line;           /* line where the record being scanned began */
   size_t out_line;           /* line of the record last returned */
@@ -103,6 +114,16 @@ struct scim_csv {
   ** the last record ended in it (mc_end 0: none kept). */
   size_t mc_base, mc_end;
   mask_t mc_mask;
+  /* Decoding (see DEC_*). With DEC_ICONV, raw input is fed into rbuf and
+  ** converted into buf at once, except an incomplete last sequence kept at
+  ** the start of rbuf [0, rlen); rdone raw bytes came before rbuf[0]. After
+  ** an invalid sequence (enc_bad) nothing more is converted and the record
+  ** reaching buffer offset enc_off fails. */
+  int dec, enc, enc_bad;
+  const char *detected;      /* scim_csv_encoding */
+  iconv_t cd;
+  char *rbuf;
+  size_t rcap, rlen, rdone, enc_off;
 };
 
 static void *default_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
@@ -128,6 +149,9 @@ const char *scim_csv_strerror(int status) {
     case SCIM_CSV_EFIELDCOUNT: return "wrong number of fields";
     case SCIM_CSV_EUTF8: return "invalid UTF-8";
     case SCIM_CSV_EMISUSE: return "API misuse";
+    case SCIM_CSV_ECONTROL: return "control character";
+    case SCIM_CSV_EBOM: return "unexpected byte-order mark";
+    case SCIM_CSV_EENCODING: return "invalid byte sequence for the encoding";
     default: return "unknown status";
   }
 }
@@ -163,9 +187,37 @@ static int fail(scim_csv *p, int status, size_t off) {
 
 /* }====================================================== */
 
+/* Which kind of encoding `name` is (ENC_*), by its letters and digits. */
+static int encoding_kind(const char *name) {
+  char k[8];
+  size_t n = 0;
+  if (!name || !*name) return ENC_AUTO;
+  for (; *name && n < sizeof k - 1; name++) {
+    unsigned c = (unsigned char)*name;
+    if (c >= 'A' && c <= 'Z') c += 32;
+    if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) k[n++] = (char)c;
+    else if (c == '/') break;  /* iconv's //TRANSLIT and the like */
+  }
+  k[n] = '\0';
+  if (strcmp(k, "utf8") == 0) return ENC_UTF8;
+  if (strncmp(k, "utf", 3) == 0 || strncmp(k, "ucs", 3) == 0) return ENC_UNICODE;
+  return ENC_OTHER;
+}
+
+int scim_csv_encoding_known(const char *name) {
+  iconv_t cd;
+  if (encoding_kind(name) <= ENC_UTF8) return 1;
+  cd = iconv_open("UTF-8", name);
+  if (cd == NO_CD) return 0;
+  iconv_close(cd);
+  return 1;
+}
+
 scim_csv *scim_csv_new(const scim_csv_opts *opts) {
   scim_csv_opts o;
   scim_csv *p;
+  iconv_t cd = NO_CD;
+  int enc;
   if (opts) o = *opts; else memset(&o, 0, sizeof o);
   if (o.delimiter == '"' || o.delimiter == '\r' || o.delimiter == '\n' ||
       o.simd < 0 || o.simd > 2)
@@ -174,13 +226,22 @@ scim_csv *scim_csv_new(const scim_csv_opts *opts) {
   if (!o.max_field) o.max_field = DEFAULT_MAX_FIELD;
   if (!o.max_row) o.max_row = DEFAULT_MAX_ROW;
   if (!o.max_fields) o.max_fields = DEFAULT_MAX_FIELDS;
+  enc = encoding_kind(o.encoding);
+  if (enc > ENC_UTF8 && (cd = iconv_open("UTF-8", o.encoding)) == NO_CD) return NULL;
+  o.encoding = NULL;  /* not kept */
   p = (scim_csv *)o.alloc(o.alloc_ud, NULL, 0, sizeof *p);
-  if (!p) return NULL;
+  if (!p) {
+    if (cd != NO_CD) iconv_close(cd);
+    return NULL;
+  }
   memset(p, 0, sizeof *p);
   p->o = o;
+  p->enc = enc;
+  p->cd = cd;
+  p->dec = DEC_DETECT;
   p->delim = o.delimiter;
   p->line = p->row_line = 1;
-  p->u_err = NOPOS;
+  p->u_err = p->c_err = NOPOS;
   p->expect = o.fields == SCIM_CSV_FIELDS_FIRST ? 0 : o.fields;
 #ifdef SCIM_CSV_SSE2
   if (o.simd < 2) p->isa = 1;
@@ -200,14 +261,15 @@ void scim_csv_free(scim_csv *p) {
   if (p->v)
     p->o.alloc(p->o.alloc_ud, p->v,
                p->fcap * (sizeof(scim_csv_field) + sizeof(size_t)), 0);
+  if (p->rbuf) p->o.alloc(p->o.alloc_ud, p->rbuf, p->rcap, 0);
+  if (p->cd != NO_CD) iconv_close(p->cd);
   p->o.alloc(p->o.alloc_ud, p, sizeof *p, 0);
 }
 
 /* {====================================================== input */
 
-char *scim_csv_reserve(scim_csv *p, size_t want, size_t *avail) {
-  if (p->err.status) return NULL;
-  if (p->eof) { p->err.status = SCIM_CSV_EMISUSE; return NULL; }
+/* Room for `want` more bytes at the end of buf (see scim_csv_reserve). */
+static char *room(scim_csv *p, size_t want, size_t *avail) {
   if (p->cap - p->len < want) {
     size_t drop = p->row_start, i;
     if (drop) {  /* everything before the current record is consumed */
@@ -216,6 +278,8 @@ char *scim_csv_reserve(scim_csv *p, size_t want, size_t *avail) {
       p->field_start -= drop; p->qpos -= drop; p->det_pos -= drop;
       p->u_done -= drop; p->u_next -= drop; p->u_lead -= drop;
       if (p->u_err != NOPOS) p->u_err -= drop;
+      if (p->c_err != NOPOS) p->c_err -= drop;
+      if (p->enc_bad) p->enc_off -= drop;
       p->mc_end = 0;
       for (i = 0; i < p->nf; i++) {
         p->v[i].data -= drop;
@@ -244,8 +308,57 @@ char *scim_csv_reserve(scim_csv *p, size_t want, size_t *avail) {
   return p->buf + p->len;
 }
 
+/*
+** Converts rbuf [0, rlen) into buf, keeping an incomplete last sequence.
+** An invalid sequence stops the conversion for good (enc_bad). 0 or an
+** error status.
+*/
+static int convert(scim_csv *p) {
+  char *in = p->rbuf;
+  size_t left = p->rlen, want = left * 3 + 16;  /* enough for most encodings */
+  while (left && !p->enc_bad) {
+    size_t avail, r;
+    char *out = room(p, want, &avail), *o0 = out;
+    if (!out) return p->err.status;
+    want = avail * 2 + 16;         /* for E2BIG: strictly more room next time */
+    r = iconv(p->cd, &in, &left, &out, &avail);
+    p->len += (size_t)(out - o0);
+    if (r != (size_t)-1 || errno == E2BIG) continue;
+    if (errno == EINVAL) break;    /* incomplete: wait for the rest */
+    p->enc_bad = 1;                /* EILSEQ */
+    p->enc_off = p->len;
+    p->err.offset = p->rdone + (size_t)(in - p->rbuf);
+    p->err.byte = (unsigned char)*in;
+  }
+  p->rdone += (size_t)(in - p->rbuf);
+  if (left && in != p->rbuf) memmove(p->rbuf, in, left);
+  p->rlen = p->enc_bad ? 0 : left;
+  return 0;
+}
+
+char *scim_csv_reserve(scim_csv *p, size_t want, size_t *avail) {
+  if (p->err.status) return NULL;
+  if (p->eof) { p->err.status = SCIM_CSV_EMISUSE; return NULL; }
+  if (p->dec != DEC_ICONV) return room(p, want, avail);
+  if (p->rcap - p->rlen < want) {  /* rbuf holds at most a partial sequence */
+    size_t ncap = p->rlen + want;
+    char *nb = (char *)p->o.alloc(p->o.alloc_ud, p->rbuf, p->rcap, ncap);
+    if (!nb) { p->err.status = SCIM_CSV_ENOMEM; return NULL; }
+    p->rbuf = nb;
+    p->rcap = ncap;
+  }
+  *avail = p->rcap - p->rlen;
+  return p->rbuf + p->rlen;
+}
+
 void scim_csv_commit(scim_csv *p, size_t n) {
-  if (n <= p->cap - p->len) p->len += n;
+  if (p->dec != DEC_ICONV) {
+    if (n <= p->cap - p->len) p->len += n;
+  } else if (n <= p->rcap - p->rlen) {
+    if (p->enc_bad) return;  /* nothing more is converted */
+    p->rlen += n;
+    if (convert(p) != 0) return;  /* the status is sticky */
+  }
 }
 
 int scim_csv_feed(scim_csv *p, const void *data, size_t len) {
@@ -253,12 +366,63 @@ int scim_csv_feed(scim_csv *p, const void *data, size_t len) {
   char *dst = scim_csv_reserve(p, len, &avail);
   if (!dst) return p->err.status;
   if (len) memcpy(dst, data, len);
-  p->len += len;
-  return SCIM_CSV_NEED_MORE;
+  scim_csv_commit(p, len);
+  return p->err.status ? p->err.status : SCIM_CSV_NEED_MORE;
 }
 
 void scim_csv_finish(scim_csv *p) {
-  p->eof = 1;
+  if (p->dec == DEC_ICONV && p->rlen && !p->enc_bad) {  /* cut inside a sequence */
+    p->enc_bad = 1;
+    p->enc_off = p->len;
+    p->err.offset = p->rdone;
+    p->err.byte = (unsigned char)p->rbuf[0];
+    p->err.incomplete = 1;
+  }
+  if (!p->enc_bad) p->eof = 1;  /* else the error ends the input */
+}
+
+/*
+** Looks at the first bytes fed (buf [0, len)) for a byte-order mark and
+** picks the decoding: 0 when done, else a status.
+*/
+static int find_bom(const unsigned char *b, size_t n, int more, const char **name);
+
+static int decide(scim_csv *p) {
+  const char *name = NULL;
+  int k = find_bom((const unsigned char *)p->buf, p->len, !p->eof, &name);
+  size_t skip = 0;
+  if (k < 0) return SCIM_CSV_NEED_MORE;
+  p->dec = DEC_RAW;
+  if (p->enc == ENC_AUTO) p->detected = "UTF-8";
+  if (k > 0) {
+    int utf8 = name[4] == '8';
+    if (p->enc == ENC_OTHER || (p->enc == ENC_UTF8 && !utf8 && p->o.check_utf8)) {
+      p->err.bom = name;
+      return fail(p, SCIM_CSV_EBOM, 0);
+    }
+    if (p->enc == ENC_AUTO && !utf8) {
+      p->cd = iconv_open("UTF-8", name);
+      if (p->cd == NO_CD) return fail(p, SCIM_CSV_ENOMEM, NOPOS);
+      p->detected = name;
+      skip = (size_t)k;
+    }
+  }
+  if (p->cd != NO_CD) {  /* the bytes so far go through the converter */
+    size_t n = p->len - skip, avail;
+    int eof = p->eof;
+    char *dst;
+    p->dec = DEC_ICONV;
+    p->eof = 0;          /* let reserve run; finish is redone below */
+    dst = scim_csv_reserve(p, n ? n : 1, &avail);
+    if (!dst) return p->err.status;
+    if (n) memcpy(dst, p->buf + skip, n);
+    p->len = 0;
+    p->rdone = skip;
+    scim_csv_commit(p, n);
+    if (p->err.status) return p->err.status;
+    if (eof) scim_csv_finish(p);
+  }
+  return 0;
 }
 
 /* }====================================================== */
@@ -375,6 +539,10 @@ static int finish_record(scim_csv *p, size_t rec_end) {
   size_t i;
   if (rec_end - p->row_start > p->o.max_row)
     return fail(p, SCIM_CSV_EROWSIZE, p->row_start);
+  if (p->c_err < rec_end) {
+    p->err.byte = (unsigned char)p->buf[p->c_err];
+    return fail(p, SCIM_CSV_ECONTROL, p->c_err);
+  }
   if (p->expect == 0 && p->o.fields == SCIM_CSV_FIELDS_FIRST)
     p->expect = p->nf;
   if (p->expect && p->nf != p->expect) {
@@ -427,16 +595,39 @@ static int finish_record(scim_csv *p, size_t rec_end) {
   return SCIM_CSV_ROW;
 }
 
+/*
+** The byte-order mark the input starts with: its length (UTF-8's is skipped)
+** and in *name the encoding it names; 0 when there is none, -1 when the
+** bytes so far (n < 4, more to come) could still begin one.
+*/
+static int find_bom(const unsigned char *b, size_t n, int more, const char **name) {
+  static const struct { const char *bytes, *name; size_t len; } boms[] = {
+    { "\xFF\xFE\0\0", "UTF-32LE", 4 }, { "\0\0\xFE\xFF", "UTF-32BE", 4 },
+    { "\xEF\xBB\xBF", "UTF-8", 3 }, { "\xFF\xFE", "UTF-16LE", 2 },
+    { "\xFE\xFF", "UTF-16BE", 2 }
+  };
+  size_t i;
+  for (i = 0; i < sizeof boms / sizeof boms[0]; i++) {
+    size_t k = boms[i].len;
+    if (n < k) {  /* a prefix of this mark: wait for more */
+      if (more && (n == 0 || memcmp(b, boms[i].bytes, n) == 0)) return -1;
+      continue;
+    }
+    if (memcmp(b, boms[i].bytes, k) == 0) { *name = boms[i].name; return (int)k; }
+  }
+  return 0;
+}
+
 /* Delimiter detection and the BOM: 0 when done, else a status. */
 static int begin(scim_csv *p) {
-  static const char bom[3] = { '\xEF', '\xBB', '\xBF' };
   static const char cand[4] = { ',', ';', '\t', '|' };
   int i;
   if (!p->bom_done) {
-    size_t n = p->len - p->pos;
-    if (n < 3 && !p->eof && memcmp(p->buf ? p->buf + p->pos : bom, bom, n) == 0)
-      return SCIM_CSV_NEED_MORE;
-    if (n >= 3 && memcmp(p->buf + p->pos, bom, 3) == 0) p->pos += 3;
+    const char *name = NULL;
+    int k = find_bom((const unsigned char *)p->buf + p->pos, p->len - p->pos, !p->eof,
+                     &name);
+    if (k < 0) return SCIM_CSV_NEED_MORE;
+    if (k == 3) p->pos += 3;  /* UTF-8's; the others were seen by decide */
     p->row_start = p->field_start = p->det_pos = p->pos;
     p->bom_done = 1;
   }
@@ -483,22 +674,29 @@ static size_t partial_field(const scim_csv *p) {
 
 #ifdef SCIM_CSV_SSE2
 /* The special bytes (bit i: b[i] is the delimiter, '"', CR or LF) of the 64
-** bytes at b, and in *hm those >= 0x80. */
+** bytes at b, in *hm those >= 0x80, and in *cm those < 0x20 other than TAB
+** (CR, LF and a control delimiter are among the special bytes: the caller
+** masks them out). */
 static ALWAYS_INLINE mask_t masks_sse2(const unsigned char *b, unsigned delim,
-                                       mask_t *hm) {
+                                       mask_t *hm, mask_t *cm) {
   const __m128i vd = _mm_set1_epi8((char)delim), vq = _mm_set1_epi8('"');
   const __m128i vcr = _mm_set1_epi8('\r'), vlf = _mm_set1_epi8('\n');
-  mask_t mask = 0, hi = 0;
+  const __m128i v20 = _mm_set1_epi8(0x20), vtab = _mm_set1_epi8('\t');
+  mask_t mask = 0, hi = 0, ctl = 0;
   int k;
   for (k = 0; k < 4; k++) {  /* four 16-byte quarters make one 64-bit mask */
     const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(b + 16 * k));
     const __m128i m = _mm_or_si128(
         _mm_or_si128(_mm_cmpeq_epi8(x, vd), _mm_cmpeq_epi8(x, vq)),
         _mm_or_si128(_mm_cmpeq_epi8(x, vcr), _mm_cmpeq_epi8(x, vlf)));
+    /* signed: bytes >= 0x80 compare below 0x20 too, and are taken out */
+    const __m128i c = _mm_andnot_si128(_mm_cmpeq_epi8(x, vtab), _mm_cmplt_epi8(x, v20));
     mask |= (mask_t)(unsigned)_mm_movemask_epi8(m) << (16 * k);
     hi |= (mask_t)(unsigned)_mm_movemask_epi8(x) << (16 * k);
+    ctl |= (mask_t)(unsigned)_mm_movemask_epi8(c) << (16 * k);
   }
   *hm = hi;
+  *cm = ctl & ~hi;
   return mask;
 }
 #endif
@@ -507,9 +705,10 @@ static ALWAYS_INLINE mask_t masks_sse2(const unsigned char *b, unsigned delim,
 /* The same with two 32-byte halves. Plain `inline`, not always_inline: it
 ** can only be inlined into AVX2 code, which is the only caller. */
 static AVX2_FN inline mask_t masks_avx2(const unsigned char *b, unsigned delim,
-                                        mask_t *hm) {
+                                        mask_t *hm, mask_t *cm) {
   const __m256i vd = _mm256_set1_epi8((char)delim), vq = _mm256_set1_epi8('"');
   const __m256i vcr = _mm256_set1_epi8('\r'), vlf = _mm256_set1_epi8('\n');
+  const __m256i v20 = _mm256_set1_epi8(0x20), vtab = _mm256_set1_epi8('\t');
   const __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)b);
   const __m256i x1 = _mm256_loadu_si256((const __m256i *)(const void *)(b + 32));
   const __m256i m0 = _mm256_or_si256(
@@ -518,8 +717,14 @@ static AVX2_FN inline mask_t masks_avx2(const unsigned char *b, unsigned delim,
   const __m256i m1 = _mm256_or_si256(
       _mm256_or_si256(_mm256_cmpeq_epi8(x1, vd), _mm256_cmpeq_epi8(x1, vq)),
       _mm256_or_si256(_mm256_cmpeq_epi8(x1, vcr), _mm256_cmpeq_epi8(x1, vlf)));
+  const __m256i c0 = _mm256_andnot_si256(_mm256_cmpeq_epi8(x0, vtab),
+                                         _mm256_cmpgt_epi8(v20, x0));
+  const __m256i c1 = _mm256_andnot_si256(_mm256_cmpeq_epi8(x1, vtab),
+                                         _mm256_cmpgt_epi8(v20, x1));
   *hm = (mask_t)(unsigned)_mm256_movemask_epi8(x0) |
         (mask_t)(unsigned)_mm256_movemask_epi8(x1) << 32;
+  *cm = ((mask_t)(unsigned)_mm256_movemask_epi8(c0) |
+         (mask_t)(unsigned)_mm256_movemask_epi8(c1) << 32) & ~*hm;
   return (mask_t)(unsigned)_mm256_movemask_epi8(m0) |
          (mask_t)(unsigned)_mm256_movemask_epi8(m1) << 32;
 }
@@ -538,6 +743,7 @@ static ALWAYS_INLINE int scan_impl(scim_csv *p, const int simd) {
   const int lenient = p->o.lenient;
   const size_t maxf = p->o.max_field;
   const int check_utf8 = p->o.check_utf8;
+  const int check_ctl = !p->o.allow_control;
   size_t pos = p->pos, end = p->len, nd = p->ndoubled, fs = p->field_start;
   size_t nf = p->nf, fcap = p->fcap;
   scim_csv_field *v = p->v;
@@ -558,24 +764,29 @@ static ALWAYS_INLINE int scan_impl(scim_csv *p, const int simd) {
       p->mc_end = 0;
 #ifdef SCIM_CSV_SSE2
     } else if (simd && end - pos >= 64) {
-      mask_t hm;
+      mask_t hm, cm;
 #ifdef SCIM_CSV_AVX2
-      if (simd == 2) mask = masks_avx2(b + pos, d, &hm); else
+      if (simd == 2) mask = masks_avx2(b + pos, d, &hm, &cm); else
 #endif
-      mask = masks_sse2(b + pos, d, &hm);
+      mask = masks_sse2(b + pos, d, &hm, &cm);
       if (hm && check_utf8) utf8_block(p, b, pos, hm, 64);
+      cm &= ~mask;
+      if (cm && check_ctl && p->c_err == NOPOS) p->c_err = pos + CTZ(cm);
       pos += 64;
 #endif
     } else {  /* the end of the input, or no SIMD */
       size_t i, n = end - pos < 64 ? end - pos : 64;
-      mask_t hm = 0;
+      mask_t hm = 0, cm = 0;
       mask = 0;
       for (i = 0; i < n; i++) {
         unsigned c = b[pos + i];
         mask |= (mask_t)p->cls[c] << i;
         hm |= (mask_t)(c >> 7) << i;
+        cm |= (mask_t)(c < 0x20 && c != '\t') << i;
       }
       if (hm && check_utf8) utf8_block(p, b, pos, hm, n);
+      cm &= ~mask;
+      if (cm && check_ctl && p->c_err == NOPOS) p->c_err = pos + CTZ(cm);
       pos += n;
     }
     while (mask) {
@@ -711,24 +922,32 @@ static int scan(scim_csv *p) {
   return scan_portable(p);
 }
 
+/* NEED_MORE, or the encoding error that ends the converted input. */
+static int need_more(scim_csv *p) {
+  if (p->enc_bad) return fail(p, SCIM_CSV_EENCODING, p->enc_off);
+  return SCIM_CSV_NEED_MORE;
+}
+
 int scim_csv_next_row(scim_csv *p) {
   int st;
   if (p->err.status) return p->err.status;
   if (p->done) return SCIM_CSV_END;
-  if (!p->begun && (st = begin(p)) != 0) return st;
+  if (p->dec == DEC_DETECT && (st = decide(p)) != 0) return st;
+  if (!p->begun && (st = begin(p)) != 0)
+    return st == SCIM_CSV_NEED_MORE ? need_more(p) : st;
   for (;;) {
     if (p->skip_lf) {  /* the LF of a CR LF pair, possibly in the next block */
       if (p->pos < p->len) {
         if (p->buf[p->pos] == '\n') p->row_start = p->field_start = ++p->pos;
         p->skip_lf = 0;
       } else if (!p->eof) {
-        return SCIM_CSV_NEED_MORE;
+        return need_more(p);
       } else {
         p->skip_lf = 0;
       }
     }
     st = scan(p);
-    if (st != BLANK) return st;
+    if (st != BLANK) return st == SCIM_CSV_NEED_MORE ? need_more(p) : st;
   }
 }
 
@@ -741,6 +960,10 @@ const scim_csv_field *scim_csv_row(const scim_csv *p, size_t *nfields) {
 
 size_t scim_csv_row_line(const scim_csv *p) {
   return p->out_line;
+}
+
+const char *scim_csv_encoding(const scim_csv *p) {
+  return p->detected;
 }
 
 char scim_csv_delimiter(const scim_csv *p) {

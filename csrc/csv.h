@@ -25,6 +25,13 @@
 ** ends one, also inside quoted fields); columns are 1-based characters
 ** (UTF-8 code points) within the line. A UTF-8 byte-order mark at the start
 ** is skipped and does not count.
+**
+** Encodings (opts.encoding): input in another encoding is converted to UTF-8
+** with iconv as it is fed (a sequence cut between feeds is completed by the
+** next one), and tokenized as UTF-8. Lines and columns count characters, so
+** they are the same in the original text; an invalid sequence is reported
+** at the line and column of the character it would have been, with its
+** byte offset in the original input.
 */
 #ifndef SCIM_CSV_H
 #define SCIM_CSV_H
@@ -45,7 +52,10 @@ enum {
   SCIM_CSV_ETOOMANY = -7,    /* more than max_fields fields in a record */
   SCIM_CSV_EFIELDCOUNT = -8, /* field count differs from the expected one */
   SCIM_CSV_EUTF8 = -9,       /* invalid UTF-8 (check_utf8) */
-  SCIM_CSV_EMISUSE = -10     /* API misuse, e.g. feed after finish */
+  SCIM_CSV_EMISUSE = -10,    /* API misuse, e.g. feed after finish */
+  SCIM_CSV_ECONTROL = -11,   /* a C0 control character in a value */
+  SCIM_CSV_EBOM = -12,       /* a byte-order mark the encoding contradicts */
+  SCIM_CSV_EENCODING = -13   /* input invalid in opts.encoding */
 };
 
 /* The allocator has lua_Alloc's contract: nsize 0 frees, else (re)allocates. */
@@ -62,7 +72,13 @@ typedef struct scim_csv_opts {
                             ',' when none). Never '"', CR or LF. */
   int lenient;           /* 1: a stray quote in an unquoted field, or text
                             after a closing quote, is literal (else error) */
-  int check_utf8;        /* 1: invalid UTF-8 is SCIM_CSV_EUTF8 */
+  int check_utf8;        /* 1: invalid UTF-8 is SCIM_CSV_EUTF8, and a
+                            UTF-16/32 byte-order mark SCIM_CSV_EBOM */
+  int allow_control;     /* 0 (the default): a C0 control character
+                            (U+0000..U+001F) other than TAB, CR, LF and the
+                            delimiter, anywhere in a record, is
+                            SCIM_CSV_ECONTROL; 1: accepted as data. CR and
+                            LF end lines, or are data inside quotes. */
   size_t fields;         /* SCIM_CSV_FIELDS_ANY / _FIRST / exact count */
   size_t max_field;      /* bytes per field after unescaping; 0: 1 MiB */
   size_t max_row;        /* raw bytes per record; 0: 16 MiB */
@@ -73,6 +89,15 @@ typedef struct scim_csv_opts {
                             benchmarks. */
   scim_csv_alloc alloc;  /* NULL: malloc/realloc/free */
   void *alloc_ud;
+  const char *encoding;  /* the input's encoding, any name iconv knows
+                            ("cp1252", "latin1", "UTF-16LE", ...), converted
+                            to UTF-8 as it is fed (iconv's own memory is
+                            malloc'd). NULL or "": UTF-8, or UTF-16/32 when
+                            the input starts with their byte-order mark.
+                            "UTF-8" given: such a mark is SCIM_CSV_EBOM
+                            (with check_utf8). A non-Unicode encoding given:
+                            any byte-order mark (UTF-8's too) is
+                            SCIM_CSV_EBOM. Read by scim_csv_new only. */
 } scim_csv_opts;
 
 /* A field view: `len` bytes at `data`, valid until the next row (see top). */
@@ -90,13 +115,23 @@ typedef struct scim_csv_error_info {
                             EFIELDCOUNT: first extra field, or the record's
                             end when it has too few */
   size_t fields, expected;  /* EFIELDCOUNT: counts */
+  unsigned byte;         /* ECONTROL: the control character */
+  const char *bom;       /* EBOM: "UTF-8", "UTF-16LE", "UTF-16BE",
+                            "UTF-32LE" or "UTF-32BE" (static) */
+  size_t offset;         /* EENCODING: byte offset in the original input of
+                            the invalid or truncated sequence */
+  int incomplete;        /* EENCODING: the input ends inside a sequence */
 } scim_csv_error_info;
 
 typedef struct scim_csv scim_csv;
 
 /* Creates a parser; opts may be NULL for defaults. NULL when out of memory
-** or when opts are invalid (delimiter '"', CR or LF; simd not 0, 1 or 2). */
+** or when opts are invalid (delimiter '"', CR or LF; simd not 0, 1 or 2;
+** an encoding iconv does not know: see scim_csv_encoding_known). */
 scim_csv *scim_csv_new(const scim_csv_opts *opts);
+
+/* 1 when `name` is an encoding the input can be converted from, else 0. */
+int scim_csv_encoding_known(const char *name);
 
 /* Frees the parser and its buffer; NULL is a no-op. */
 void scim_csv_free(scim_csv *p);
@@ -124,6 +159,11 @@ const scim_csv_field *scim_csv_row(const scim_csv *p, size_t *nfields);
 
 /* The line on which the record last returned began. */
 size_t scim_csv_row_line(const scim_csv *p);
+
+/* The encoding detected from a byte-order mark ("UTF-16LE", ...), "UTF-8"
+** when none was given and none detected, NULL when one was given (or before
+** the first bytes are seen). Static. */
+const char *scim_csv_encoding(const scim_csv *p);
 
 /* The delimiter in use (detected or given); 0 until it is known. */
 char scim_csv_delimiter(const scim_csv *p);

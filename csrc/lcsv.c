@@ -8,13 +8,16 @@
 ** values it relies on are anchored in user values:
 **   1 the source (string or file handle), 2 the header names as keys,
 **   3 the row metatable (case-insensitive __index), 4 reader.header,
-**   5 the source name used in messages.
+**   5 the source name used in messages, 6 opts.encoding (or nil).
 */
 #include <errno.h>
+#include <fcntl.h>
+#include <iconv.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "lscim.h"
 #include "csv.h"
@@ -23,7 +26,8 @@
 #define BLOCK ((size_t)256 * 1024)  /* bytes read per fill */
 #define ST_IO 100                   /* fetch: the source failed to read */
 
-enum { UV_SOURCE = 1, UV_KEYS, UV_ROWMT, UV_HEADER, UV_NAME, NUV = UV_NAME };
+enum { UV_SOURCE = 1, UV_KEYS, UV_ROWMT, UV_HEADER, UV_NAME, UV_ENCODING,
+       NUV = UV_ENCODING };
 
 typedef struct reader {
   scim_csv *p;
@@ -76,6 +80,15 @@ static const char *errno_name(int e) {
     case EIO: return "EIO";
     default: return NULL;
   }
+}
+
+/* Pushes the fail triple nil, "path: strerror", errno code. [-0, +3, m] */
+static int push_errno(lua_State *L, const char *path, int e) {
+  const char *code = errno_name(e);
+  luaL_pushfail(L);
+  lua_pushfstring(L, "%s: %s", path, strerror(e));
+  lua_pushstring(L, code ? code : "OPEN_FAILED");
+  return 3;
 }
 
 /* Reads the next record into the tokenizer: SCIM_CSV_ROW, _END, an error,
@@ -131,10 +144,20 @@ static const char *status_code(int st) {
     case SCIM_CSV_ETOOMANY: return "TOO_MANY_FIELDS";
     case SCIM_CSV_EFIELDCOUNT: return "FIELD_COUNT";
     case SCIM_CSV_EUTF8: return "UTF8";
+    case SCIM_CSV_ECONTROL: return "CONTROL";
+    case SCIM_CSV_EBOM: return "BOM";
+    case SCIM_CSV_EENCODING: return "ENCODING";
     case ST_IO: return "IO";
     default: return "CSV";
   }
 }
+
+/* The names of the C0 control characters. */
+static const char *const control_names[32] = {
+  "NUL", "SOH", "STX", "ETX", "EOT", "ENQ", "ACK", "BEL", "BS", "TAB", "LF", "VT",
+  "FF", "CR", "SO", "SI", "DLE", "DC1", "DC2", "DC3", "DC4", "NAK", "SYN", "ETB",
+  "CAN", "EM", "SUB", "ESC", "FS", "GS", "RS", "US"
+};
 
 /*
 ** Pushes the message of error status `st` ("name:line:col: what") and
@@ -167,6 +190,40 @@ static const char *push_error(lua_State *L, int ridx, reader *r, int st) {
       case SCIM_CSV_EUTF8:
         what = "invalid UTF-8 (check_utf8 = false accepts it)";
         break;
+      case SCIM_CSV_ECONTROL: {
+        char cp[8];
+        snprintf(cp, sizeof cp, "U+%04X", e->byte & 31u);
+        what = lua_pushfstring(L, "control character %s (%s) in a value"
+                               " (check_control = false accepts it)",
+                               cp, control_names[e->byte & 31]);
+        lua_insert(L, -2);  /* below the name, removed with it */
+        break;
+      }
+      case SCIM_CSV_EBOM:
+        lua_getiuservalue(L, ridx, UV_ENCODING);
+        what = lua_pushfstring(L, "the file starts with a %s byte-order mark, but"
+                               " encoding '%s' was given (leave the encoding out to"
+                               " read it as %s)", e->bom, lua_tostring(L, -1), e->bom);
+        lua_replace(L, -2);
+        lua_insert(L, -2);
+        break;
+      case SCIM_CSV_EENCODING: {
+        char b[8];
+        const char *enc = scim_csv_encoding(r->p);
+        lua_getiuservalue(L, ridx, UV_ENCODING);
+        if (!enc) enc = lua_tostring(L, -1);
+        snprintf(b, sizeof b, "0x%02X", e->byte & 0xFFu);
+        if (e->incomplete)
+          what = lua_pushfstring(L, "the input ends inside a %s character (byte %s at"
+                                 " byte offset %I)", enc, b, (lua_Integer)e->offset);
+        else
+          what = lua_pushfstring(L, "invalid %s: byte %s (byte offset %I) is not a %s"
+                                 " character (is the encoding right?)", enc, b,
+                                 (lua_Integer)e->offset, enc);
+        lua_replace(L, -2);
+        lua_insert(L, -2);
+        break;
+      }
       default: what = scim_csv_strerror(st); break;
     }
     if (st == SCIM_CSV_EFIELDCOUNT)
@@ -180,6 +237,8 @@ static const char *push_error(lua_State *L, int ridx, reader *r, int st) {
                       (lua_Integer)e->line, (lua_Integer)e->column, what);
   }
   lua_remove(L, -2);  /* the name */
+  if (st == SCIM_CSV_ECONTROL || st == SCIM_CSV_EBOM || st == SCIM_CSV_EENCODING)
+    lua_remove(L, -2);  /* `what` */
   return status_code(st);
 }
 
@@ -550,11 +609,23 @@ static int csv_open(lua_State *L) {
   lua_pop(L, 1);
   o.lenient = getbool(L, 3, "lenient", 0);
   o.check_utf8 = getbool(L, 3, "check_utf8", 1);
+  o.allow_control = !getbool(L, 3, "check_control", 1);
   o.max_field = getsize(L, 3, "max_field");
   o.max_row = getsize(L, 3, "max_row");
   o.max_fields = getsize(L, 3, "max_fields");
   o.fields = SCIM_CSV_FIELDS_FIRST;
   o.alloc = lua_getallocf(L, &o.alloc_ud);
+  if (lua_getfield(L, 3, "encoding") == LUA_TSTRING) {
+    o.encoding = lua_tostring(L, -1);
+    if (!scim_csv_encoding_known(o.encoding)) {
+      luaL_pushfail(L);
+      lua_pushfstring(L, "unknown encoding '%s' (iconv does not know it; e.g. utf-8,"
+                      " cp1252, latin1, utf-16, utf-16le, utf-16be, utf-32)", o.encoding);
+      lua_pushliteral(L, "UNKNOWN_ENCODING");
+      return 3;
+    }
+  }
+  lua_setiuservalue(L, ridx, UV_ENCODING);  /* o.encoding stays valid: anchored */
   r->header = getbool(L, 3, "header", 1);
   r->array = getbool(L, 3, "array", 0) || !r->header;
   r->empty_nil = getbool(L, 3, "empty_is_nil", 0);
@@ -577,13 +648,7 @@ static int csv_open(lua_State *L) {
         fp = NULL;
         e = EISDIR;
       }
-      if (!fp) {
-        const char *code = errno_name(e);
-        luaL_pushfail(L);
-        lua_pushfstring(L, "%s: %s", path, strerror(e));
-        lua_pushstring(L, code ? code : "OPEN_FAILED");
-        return 3;
-      }
+      if (!fp) return push_errno(L, path, e);
       r->f = fp;
       r->own = 1;
       break;
@@ -664,6 +729,13 @@ static int reader_index(lua_State *L) {
     lua_getiuservalue(L, 1, UV_NAME);
     return 1;
   }
+  if (strcmp(k, "encoding") == 0) {
+    reader *r = (reader *)lua_touserdata(L, 1);
+    const char *e = r->p ? scim_csv_encoding(r->p) : NULL;
+    if (e) lua_pushstring(L, e);
+    else lua_getiuservalue(L, 1, UV_ENCODING);
+    return 1;
+  }
   if (strcmp(k, "delimiter") == 0) {
     reader *r = (reader *)lua_touserdata(L, 1);
     char d = r->p ? scim_csv_delimiter(r->p) : 0;
@@ -684,6 +756,8 @@ static int reader_tostring(lua_State *L) {
 /* }====================================================== */
 
 /* {====================================================== benchmark helper */
+
+#ifdef SCIM_BENCH  /* only in the module `make bench` builds (build/bench/) */
 
 /*
 ** core.csv_scan(path, mode) -> bytes, records, checksum. mode "memchr"
@@ -746,6 +820,114 @@ static int csv_scan(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)sum);
   return 3;
 }
+#endif
+
+/* {====================================================== output files */
+
+/* The close function of the file handles csv_create makes. */
+static int io_fclose(lua_State *L) {
+  luaL_Stream *s = (luaL_Stream *)luaL_checkudata(L, 1, LUA_FILEHANDLE);
+  errno = 0;
+  return luaL_fileresult(L, fclose(s->f) == 0, NULL);
+}
+
+/*
+** core.csv_create(path, mode) -> Lua file (binary, for writing) | nil, message,
+** code. The file must not exist: O_CREAT|O_EXCL|O_NOFOLLOW, so neither a file
+** nor a symlink already at `path` is ever opened (EEXIST). `mode` goes to
+** open(2), so the umask still applies. [-0, +(1|3), m]
+*/
+static int csv_create(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  lua_Integer mode = luaL_checkinteger(L, 2);
+  luaL_Stream *s;
+  int fd;
+  luaL_argcheck(L, mode >= 0 && mode <= 07777, 2, "mode out of range");
+  s = (luaL_Stream *)lua_newuserdatauv(L, sizeof *s, 0);
+  s->f = NULL;
+  s->closef = NULL;  /* a closed file until it is open */
+  luaL_setmetatable(L, LUA_FILEHANDLE);
+  fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+  if (fd < 0) return push_errno(L, path, errno);
+  s->f = fdopen(fd, "wb");
+  if (!s->f) {
+    int e = errno;
+    close(fd);
+    unlink(path);
+    return push_errno(L, path, e);
+  }
+  s->closef = io_fclose;
+  return 1;
+}
+
+/* core.csv_mode(path) -> the permission bits of an existing file, or nil. */
+static int csv_mode(lua_State *L) {
+  struct stat sb;
+  if (stat(luaL_checkstring(L, 1), &sb) != 0) return 0;
+  lua_pushinteger(L, (lua_Integer)(sb.st_mode & 07777));
+  return 1;
+}
+
+/* }====================================================== */
+
+/* {====================================================== output encodings */
+
+#define CONVERTER "scim.csv.converter"
+
+typedef struct converter { iconv_t cd; } converter;
+
+/*
+** core.csv_converter(to, from) -> converter | nil when iconv knows no such
+** conversion. converter:convert(s) -> s converted | nil, offset (0-based, in
+** s) of the sequence that cannot be converted, "invalid" or "incomplete";
+** converter:convert() -> what ends the output (stateful encodings). The
+** conversion state carries over from one call to the next (a UTF-16 byte-order
+** mark is written once). [-0, +1, m]
+*/
+static int csv_converter(lua_State *L) {
+  const char *to = luaL_checkstring(L, 1), *from = luaL_checkstring(L, 2);
+  converter *c = (converter *)lua_newuserdatauv(L, sizeof *c, 0);
+  c->cd = (iconv_t)-1;
+  luaL_setmetatable(L, CONVERTER);
+  c->cd = iconv_open(to, from);
+  if (c->cd == (iconv_t)-1) return 0;
+  return 1;
+}
+
+static int converter_convert(lua_State *L) {
+  converter *c = (converter *)luaL_checkudata(L, 1, CONVERTER);
+  size_t len, left;
+  const char *s = luaL_optlstring(L, 2, NULL, &len);
+  char *in = (char *)(size_t)s;  /* iconv's prototype; it does not write */
+  luaL_Buffer b;
+  if (c->cd == (iconv_t)-1) return luaL_error(L, "attempt to use a closed " CONVERTER);
+  luaL_buffinit(L, &b);
+  left = s ? len : 0;
+  for (;;) {
+    size_t room = left * 4 + 16, avail = room, r;
+    char *o = luaL_prepbuffsize(&b, room);
+    r = iconv(c->cd, s ? &in : NULL, s ? &left : NULL, &o, &avail);
+    luaL_addsize(&b, room - avail);
+    if (r != (size_t)-1) break;  /* all converted (or the state reset) */
+    if (errno != E2BIG) {
+      luaL_pushfail(L);
+      lua_pushinteger(L, (lua_Integer)(in - s));
+      lua_pushstring(L, errno == EINVAL ? "incomplete" : "invalid");
+      return 3;
+    }
+  }
+  luaL_pushresult(&b);
+  return 1;
+}
+
+static int converter_gc(lua_State *L) {
+  converter *c = (converter *)luaL_checkudata(L, 1, CONVERTER);
+  if (c->cd != (iconv_t)-1) iconv_close(c->cd);
+  c->cd = (iconv_t)-1;
+  return 0;
+}
+
+/* }====================================================== */
 
 /* core.csv_errno_name(n) -> "ENOENT" ... or nil: names io.open's errno. */
 static int csv_errno_name(lua_State *L) {
@@ -773,10 +955,18 @@ void scim_open_csv(lua_State *L) {
   };
   static const luaL_Reg funcs[] = {
     { "csv_open", csv_open },
+#ifdef SCIM_BENCH
     { "csv_scan", csv_scan },
+#endif
     { "csv_errno_name", csv_errno_name },
+    { "csv_create", csv_create },
+    { "csv_mode", csv_mode },
+    { "csv_converter", csv_converter },
     { NULL, NULL }
   };
+  static const luaL_Reg cmeta[] = { { "__gc", converter_gc }, { NULL, NULL } };
+  static const luaL_Reg cmethods[] = { { "convert", converter_convert }, { NULL, NULL } };
+  scim_newclass(L, CONVERTER, cmeta, cmethods);
   scim_newclass(L, READER, meta, methods);
   /* __index becomes a function: the properties, then the methods table */
   luaL_getmetatable(L, READER);

@@ -183,6 +183,149 @@ describe("scim.csv reader", function()
       local rows = parse("\xFF,\xC3\n", { check_utf8 = false })
       assert.same({ { "\xFF", "\xC3" } }, rows)
     end)
+
+    it("rejects C0 control characters in any value with line, column and code", function()
+      local r <close> = assert(csv.from_string("email,name\na@x,ok\nb@x\0,Bob\n",
+        { name = "c.csv" }))
+      assert.same({ email = "a@x", name = "ok" }, r:read())
+      local ok, err, code = r:read()
+      assert.is_nil(ok)
+      assert.equal("c.csv:3:4: control character U+0000 (NUL) in a value"
+        .. " (check_control = false accepts it)", err)
+      assert.equal("CONTROL", code)
+      -- in the header, inside quotes on a later line, an escape sequence
+      local _, herr, hcode = csv.from_string("id,na\x01me\n1,2\n", { name = "h.csv" })
+      assert.equal("h.csv:1:6: control character U+0001 (SOH) in a value"
+        .. " (check_control = false accepts it)", herr)
+      assert.equal("CONTROL", hcode)
+      assert.matches("^<string>:3:2: control character U%+001B %(ESC%)",
+        parse_error('a,b\n1,"x\ny\x1B[31m"\n'))
+    end)
+
+    it("accepts tab, CR and LF where RFC 4180 does, and controls by option", function()
+      assert.same({ { "a\tb", "c\r\nd" }, { "\te\t", "f" } },
+        parse('a\tb,"c\r\nd"\r\n\te\t,f\n', { delimiter = "," }))
+      assert.same({ { "a\0", "\27[1m" } }, parse("a\0,\27[1m\n", { check_control = false }))
+    end)
+
+    it("names a byte-order mark that contradicts the given encoding", function()
+      local _, err, code = csv.from_string("\xFF\xFEe\0m\0\n\0",
+        { name = "w.csv", encoding = "utf-8" })
+      assert.equal("w.csv:1:1: the file starts with a UTF-16LE byte-order mark, but encoding"
+        .. " 'utf-8' was given (leave the encoding out to read it as UTF-16LE)", err)
+      assert.equal("BOM", code)
+      local _, e2, c2 = csv.from_string("\xEF\xBB\xBFname\n", { encoding = "cp1252" })
+      assert.matches("starts with a UTF%-8 byte%-order mark, but encoding 'cp1252'", e2)
+      assert.equal("BOM", c2)
+    end)
+  end)
+
+  describe("encodings", function()
+    local function utf16le(s)
+      local out = {}
+      for _, cp in utf8.codes(s) do
+        if cp >= 0x10000 then
+          cp = cp - 0x10000
+          out[#out + 1] = string.pack("<I2I2", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF))
+        else
+          out[#out + 1] = string.pack("<I2", cp)
+        end
+      end
+      return table.concat(out)
+    end
+    local function swap(s) return (s:gsub("(.)(.)", "%2%1")) end
+
+    it("reads a Windows-1252 file given its encoding", function()
+      local path = tmpname()
+      write_file(path, "Email,Last Name,Note\r\nm@x,M\xFCller,\x93caf\xE9\x94 \x80\r\n")
+      for _, name in ipairs({ "cp1252", "windows-1252", "WINDOWS-1252" }) do
+        local r <close> = assert(csv.open(path, { encoding = name }))
+        assert.equal(name, r.encoding)
+        local row = r:read()
+        assert.equal("Müller", row["last name"])
+        assert.equal("“café” €", row.note)
+      end
+      local r <close> = assert(csv.open(path, { encoding = "latin1" }))
+      assert.equal("Müller", r:read()["last name"])
+      -- the same file read as UTF-8 fails where the first non-UTF-8 byte is
+      local r8 <close> = assert(csv.open(path))
+      local _, err, code = r8:read()
+      assert.equal(path .. ":2:6: invalid UTF-8 (check_utf8 = false accepts it)", err)
+      assert.equal("UTF8", code)
+      os.remove(path)
+    end)
+
+    it("detects UTF-16LE, UTF-16BE and UTF-32 from the byte-order mark", function()
+      local text = "email,name\r\nz@x,\"Zoë\n😀\"\r\nw@x,王\r\n"
+      local want = { { email = "z@x", name = "Zoë\n😀" }, { email = "w@x", name = "王" } }
+      local function rows_of(data, opts)
+        local r <close> = assert(csv.from_string(data, opts))
+        local rows, lines = {}, {}
+        for row, line in r:rows() do
+          rows[#rows + 1] = { email = row.email, name = row.name }
+          lines[#lines + 1] = line
+        end
+        return rows, lines, r.encoding
+      end
+      local le = utf16le(text)
+      local rows, lines, enc = rows_of("\xFF\xFE" .. le)
+      assert.same(want, rows)
+      assert.same({ 2, 4 }, lines)
+      assert.equal("UTF-16LE", enc)
+      rows, lines, enc = rows_of("\xFE\xFF" .. swap(le))
+      assert.same(want, rows)
+      assert.same({ 2, 4 }, lines)
+      assert.equal("UTF-16BE", enc)
+      assert.same(want, (rows_of(swap(le), { encoding = "utf-16be" })))
+      assert.same(want, (rows_of(le, { encoding = "UTF-16LE" })))
+      assert.same(want, (rows_of("\xFF\xFE" .. le, { encoding = "utf-16" })))
+      local u32 = { "\xFF\xFE\0\0" }
+      for _, cp in utf8.codes(text) do u32[#u32 + 1] = string.pack("<I4", cp) end
+      rows, lines, enc = rows_of(table.concat(u32))
+      assert.same(want, rows)
+      assert.same({ 2, 4 }, lines)
+      assert.equal("UTF-32LE", enc)
+    end)
+
+    it("converts sequences cut across the 256 KiB read blocks of a file", function()
+      -- 12 bytes a row after a 2-byte BOM: the block boundary falls inside the emoji's
+      -- surrogate pair
+      local n = BLOCK // 12 + 100
+      local path = tmpname()
+      write_file(path, "\xFF\xFE" .. utf16le("a,b\n") .. utf16le("😀é,x\n"):rep(n))
+      local count, bad = 0, 0
+      for row in csv.rows(path) do
+        count = count + 1
+        if row.a ~= "😀é" or row.b ~= "x" then bad = bad + 1 end
+      end
+      assert.equal(n, count)
+      assert.equal(0, bad)
+      os.remove(path)
+    end)
+
+    it("names the line, column and byte offset of an invalid sequence", function()
+      local r <close> = assert(csv.from_string("a,b\nx,y\x81z\n",
+        { encoding = "cp1252", name = "h.csv" }))
+      local _, err, code = r:read()
+      assert.equal("h.csv:2:4: invalid cp1252: byte 0x81 (byte offset 7) is not a cp1252"
+        .. " character (is the encoding right?)", err)
+      assert.equal("ENCODING", code)
+      local r2 <close> = assert(csv.from_string("\xFF\xFE" .. utf16le("a\nb") .. "c",
+        { name = "t.csv" }))
+      _, err, code = r2:read()
+      assert.equal("t.csv:2:2: the input ends inside a UTF-16LE character (byte 0x63 at byte"
+        .. " offset 8)", err)
+      assert.equal("ENCODING", code)
+    end)
+
+    it("refuses an unknown encoding name", function()
+      local r, err, code = csv.from_string("a\n", { encoding = "klingon-8" })
+      assert.is_nil(r)
+      assert.matches("^unknown encoding 'klingon%-8'", err)
+      assert.equal("UNKNOWN_ENCODING", code)
+      assert.has_error(function() csv.from_string("a\n", { encoding = 8 }) end,
+        "option 'encoding' must be a string")
+    end)
   end)
 
   describe("header", function()
@@ -495,8 +638,19 @@ describe("scim.csv writer", function()
     local path = dir .. "/out.csv"
     local w = assert(csv.writer(path))
     w:write({ "=1+2", "+1 555", "-x", "@SUM(A1)", "\tx", "ok", -5 })
+    w:write({ " =1", "\t+1", "\n@x", "  \r\n-2", "a =1", " ok", "\r" })
     assert(w:close())
-    assert.equal("'=1+2,'+1 555,'-x,'@SUM(A1),'\tx,ok,-5\n", read_file(path))
+    assert.equal("'=1+2,'+1 555,'-x,'@SUM(A1),'\tx,ok,-5\n"
+      .. "' =1,'\t+1,\"'\n@x\",\"'  \r\n-2\",a =1, ok,\"'\r\"\n", read_file(path))
+    -- what the guard added, csv.unguard takes away; nothing else
+    local rows = parse(read_file(path))
+    for i, v in ipairs({ " =1", "\t+1", "\n@x", "  \r\n-2", "a =1", " ok", "\r" }) do
+      assert.equal(v, csv.unguard(rows[2][i]))
+    end
+    for _, v in ipairs({ "'x", "'", "' ok", "''=1", "x'=1" }) do
+      assert.equal(v, csv.unguard(v))
+    end
+    assert.equal(5, csv.unguard(5))
     local w2 = assert(csv.writer(path, { formula_guard = false }))
     w2:write({ "=1+2", "\rx" })
     assert(w2:close())
@@ -555,6 +709,137 @@ describe("scim.csv writer", function()
     collectgarbage()
     assert.equal("old\n", read_file(path))
     assert.same({ "users.csv" }, listdir(dir))
+  end)
+
+  describe("file modes", function()
+    local core = require "scim.core"
+
+    local function mode_of(path)
+      local p = assert(io.popen("stat -c %a '" .. path .. "'"))
+      local m = p:read("l")
+      p:close()
+      return m
+    end
+
+    -- Runs a writer in a child process under `umask`, so this process's umask is untouched.
+    local function write_under_umask(umask, path, opts)
+      local script = "package.path=\"" .. package.path:gsub('"', '\\"') .. "\";"
+        .. " package.cpath=\"" .. package.cpath:gsub('"', '\\"') .. "\";"
+        .. " local w = assert(require(\"scim.csv\").writer(" .. string.format("%q", path)
+        .. ", " .. opts .. ")); w:write({ \"new\" }); assert(w:close())"
+      assert(os.execute("umask " .. umask .. " && lua5.4 -e '" .. script:gsub("'", "'\\''")
+        .. "'"))
+    end
+
+    it("creates files readable by the owner only under umask 022", function()
+      local path = dir .. "/export.csv"
+      write_under_umask("022", path, "{}")
+      assert.equal("600", mode_of(path))
+      assert.equal("new\n", read_file(path))
+      -- a replaced file that was world-readable is not any more
+      os.execute("chmod 644 '" .. path .. "'")
+      write_under_umask("022", path, "{}")
+      assert.equal("600", mode_of(path))
+    end)
+
+    it("keeps a replaced file's stricter mode, and an explicit mode wins", function()
+      local path = dir .. "/report.csv"
+      write_file(path, "old\n")
+      os.execute("chmod 600 '" .. path .. "'")
+      write_under_umask("022", path, "{}")
+      assert.equal("600", mode_of(path))
+      os.execute("chmod 400 '" .. path .. "'")
+      write_under_umask("022", path, "{}")
+      assert.equal("400", mode_of(path))
+      assert.equal("new\n", read_file(path))
+      write_under_umask("022", path, "{ mode = 420 }")
+      assert.equal("644", mode_of(path))
+      write_under_umask("077", path, "{ mode = 420 }")  -- the umask still applies
+      assert.equal("600", mode_of(path))
+      assert.same({ "report.csv" }, listdir(dir))
+      assert.has_error(function() csv.writer(path, { mode = 4096 }) end,
+        "option 'mode' must be an integer from 0 to 0777 (511)")
+    end)
+
+    it("never follows or opens a symlink or file at the temporary path", function()
+      local victim, link = dir .. "/victim", dir .. "/out.csv.tmp-1"
+      write_file(victim, "keep\n")
+      assert(os.execute("ln -s '" .. victim .. "' '" .. link .. "'"))
+      local f, err, code = core.csv_create(link, 384)
+      assert.is_nil(f)
+      assert.equal("EEXIST", code)
+      assert.equal(link .. ": File exists", err)
+      assert.equal("keep\n", read_file(victim))
+      -- dangling: the link's target is not created either
+      assert(os.execute("ln -s '" .. dir .. "/nowhere' '" .. dir .. "/d.tmp'"))
+      assert.is_nil(core.csv_create(dir .. "/d.tmp", 384))
+      assert.is_nil(io.open(dir .. "/nowhere", "rb"))
+      -- a plain file there is not truncated
+      local f2 = assert(core.csv_create(dir .. "/fresh", 384))
+      assert(f2:write("x"))
+      assert(f2:close())
+      local _, _, code2 = core.csv_create(dir .. "/fresh", 384)
+      assert.equal("EEXIST", code2)
+      assert.equal("x", read_file(dir .. "/fresh"))
+    end)
+
+    it("removes the temporary file when close fails", function()
+      local path = dir .. "/sub/out.csv"
+      os.execute("mkdir '" .. dir .. "/sub'")
+      local w = assert(csv.writer(path))
+      w:write({ "x" })
+      os.execute("mkdir '" .. path .. "'")    -- rename over a directory fails
+      local ok, err, code = w:close()
+      assert.is_nil(ok)
+      assert.matches("^" .. path:gsub("%p", "%%%0") .. ": ", err)
+      assert.equal("EISDIR", code)
+      assert.same({ "out.csv" }, listdir(dir .. "/sub"))
+    end)
+  end)
+
+  describe("encoding", function()
+    it("writes Windows-1252 and names the row and field it cannot represent", function()
+      local path = dir .. "/out.csv"
+      local w = assert(csv.writer(path, { header = { "email", "name" }, encoding = "cp1252" }))
+      assert.is_true(w:write({ email = "m@x", name = "Müller €" }))
+      local ok, err, code = w:write({ email = "l@x", name = "Łukasz" })
+      assert.is_nil(ok)
+      assert.equal(path .. ": row 2, 'name' (column 2): character U+0141 (Ł) cannot be"
+        .. " written in cp1252", err)
+      assert.equal("ENCODING", code)
+      assert.is_true(w:write({ "z@x", "Zoë" }))   -- the writer goes on; the row is left out
+      assert.is_true(w:close())
+      assert.equal("email,name\nm@x,M\xFCller \x80\nz@x,Zo\xEB\n", read_file(path))
+      local r <close> = assert(csv.open(path, { encoding = "cp1252" }))
+      assert.equal("Müller €", r:read().name)
+      local w2 = assert(csv.writer(dir .. "/b.csv", { encoding = "latin1" }))
+      local _, err2 = w2:write({ "ok", "x😀" })
+      assert.equal(dir .. "/b.csv: row 1, column 2: character U+1F600 (😀) cannot be written"
+        .. " in latin1", err2)
+      w2:abort()
+    end)
+
+    it("writes UTF-16 with one byte-order mark, read back by detection", function()
+      local path = dir .. "/out.csv"
+      local w = assert(csv.writer(path, { encoding = "utf-16", crlf = true }))
+      assert(w:write({ "email", "name" }))
+      assert(w:write({ "a@x", "王 😀" }))
+      assert(w:close())
+      local data = read_file(path)
+      assert.equal("\xFF\xFEe\0m\0", data:sub(1, 6))   -- glibc's UTF-16 is little-endian
+      assert.is_nil(data:find("\xFF\xFE", 3, true))
+      local rows = parse(data)
+      assert.same({ { "email", "name" }, { "a@x", "王 😀" } }, rows)
+      assert.is_nil(csv.writer(dir .. "/u.csv", { encoding = "utf-8" }).conv)
+    end)
+
+    it("refuses an unknown encoding before creating anything", function()
+      local w, err, code = csv.writer(dir .. "/out.csv", { encoding = "klingon-8" })
+      assert.is_nil(w)
+      assert.matches("^unknown encoding 'klingon%-8'", err)
+      assert.equal("UNKNOWN_ENCODING", code)
+      assert.same({}, listdir(dir))
+    end)
   end)
 
   it("fails with the errno code when the directory does not exist", function()

@@ -139,7 +139,78 @@ static const tcase cases[] = {
     "!EFIELDSIZE@1:10", 0, 0 },
   { "column counts characters", IN("\xC3\xA9\xC3\xA9,\xE2\x82\xAC\"\n"), 0, 0, 1, 0, 0,
     "!EQUOTE@1:5", 0, 0 },
+  /* control characters (allow_control 0, the default) */
+  { "NUL in a value", IN("a,b\nc,d\0e\n"), 0, 0, 1, 0, 0,
+    "1[a][b]\n!ECONTROL@2:4 0x00", 0, 0 },
+  { "escape in a quoted value on a later line", IN("a,b\n1,\"x\ny\x1B[31m\"\n"), 0, 0, 1,
+    0, 0, "1[a][b]\n!ECONTROL@3:2 0x1b", 0, 0 },
+  { "control character in the header", IN("id,na\x01me\n1,2\n"), 0, 0, 1, 0, 0,
+    "!ECONTROL@1:6 0x01", 0, 0 },
+  { "control character past a 64-byte block, records before it",
+    IN("a,b\n0123456789012345678901234567890123456789012345678901234567890123,x\n"
+       "c,0123456789012345678901234567890123456789012345678901234567890123\x7F\x1F\n"),
+    ',', 0, 1, 0, 0,
+    "1[a][b]\n2[0123456789012345678901234567890123456789012345678901234567890123][x]\n"
+    "!ECONTROL@3:68 0x1f", 0, 0 },
+  { "tab, CR and LF are not control errors", IN("a\tb,\"c\r\nd\"\r\n\te\t,f\n"), ',', 0,
+    1, 0, 0, "1[a\tb][\"c\\r\\nd]\n3[\te\t][f]\n", 0, 0 },
+  { "a control delimiter is no value", IN("a\x1F" "b\n1\x1F" "2\n"), '\x1F', 0, 1, 0, 0,
+    "1[a][b]\n2[1][2]\n", 0, 0 },
 };
+
+/* Encodings: each case as the others (whole, 1-byte blocks, every split,
+** so every multi-byte sequence and byte-order mark is cut everywhere). */
+typedef struct ecase {
+  const char *name;
+  const char *in;
+  size_t len;
+  const char *encoding;   /* NULL: detect from a byte-order mark */
+  int utf8;
+  const char *want;       /* EENCODING adds " +<offset>" and "!" if incomplete */
+} ecase;
+
+static const ecase enc_cases[] = {
+  { "Windows-1252", IN("Name,City\nM\xFCller,K\xF6ln\n\x80 5,\x93q\x94\n"), "cp1252", 1,
+    "1[Name][City]\n2[M\xC3\xBCller][K\xC3\xB6ln]\n3[\xE2\x82\xAC 5][\xE2\x80\x9Cq\xE2\x80\x9D]\n" },
+  { "Latin-1", IN("\xE9t\xE9,\xFF\n"), "latin1", 1, "1[\xC3\xA9t\xC3\xA9][\xC3\xBF]\n" },
+  { "UTF-16LE with BOM, detected",
+    IN("\xFF\xFE" "a\x00,\x00" "b\x00\r\x00\n\x00\"\x00Z\x00o\x00\xEB\x00\n\x00=\xD8\x00\xDE\"\x00,"
+       "\x00\x8Bs\n\x00"), NULL, 1,
+    "1[a][b]\n2[\"Zo\xC3\xAB\\n\xF0\x9F\x98\x80][\xE7\x8E\x8B]\n" },
+  { "UTF-16BE with BOM, detected",
+    IN("\xFE\xFF\x00" "a\x00,\x00" "b\x00\r\x00\n\x00\"\x00Z\x00o\x00\xEB\x00\n\xD8=\xDE\x00\x00\"\x00,"
+       "s\x8B\x00\n"), NULL, 1,
+    "1[a][b]\n2[\"Zo\xC3\xAB\\n\xF0\x9F\x98\x80][\xE7\x8E\x8B]\n" },
+  { "UTF-16BE given, no BOM",
+    IN("\x00" "a\x00,\x00" "b\x00\r\x00\n\x00\"\x00Z\x00o\x00\xEB\x00\n\xD8=\xDE\x00\x00\"\x00,"
+       "s\x8B\x00\n"), "UTF-16BE", 1,
+    "1[a][b]\n2[\"Zo\xC3\xAB\\n\xF0\x9F\x98\x80][\xE7\x8E\x8B]\n" },
+  { "UTF-16 given, BOM read by iconv", IN("\xFF\xFE" "a\x00,\x00" "b\x00"), "utf-16", 1,
+    "1[a][b]\n" },
+  { "UTF-16LE given with its BOM", IN("\xFF\xFE" "a\x00,\x00" "b\x00"), "UTF-16LE", 1,
+    "1[a][b]\n" },
+  { "UTF-32LE with BOM, detected",
+    IN("\xFF\xFE\x00\x00" "a\x00\x00\x00,\x00\x00\x00\xE9\x00\x00\x00\n\x00\x00\x00"), NULL, 1,
+    "1[a][\xC3\xA9]\n" },
+  { "UTF-32BE with BOM, detected", IN("\x00\x00\xFE\xFF\x00\x00\x00" "a"), NULL, 1, "1[a]\n" },
+  { "UTF-16LE BOM alone", IN("\xFF\xFE"), NULL, 1, "" },
+  { "invalid in Windows-1252", IN("a,b\nx,y\x81z\n"), "cp1252", 1,
+    "1[a][b]\n!EENCODING@2:4 +7" },
+  { "lone surrogate in UTF-16LE", IN("\xFF\xFE" "a\x00\n\x00" "b\x00\x00\xD8" "c\x00\n\x00"), NULL, 1,
+    "1[a]\n!EENCODING@2:2 +8" },
+  { "UTF-16LE cut inside a character", IN("\xFF\xFE" "a\x00\n\x00" "b\x00" "c"), NULL, 1,
+    "1[a]\n!EENCODING@2:2 +8!" },
+  { "UTF-16 BOM with UTF-8 given", IN("\xFF\xFE" "a\x00"), "UTF-8", 1, "!EBOM@1:1 UTF-16LE" },
+  { "UTF-16 BOM is data with UTF-8 given and no check", IN("\xFF\xFE" "a,b\n"), "utf8", 0,
+    "1[\xFF\xFE" "a][b]\n" },
+  { "UTF-8 BOM with cp1252 given", IN("\xEF\xBB\xBF" "a\n"), "cp1252", 1, "!EBOM@1:1 UTF-8" },
+  { "UTF-32LE BOM with latin1 given", IN("\xFF\xFE\x00\x00"), "latin1", 1,
+    "!EBOM@1:1 UTF-32LE" },
+  { "control character after conversion", IN("a,b\x00\n"), "cp1252", 1,
+    "!ECONTROL@1:4 0x00" },
+};
+
+static const char *test_encoding;  /* opts.encoding of every parser */
 
 static int passed, failed;
 
@@ -155,6 +226,9 @@ static const char *status_name(int st) {
     case SCIM_CSV_EFIELDCOUNT: return "EFIELDCOUNT";
     case SCIM_CSV_EUTF8: return "EUTF8";
     case SCIM_CSV_EMISUSE: return "EMISUSE";
+    case SCIM_CSV_ECONTROL: return "ECONTROL";
+    case SCIM_CSV_EBOM: return "EBOM";
+    case SCIM_CSV_EENCODING: return "EENCODING";
     default: return "?";
   }
 }
@@ -211,6 +285,15 @@ static int drain(scim_csv *p, out *o) {
       if (st == SCIM_CSV_EFIELDCOUNT) {
         sprintf(buf, " %lu/%lu", (unsigned long)e->fields, (unsigned long)e->expected);
         puts_(o, buf);
+      } else if (st == SCIM_CSV_ECONTROL) {
+        sprintf(buf, " 0x%02x", e->byte);
+        puts_(o, buf);
+      } else if (st == SCIM_CSV_EBOM) {
+        puts_(o, " ");
+        puts_(o, e->bom);
+      } else if (st == SCIM_CSV_EENCODING) {
+        sprintf(buf, " +%lu%s", (unsigned long)e->offset, e->incomplete ? "!" : "");
+        puts_(o, buf);
       }
     }
     return 0;
@@ -237,6 +320,7 @@ static char *parse(const tcase *c, const char *in, size_t len, const size_t *cut
   opts.max_row = c->max_row;
   opts.max_fields = c->max_fields;
   opts.simd = simd_level;
+  opts.encoding = test_encoding;
   p = scim_csv_new(&opts);
   if (!p) { fprintf(stderr, "scim_csv_new failed\n"); exit(2); }
   puts_(&o, "");
@@ -445,6 +529,14 @@ static void api_checks(void) {
   check("allocator balanced", "api", live_bytes == 0 ? "ok" : "bad", "ok");
   check("strerror", "api", scim_csv_strerror(SCIM_CSV_EQUOTE),
         "quote inside unquoted field");
+  o.encoding = "no-such-encoding";
+  check("unknown encoding rejected", "api", scim_csv_new(&o) ? "made" : "NULL", "NULL");
+  check("unknown encoding", "api", scim_csv_encoding_known("no-such-encoding") ? "known"
+        : "unknown", "unknown");
+  check("known encodings", "api", scim_csv_encoding_known("cp1252") &&
+        scim_csv_encoding_known("UTF-16") && scim_csv_encoding_known("utf-8") &&
+        scim_csv_encoding_known(NULL) ? "known" : "unknown", "known");
+  o.encoding = NULL;
   /* The buffer moves while a record's CR LF pair is cut after the CR (the
   ** scanner keeps bits of the CR's block across records): the rows after it
   ** must come from the moved bytes. */
@@ -474,6 +566,24 @@ static void api_checks(void) {
     check("buffer moves after a cut CR LF", "api", ok ? "ok" : "bad", "ok");
     scim_csv_free(p);
   }
+  /* allow_control: control characters are data */
+  for (simd_level = 0; simd_level <= 2; simd_level++) {
+    size_t nf;
+    const scim_csv_field *f;
+    int ok;
+    memset(&o, 0, sizeof o);
+    o.allow_control = 1;
+    o.simd = simd_level;
+    p = scim_csv_new(&o);
+    scim_csv_feed(p, "a\0,\x1B\n", 5);
+    scim_csv_finish(p);
+    ok = scim_csv_next_row(p) == SCIM_CSV_ROW;
+    f = scim_csv_row(p, &nf);
+    ok &= nf == 2 && f[0].len == 2 && f[0].data[1] == '\0' && f[1].len == 1 &&
+          f[1].data[0] == '\x1B' && scim_csv_next_row(p) == SCIM_CSV_END;
+    check("allow_control", "api", ok ? "ok" : "bad", "ok");
+    scim_csv_free(p);
+  }
   simd_level = 0;
 }
 
@@ -489,6 +599,21 @@ int main(void) {
     begin_test();
     for (it = 0; it < 3000; it++) random_round_trip(it);
     end_test();
+    for (i = 0; i < sizeof enc_cases / sizeof enc_cases[0]; i++) {
+      const ecase *e = &enc_cases[i];
+      tcase c;
+      memset(&c, 0, sizeof c);
+      c.name = e->name;
+      c.in = e->in;
+      c.len = e->len;
+      c.utf8 = e->utf8;
+      c.want = e->want;
+      test_encoding = e->encoding;
+      begin_test();
+      run_case(&c);
+      end_test();
+      test_encoding = NULL;
+    }
   }
   simd_level = 0;
   api_checks();

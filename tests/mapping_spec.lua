@@ -743,4 +743,236 @@ describe("scim.mapping", function()
     assert.is_nil(k)
     assert.equal("line 7, field 'email': the key (userName) is empty", err)
   end)
+
+  describe("bind", function()
+    local fx = dofile(FIX .. "rows.lua")
+
+    -- The row's header in a given order and spelling, and its values in that order.
+    local function split(row, order, spell)
+      local header, values = {}, {}
+      for k in pairs(row) do header[#header + 1] = k end
+      table.sort(header, order)
+      for i, h in ipairs(header) do values[i] = row[h] end
+      for i, h in ipairs(header) do header[i] = spell and spell(h) or h end
+      return header, values
+    end
+
+    local function clears(r)
+      local mt = getmetatable(r)
+      return mt and mt.scim_clears
+    end
+
+    it("builds the same key, resource and references as a keyed row, for every fixture", function()
+      local spellings = { function(h) return h end, string.upper, string.lower,
+        function(h) return "  " .. h:gsub(" ", "   ") .. " " end }
+      local orders = { nil, function(a, b) return a > b end }
+      local n = 0
+      for _, dn in ipairs{ "scim2", "meta", "workplace_v1" } do
+        local maps = { sample = mapping.default{ dialect = dn },
+          hr = assert(mapping.load("examples/mappings/hr_export.lua", { dialect = dn })) }
+        for set, m in pairs(maps) do
+          for _, f in ipairs(fx[set]) do
+            for si, spell in ipairs(spellings) do
+              for oi = 1, 2 do
+                local header, values = split(f.row, orders[oi], spell)
+                local b = m:bind(header, "create")
+                assert.is_true(b.ok, table.concat(b.problems, "; "))
+                for _, job in ipairs{ "create", "update", "sync" } do
+                  local want, werr = m:to_resource(f.row, f.line, job)
+                  local got, gerr = b:to_resource(values, f.line, job)
+                  local what = dn .. " " .. f.name .. " " .. job .. " " .. si .. "/" .. oi
+                  assert.same(want, got, what)
+                  assert.equal(werr, gerr, what)
+                  assert.same(clears(want), clears(got), what)
+                  local key, res, refs = b:read(values, f.line, job)
+                  assert.equal(m:key(f.row, f.line), key, what)
+                  assert.same(want, res, what)
+                  assert.same(m:references(f.row), refs, what)
+                  n = n + 1
+                end
+                assert.equal(m:key(f.row, f.line), b:key(values, f.line))
+                assert.same(m:references(f.row), b:references(values))
+              end
+            end
+          end
+        end
+      end
+      assert.equal(3 * (3 + 2) * 4 * 2 * 3, n)
+    end)
+
+    it("finds columns by alias, case and spaces, in any order", function()
+      local m = mapping.default()
+      local b = m:bind({ "Manager", "Surname", "Given Name", " E-MAIL ", "\239\187\191Title" })
+      assert.is_true(b.ok)
+      assert.same({ "manager email", "last name", "first name", "email", "job title" }, b.columns)
+      local r = assert(b:to_resource({ "boss@x", "Lee", "Ann", " ann@x ", "CTO" }, 2, "create"))
+      assert.same({ "ann@x", "Ann", "Lee", "Ann Lee", "CTO", true },
+        { r.userName, r.name.givenName, r.name.familyName, r.name.formatted, r.title, r.active })
+      assert.same({ manager = "boss@x" }, b:references{ "boss@x", "Lee", "Ann", "ann@x", "" })
+      assert.equal("ann@x", b:key({ "", "", "", "ann@x" }, 2))
+      assert.same({ ["Manager"] = "boss@x", ["Given Name"] = "Ann" },
+        b:row{ "boss@x", nil, "Ann" })
+    end)
+
+    it("leaves attributes of missing columns alone and reports the header's problems", function()
+      local m = mapping.default()
+      local b = m:bind({ "email", "Shoe Size", "job title" }, "create")
+      assert.is_false(b.ok)
+      assert.same({ "unknown column 'Shoe Size' (header field 2): the mapping default has no "
+          .. "such column or alias",
+        "missing required column 'first name' (or given name) for create",
+        "missing required column 'last name' (or family name, surname) for create" }, b.problems)
+      assert.same({ "email", false, "job title" }, b.columns)
+      -- Still usable (a caller lists the rows' problems too); the unknown column is not read.
+      local r = assert(b:to_resource({ "a@x", "44", "T" }, 2, "update"))
+      assert.same({ schemas = { "urn:ietf:params:scim:schemas:core:2.0:User" }, userName = "a@x",
+        emails = { { type = "work", value = "a@x", primary = true } }, title = "T" }, r)
+
+      b = m:bind({ "email", "Shoe Size" }, "update", { unknown_columns = "ignore" })
+      assert.is_true(b.ok)
+      assert.same({}, b.problems)
+      b = m:bind({ "email", "start date" }, "update")
+      assert.same({ "column 'start date' (header field 2) is ignored: dialect scim2 has no "
+        .. "'starttermdates' extension" }, b.warnings)
+      assert.is_nil(b:to_resource({ "a@x", "2020-01-01" }, 2)[
+        "urn:ietf:params:scim:schemas:extension:facebook:starttermdates:2.0:User"])
+      b = m:bind({ "E-mail", "Email" }, "update")
+      assert.same({ "columns 'E-mail' and 'Email' (header fields 1 and 2) are both column "
+        .. "'email'" }, b.problems)
+      assert.equal("first@x", b:key{ "first@x", "second@x" })
+    end)
+
+    it("reports bad rows as the keyed path does", function()
+      local m = mapping.default()
+      local b = m:bind{ "email", "first name", "last name", "start date" }
+      assert.same({ nil, "line 4, field 'first name': a value is required", "INVALID_VALUE" },
+        { b:to_resource({ "a@x", "", "B" }, 4, "create") })
+      assert.same({ nil, "line 5, field 'email': the key (userName) is empty", "INVALID_VALUE" },
+        { b:read({ " ", "A", "B" }, 5, "update") })
+      assert.same({ nil, "line 6, field 'email': the key (userName) is empty" },
+        { b:key({}, 6) })
+      local mm = mapping.default{ dialect = "meta" }
+      local _, err = mm:bind{ "email", "start date" }:read({ "a@x", "1.1.2020" }, 7, "update")
+      assert.matches("^line 7, field 'start date': '1.1.2020' is not a date", err)
+      assert.has_error(function() b:to_resource("a@x") end,
+        "bad argument #1 to 'to_resource' (table of values expected)")
+      assert.has_error(function() b:key("a@x") end)
+      assert.has_error(function() m:bind("email") end, "bad argument #1 to 'bind' (table expected)")
+    end)
+
+    it("hands value and transform functions a read-only view of the row", function()
+      local seen
+      local m = compile{
+        { "email", "userName", transform = string.lower },
+        { "status", "active", type = "boolean", value = function(row)
+            seen = {}
+            for k, v in pairs(row) do seen[k] = v end
+            return row.status ~= "terminated" end },
+        { "boss", reference = "manager", transform = function(v, row)
+            return v .. "@" .. row.Domain end },
+      }
+      local b = m:bind({ "EMAIL", "Status", "Domain", "boss" }, "update",
+        { unknown_columns = "ignore" })
+      local key, r, refs = b:read({ "A@X", " terminated ", "x.org", "b" }, 2)
+      assert.equal("a@x", key)
+      assert.is_false(r.active)
+      assert.same({ manager = "b@x.org" }, refs)
+      -- The file's names (raw cells) and the mapping's column names (trimmed cells).
+      assert.same({ EMAIL = "A@X", email = "A@X", Status = " terminated ", status = "terminated",
+        Domain = "x.org", boss = "b" }, seen)
+      assert.same(seen, (function()
+        m:to_resource({ EMAIL = "A@X", Status = " terminated ", Domain = "x.org", boss = "b" })
+        return seen end)())
+      local bad = compile{ { "email", "userName" },
+        { "x", "title", transform = function(_, row) row.x = 1 end } }
+      local _, err = bad:bind{ "email", "x" }:to_resource({ "a@x", "y" }, 3)
+      assert.matches("line 3, field 'x': transform failed: .*the row is read%-only", err)
+    end)
+  end)
+
+  describe("fingerprint", function()
+    local m = mapping.default()
+    local hr = assert(mapping.load("examples/mappings/hr_export.lua"))
+
+    local function desired(mm, row, mgr, job)
+      local r = assert(mm:to_resource(row, 2, job))
+      if mgr then mm:set_reference(r, "manager", mgr) end
+      return r
+    end
+
+    -- changes from the fingerprint agree with diff's, and are empty exactly when diff is.
+    local function agree(mm, cur, want)
+      local ops, dchanges = mm:diff(cur, want)
+      local changes = mm:changes(mm:fingerprint(cur), want)
+      assert.equal(#ops == 0, #changes == 0)
+      assert.equal(#dchanges, #changes)
+      for i, c in ipairs(changes) do
+        assert.same({ dchanges[i].path, dchanges[i].column }, { c.path, c.column })
+      end
+      return changes
+    end
+
+    it("finds no change where diff finds none, and the changed columns where it does", function()
+      local row = { email = "A@X.com", ["first name"] = "A", ["last name"] = "B",
+        ["phone number"] = "1", ["job title"] = "T", ["start date"] = "2020-01-02" }
+      local cur = stored(desired(m, row, "5", "create"))
+      assert.same({}, agree(m, cur, desired(m, { email = "a@x.COM", ["first name"] = "A",
+        ["last name"] = "B", ["phone number"] = "1", ["job title"] = "T" }, "5")))
+      local changes = agree(m, cur, desired(m, { email = "a@x.com", ["job title"] = "CTO",
+        location = "L", ["phone number"] = "2" }, "6"))
+      assert.same({
+        { path = "title", column = "job title", old = "T", new = "CTO" },
+        { path = 'phoneNumbers[type eq "work"].value', column = "phone number", old = "1",
+          new = "2" },
+        { path = 'addresses[type eq "work"].formatted', column = "location", new = "L" },
+        { path = ENT2 .. ":manager.value", column = "manager email", old = "5", new = "6" },
+      }, changes)
+    end)
+
+    it("compares dates, booleans and the manager as diff does", function()
+      local mm = mapping.default{ dialect = "meta" }
+      local cur = stored(desired(mm, { email = "a@x", ["start date"] = "2020-01-02" }))
+      cur[ENT2] = { manager = { managerId = "7" } }
+      assert.same({}, agree(mm, cur, desired(mm, { email = "a@x",
+        ["start date"] = "2020-01-02" }, "7")))
+      assert.same({ { path = "urn:ietf:params:scim:schemas:extension:facebook:starttermdates:"
+          .. "2.0:User:startDate", column = "start date", old = "2020-01-02",
+          new = "2020-01-03" } },
+        agree(mm, cur, desired(mm, { email = "a@x", ["start date"] = "2020-01-03" }, "7")))
+      local bm = compile{ { "email", "userName" }, { "on", "active", type = "boolean" } }
+      cur = stored(assert(bm:to_resource{ email = "a@x", on = "yes" }))
+      assert.same({}, agree(bm, cur, assert(bm:to_resource{ email = "a@x", on = "TRUE" })))
+      assert.same({ { path = "active", column = "on", old = "true", new = "false" } },
+        agree(bm, cur, assert(bm:to_resource{ email = "a@x", on = "0" })))
+    end)
+
+    it("lists removals of empty = \"remove\" cells", function()
+      local row = { ["Employee ID"] = "E1", ["Work Email"] = "a@x", ["Manager ID"] = "E0" }
+      local cur = stored(desired(hr, row, "100"))
+      local changes = agree(hr, cur, assert(hr:to_resource({ ["Employee ID"] = "E1",
+        ["Manager ID"] = "" }, 3)))
+      assert.same({ { path = ENT2 .. ":manager.value", column = "Manager ID", old = "100" } },
+        changes)
+      cur[ENT2] = nil
+      assert.same({}, agree(hr, cur, assert(hr:to_resource({ ["Employee ID"] = "E1",
+        ["Manager ID"] = "" }, 3))))
+    end)
+
+    it("is one string whose values survive any bytes", function()
+      local cur = stored(desired(m, { email = "a@x", ["job title"] = "x\0y\1z\2",
+        department = "" }))
+      cur.title = "x\0y\1z\2"
+      local fp = m:fingerprint(cur)
+      assert.equal("string", type(fp))
+      local vals = m:fingerprint_values(fp)
+      for i, r in ipairs(m.targets) do
+        if r.text == "title" then assert.equal("x\0y\1z\2", vals[i]) end
+        if r.text == "userName" then assert.equal("a@x", vals[i]) end
+        if r.text == "locale" then assert.is_nil(vals[i]) end
+      end
+      assert.same({}, m:changes(fp, desired(m, { email = "a@x", ["job title"] = "x\0y\1z\2" })))
+      assert.has_error(function() m:fingerprint_values(hr:fingerprint(cur)) end)
+      assert.has_error(function() m:fingerprint("x") end)
+    end)
+  end)
 end)

@@ -10,6 +10,7 @@
 -- filter.all(filter.eq("active", true), filter.sw("name.familyName", "O'Br"))
 
 local json = require "scim.json"
+local paths = require "scim.mapping.path"
 
 local type, select, error = type, select, error
 local string_format, table_concat = string.format, table.concat
@@ -66,36 +67,15 @@ function filter.value(v)
   return lit
 end
 
--- ATTRNAME = ALPHA *(nameChar), nameChar = "-" / "_" / DIGIT / ALPHA (RFC 7644 §3.10);
--- `$ref` is the one RFC 7643 attribute name that starts with "$".
-local function valid_name(s)
-  return s:find("^[%a][%w_%-]*$") ~= nil or s == "$ref"
-end
-
---- Check an attribute path: `[URN ":"] name ["." subname]`.
+--- Check an attribute path: `[URN ":"] name ["." subname]` (RFC 7644 3.10 names).
 -- Examples: `userName`, `name.givenName`, `meta.lastModified`,
 -- `urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value`.
+-- The one check of attribute paths, shared with scim.mapping (scim.mapping.path).
+-- @function check_path
 -- @tparam string path the attribute path
 -- @treturn string|nil the path, or nil when it is not valid
 -- @treturn string why not
-function filter.check_path(path)
-  if type(path) ~= "string" or path == "" then
-    return nil, "attribute path must be a non-empty string"
-  end
-  local attr = path
-  if path:sub(1, 4):lower() == "urn:" then
-    -- The URN is everything up to the last ':'; it may contain dots ("2.0").
-    local urn, rest = path:match("^(urn:[%w%.%-_:]+):([^:]+)$")
-    if not urn then return nil, "bad attribute path '" .. path .. "'" end
-    attr = rest
-  end
-  local name, sub = attr:match("^([^%.]+)%.([^%.]+)$")
-  if not name then name = attr end
-  if not valid_name(name) or (sub and not valid_name(sub)) then
-    return nil, "bad attribute path '" .. path .. "'"
-  end
-  return path
-end
+filter.check_path = paths.check_path
 
 local function path_arg(path, level)
   local ok, why = filter.check_path(path)

@@ -4,7 +4,14 @@
 -- are process CPU seconds (os.clock; Python's time.process_time), best of 2 runs (3 for the
 -- C-only passes (a) and (e), which take milliseconds); the file is in the page cache after
 -- generation. A benchmark, never a pass/fail test.
+-- The module built with -DSCIM_BENCH (`make bench`): it has core.csv_scan, which the
+-- production module leaves out. Loaded before anything else requires scim.core.
+package.cpath = "build/bench/?.so;" .. package.cpath
 local core = require "scim.core"
+if not core.csv_scan then
+  error("scim.core has no csv_scan: run `make bench`, which builds build/bench/scim/core.so"
+    .. " with -DSCIM_BENCH (and scim.core must not be loaded before this file)", 0)
+end
 local csv = require "scim.csv"
 
 local PATH = "build/bench/hr.csv"

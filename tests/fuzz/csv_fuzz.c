@@ -2,7 +2,7 @@
 ** csv_fuzz.c - libFuzzer target for the CSV tokenizer (make fuzz).
 **
 ** The first input byte picks the options (delimiter or detection, lenient,
-** UTF-8 check, field-count check, small limits); the rest is CSV. Each input
+** UTF-8 check, field-count check, small limits, scanner, control check and encoding); the rest is CSV. Each input
 ** is parsed three ways: fed whole, in 1-byte blocks through
 ** reserve/commit, and in blocks whose sizes come from the data itself. The
 ** records must be identical and all three must fail or none; with no size
@@ -102,6 +102,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   limited = (data[0] >> 5) & 1;
   if (limited) { o.max_field = 7; o.max_row = 40; o.max_fields = 5; }
   o.simd = (data[0] >> 6) % 3;  /* every scanner, checked against the other feeds */
+  /* the 4th value: portable, controls allowed, Windows-1252 converted (a
+  ** UTF-16/32 byte-order mark converts the others) */
+  o.allow_control = (data[0] >> 6) == 3;
+  o.encoding = (data[0] >> 6) == 3 ? "cp1252" : NULL;
   for (m = 0; m < 3; m++) run(&o, data + 1, size - 1, m, &r[m]);
   for (m = 1; m < 3; m++) {
     if (r[m].rows.n != r[0].rows.n ||
