@@ -8,6 +8,7 @@
 -- rows, and a large file must not hold them all.
 -- @module scim.input
 local err_mod = require "scim.error"
+local csv = require "scim.csv"
 local report_columns = { "line", "key", "action", "http_status", "scim_id", "error" }
 
 local input = {}
@@ -17,13 +18,6 @@ input.MAX_PROBLEMS = 200
 
 --- The report columns a results CSV of ours starts with (its rows can be fed back).
 input.REPORT_COLUMNS = report_columns
-
--- A value written by an export's formula guard (`'` before = + - @ tab CR, maybe after
--- spaces) reads back as the value without the `'`, so export → edit → update round-trips.
-local function unguard(v)
-  if type(v) == "string" and v:find("^'[ \t\r\n]*[=+%-@\t\r]") then return v:sub(2) end
-  return v
-end
 
 local function is_report_header(header)
   for i, c in ipairs(report_columns) do
@@ -46,8 +40,9 @@ end
 -- from the first row's names).
 local function open_source(rows, opts)
   if type(rows) == "string" then
-    local csv = require "scim.csv"
-    local reader, err, code = csv.open(rows, opts.csv)
+    local ropts = { array = true }
+    for k, v in pairs(opts.csv or {}) do ropts[k] = v end
+    local reader, err, code = csv.open(rows, ropts)
     if not reader then return nil, err, code end
     return reader, reader.header, rows
   end
@@ -105,7 +100,6 @@ function input.selected(where, row)
   end
   return true
 end
-local selected = input.selected
 
 --- Reads and checks every row.
 -- @tparam table opts `rows` (path, csv reader, iterator or array of keyed rows), `mapping`,
@@ -114,12 +108,11 @@ local selected = input.selected
 --   `where` (list of `{ column=, op="="|"!=", value= }`), `limit` (the first N selected rows),
 --   `csv` (options for the CSV reader when `rows` is a path), `on_warning(msg)`
 -- @treturn table `{ n=, keys=, lines=, packed=, refs=, by_key= (lowercased key -> index),
---   columns=, outside_refs=, selected=, rows=, source=, create_job=, update_job= }`: row `i`
---   has key `keys[i]`, line `lines[i]`, references `refs[i]` (nil when none) and values
---   `input.values(inp, i)`
+--   bound=, columns=, outside_refs=, selected=, rows=, source=, create_job=, update_job= }`:
+--   row `i` has key `keys[i]`, line `lines[i]`, references `refs[i]` (nil when none) and
+--   values `input.values(inp, i)`; `bound` is the mapping bound to `columns`
 -- @treturn[2] nil
--- @treturn[2] scim.error code "INVALID" with `problems` (strings) and `total`, or the
---   reader's failure (code from scim.csv) when the source cannot be opened
+-- @treturn[2] scim.error code "INVALID" with `problems` (strings) and `total`
 -- @treturn[2] string code
 function input.read(opts)
   local m, job = opts.mapping, opts.job
@@ -143,41 +136,56 @@ function input.read(opts)
   -- Rows are kept as parallel arrays, each row's values packed into one string: a large
   -- file costs a few hundred bytes a row, not a table per row and per value.
   local keys, lines, packed, refs_of, by_key, refs_needed = {}, {}, {}, {}, {}, {}
-  local n, fmt = 0, nil
-  local columns, from_report
-  local where, limit = opts.where or {}, opts.limit
+  local n, fmt, bound = 0, nil, nil
+  local columns, from_report, ncols, offset
+  local where, limit = {}, opts.limit
   local n_selected, n_rows = 0, 0
 
   local function start(hdr)
     from_report = is_report_header(hdr)
-    columns = hdr
-    if from_report then columns = table.move(hdr, #report_columns + 1, #hdr, 1, {}) end
-    fmt = ("s4"):rep(#columns)
-    local ok, msgs = m:check_header(columns, job, { unknown_columns = opts.unknown_columns })
-    if not ok then
-      for _, msg in ipairs(msgs) do problem(name .. ": " .. msg) end
+    offset = from_report and #report_columns or 0
+    columns = table.move(hdr, offset + 1, #hdr, 1, {})
+    ncols = #columns
+    fmt = ("s4"):rep(ncols)
+    bound = m:bind(columns, job, { unknown_columns = opts.unknown_columns })
+    if not bound.ok then
+      for _, msg in ipairs(bound.problems) do problem(name .. ": " .. msg) end
     else
-      for _, msg in ipairs(msgs or {}) do warn(name .. ": " .. tostring(msg)) end
+      for _, msg in ipairs(bound.warnings or {}) do warn(name .. ": " .. tostring(msg)) end
+    end
+    -- Each selection's column, found once (names compare without case).
+    for _, w in ipairs(opts.where or {}) do
+      local at
+      for i, c in ipairs(columns) do
+        if tostring(c):lower() == w.column:lower() then at = i break end
+      end
+      if not at then problem(string.format("%s: no column '%s' to select rows by", name,
+        w.column)) end
+      where[#where + 1] = { at = at, op = w.op, value = w.value:lower() }
     end
   end
   if header then start(header) end
 
-  local function take(row, line)
-    if not columns then start(names_of(row)) end
+  local function take(arr, line)
     n_rows = n_rows + 1
-    if from_report and not rerun_wanted(row) then return end
-    if not selected(where, row) then return end
+    -- A results CSV of ours: take what failed, was skipped, or lacks its manager.
+    if from_report and not rerun_wanted{ action = arr[3], error = arr[6] } then return end
+    local values = {}
+    for i = 1, ncols do values[i] = csv.unguard(arr[offset + i]) or "" end
+    for _, w in ipairs(where) do
+      if (w.op == "=") ~= ((values[w.at or 0] or ""):lower() == w.value) then return end
+    end
     if limit and n_selected >= limit then return end
     n_selected = n_selected + 1
-    local values, keyed = {}, {}
-    for i, c in ipairs(columns) do
-      local v = unguard(row[c])
-      values[i], keyed[c] = v, v
-    end
-    local key, kerr = m:key(keyed, line)
-    if key == nil or key == "" then
+    local key, res, refs = bound:read(values, line, create_job)
+    if key == nil then
       return problem(string.format("%s:%s: %s", name, tostring(line),
-        (tostring(kerr or "the key is empty"):gsub("^line %d+, ", ""))))
+        (tostring(res or "the key is empty"):gsub("^line %d+, ", ""))))
+    end
+    if res and update_job ~= create_job and job ~= "delete" then
+      local rerr
+      res, rerr = bound:to_resource(values, line, update_job)
+      if not res then refs = rerr end
     end
     local lkey = m:key_id(key)
     local first = by_key[lkey]
@@ -187,18 +195,12 @@ function input.read(opts)
     end
     n = n + 1
     by_key[lkey], keys[n], lines[n] = n, key, line
-    for i = 1, #columns do values[i] = values[i] or "" end
-    packed[n] = string.pack(fmt, table.unpack(values, 1, #columns))
+    packed[n] = string.pack(fmt, table.unpack(values, 1, ncols))
     if job == "delete" then return end
-    -- The resource a new account gets, and the one an existing account is compared with
-    -- (create-only defaults such as active=true left out).
-    local res, rerr = m:to_resource(keyed, line, create_job)
-    if res and update_job ~= create_job then res, rerr = m:to_resource(keyed, line, update_job) end
     if not res then
       return problem(string.format("%s:%s: %s", name, tostring(line),
-        (tostring(rerr):gsub("^line %d+, ", ""))))
+        (tostring(refs):gsub("^line %d+, ", ""))))
     end
-    local refs = m:references(keyed)
     if next(refs) then
       refs_of[n] = refs
       for _, ref in pairs(refs) do
@@ -220,6 +222,14 @@ function input.read(opts)
       problem(tostring(line))
       if code ~= "FIELD_COUNT" then break end
     else
+      if not columns then start(names_of(row)) end
+      if row[1] == nil and next(row) ~= nil then
+        -- A keyed row (from a script): its values in column order.
+        local arr = {}
+        for i, c in ipairs(from_report and report_columns or {}) do arr[i] = row[c] end
+        for i, c in ipairs(columns) do arr[offset + i] = row[c] end
+        row = arr
+      end
       take(row, line)
     end
   end
@@ -237,9 +247,9 @@ function input.read(opts)
   table.sort(outside)
   return {
     n = n, keys = keys, lines = lines, packed = packed, refs = refs_of, by_key = by_key,
-    fmt = fmt, columns = columns or {}, outside_refs = outside, selected = n_selected,
-    rows = n_rows, source = name, from_report = from_report, create_job = create_job,
-    update_job = update_job,
+    fmt = fmt, bound = bound, columns = columns or {}, outside_refs = outside,
+    selected = n_selected, rows = n_rows, source = name, from_report = from_report,
+    create_job = create_job, update_job = update_job,
   }
 end
 

@@ -178,12 +178,13 @@ end
 
 -- The values of row i, keyed by the input's column names.
 function Plan:keyed(i)
-  return input.row(self.columns, input.values(self.input, i))
+  return self.input.bound:row(input.values(self.input, i))
 end
 
 -- The resource row i describes for a job of the mapping (it passed validation).
 function Plan:resource(i, job)
-  return assert(self.mapping:to_resource(self:keyed(i), self.input.lines[i], job))
+  local inp = self.input
+  return assert(inp.bound:to_resource(input.values(inp, i), inp.lines[i], job))
 end
 
 --- A change's input row, keyed by the input's column names (nil for an absent account).

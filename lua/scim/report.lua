@@ -262,7 +262,9 @@ function Report:outcome(o)
       action = action,
       http_status = o.status and tostring(o.status) or "",
       scim_id = o.id and tostring(o.id) or "",
-      error = o.error and tostring(o.error) or "",
+      -- Escaped: a server's message must not carry control characters into a file that is
+      -- read back as input (the reader refuses them).
+      error = o.error and report.safe(tostring(o.error)) or "",
     }
     local row = o.row
     if row then
