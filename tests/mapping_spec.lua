@@ -842,6 +842,14 @@ describe("scim.mapping", function()
       assert.equal("first@x", b:key{ "first@x", "second@x" })
     end)
 
+    it("keeps surrounding space when the mapping says trim = false, and reads numbers", function()
+      local m = compile{ trim = false, { "email", "userName" }, { "t", "title" } }
+      local b = m:bind{ "t", "email" }
+      local r = assert(b:to_resource({ " T ", 42 }, 2))
+      assert.same({ " T ", "42" }, { r.title, r.userName })
+      assert.same(m:to_resource{ t = " T ", email = 42 }, r)
+    end)
+
     it("reports bad rows as the keyed path does", function()
       local m = mapping.default()
       local b = m:bind{ "email", "first name", "last name", "start date" }

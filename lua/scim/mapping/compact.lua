@@ -8,7 +8,8 @@ local path = require "scim.mapping.path"
 local to_row = require "scim.mapping.to_row"
 local util = require "scim.mapping.util"
 
-local get, reference_id, cell_of = path.get, path.reference_id, to_row.cell_of
+local get, get_own = path.get, path.get_own
+local reference_id, cell_of = path.reference_id, to_row.cell_of
 local clears_of = util.clears_of
 local concat, char = table.concat, string.char
 
@@ -29,11 +30,12 @@ local function unescape(s)
 end
 
 -- The compared form of target r's value in resource (nil when absent). A reference is read
--- as the server answers it in a current resource, at the written path in a desired one.
+-- as the server answers it in a current resource, at the written path in a desired one; a
+-- desired resource is spelled as to_resource and set_reference write it (exact names).
 local function compared(m, r, resource, desired)
   local en = r.entry
   if en.reference and not desired then return reference_id(m.dialect, resource) end
-  local v = get(resource, r)
+  local v = (desired and get_own or get)(resource, r)
   if en.reference then return v ~= nil and tostring(v) or nil end
   if v == nil then return nil end
   return cell_of(en, v, resource) or tostring(v)

@@ -307,6 +307,24 @@ function path.get(resource, r)
   return v
 end
 
+--- The value at a resolved path of a resource spelled as `to_resource` builds it (our
+-- canonical names): keys are looked up as they are, without the case-insensitive fallback
+-- `get` pays for on every absent attribute.
+function path.get_own(resource, r)
+  local c = resource
+  if r.schema then c = resource[r.schema] end
+  if type(c) ~= "table" then return nil end
+  local v = c[r.attr]
+  if v == nil then return nil end
+  if r.filter then v = path.find_element(v, r.filter) end
+  if r.sub then
+    if type(v) ~= "table" then return nil end
+    v = v[r.sub]
+  end
+  if not present(v) then return nil end
+  return v
+end
+
 --- Writes a value at a resolved path, creating the extension object, complex value or
 -- multi-valued entry it needs.
 function path.set(resource, r, value)
