@@ -881,6 +881,20 @@ describe("row selection, trial runs and operator safety", function()
     os.remove(file)
   end)
 
+  it("never lets a server's escape codes reach the terminal", function()
+    local file = people_file(20)
+    assert.equal(0, (agent.main({ "create", file }, agent.vars(s))))
+    s:seed{ { userName = "evil\27[2J\27]0;pwned\7@example.com",
+      name = { givenName = "E", familyName = "V" } } }
+    local code, out, err = agent.main({ "plan", file, "--deactivate-missing",
+      "--max-removals", "100%" }, agent.vars(s))
+    assert.equal(0, code, err)
+    assert.truthy(out:find("evil\\x1B[2J", 1, true), out)
+    assert.is_nil((out .. err):find("\27", 1, true))
+    assert.is_nil((out .. err):find("\7", 1, true))
+    os.remove(file)
+  end)
+
   it("--insecure is warned about on every run, even with --quiet", function()
     local file = people_file(1)
     local _, _, err = agent.main({ "create", file, "--insecure", "--quiet" }, agent.vars(s))

@@ -154,9 +154,17 @@ function Report:_erase()
   end
 end
 
+-- A message line as it may reach a terminal: line breaks and tabs kept, every other control
+-- character (an escape sequence in a server's answer) shown escaped.
+local function printable(msg)
+  return (tostring(msg):gsub("[%z\1-\8\11-\31\127]", function(c)
+    return string.format("\\x%02X", c:byte())
+  end))
+end
+
 --- Prints an error (always, even with `--quiet`).
 function Report:error(msg)
-  local text = "scim-agent: " .. msg
+  local text = "scim-agent: " .. printable(msg)
   if self.color then text = "\27[31m" .. text .. "\27[0m" end
   self:_line(self.stderr, text)
 end
@@ -164,13 +172,13 @@ end
 --- Prints a warning (not with `--quiet`).
 function Report:warn(msg)
   if self.quiet then return end
-  self:_line(self.stderr, "scim-agent: warning: " .. msg)
+  self:_line(self.stderr, "scim-agent: warning: " .. printable(msg))
 end
 
 --- Prints an informational line (not with `--quiet`; in JSON mode it goes to stderr).
 function Report:info(msg)
   if self.quiet then return end
-  self:_line(self.stderr, msg)
+  self:_line(self.stderr, printable(msg))
 end
 
 local function fmt_duration(s)
@@ -290,11 +298,11 @@ function Report:outcome(o)
     })), "\n")
     self.log:flush()
   elseif action == "failed" then
-    self:error(string.format("line %s (%s): %s", tostring(o.line or "-"), tostring(o.key or "-"),
-      tostring(o.error or "failed")))
+    self:error(string.format("line %s (%s): %s", tostring(o.line or "-"),
+      report.safe(o.key or "-"), report.safe(o.error or "failed")))
   elseif self.verbose and not self.quiet then
     self:_line(self.stderr, string.format("line %s (%s): %s%s", tostring(o.line or "-"),
-      tostring(o.key or "-"), action, o.id and (" id " .. tostring(o.id)) or ""))
+      report.safe(o.key or "-"), action, o.id and (" id " .. report.safe(o.id)) or ""))
   end
   if self.dry_run and not self.json and PLAN_VERBS[action] then
     self.planned[#self.planned + 1] = { line = o.line or 0, key = o.key, action = action,
@@ -329,11 +337,11 @@ function Report:print_plan()
     return tostring(a.key) < tostring(b.key)
   end)
   for _, p in ipairs(self.planned) do
-    out:write(string.format("  %-10s %s%s\n", p.action, tostring(p.key),
+    out:write(string.format("  %-10s %s%s\n", p.action, report.safe(p.key),
       (p.line and p.line > 0) and ("  (line " .. p.line .. ")") or ""))
     for _, c in ipairs(p.changes or {}) do
       -- The column the admin edits reads better than a long attribute path.
-      out:write(string.format("      %s: %s \u{2192} %s\n", tostring(c.column or c.path),
+      out:write(string.format("      %s: %s \u{2192} %s\n", report.safe(c.column or c.path),
         show(c.old), show(c.new)))
     end
   end
