@@ -20,5 +20,6 @@ SCIM_API int luaopen_scim_core(lua_State *L) {
   scim_open_csv(L);
   scim_open_http(L);
   scim_open_json(L);
+  scim_open_sys(L);
   return 1;
 }

@@ -29,6 +29,9 @@ void scim_open_http(lua_State *L);
 */
 void scim_open_json(lua_State *L);
 
+/* Adds the `sys` table (lsys.c: signals, core dumps, isatty, file modes). [-0, +0, m] */
+void scim_open_sys(lua_State *L);
+
 /*
 ** Creates metatable `tname` with `__name`, `__index = methods` and the
 ** metamethods in `meta`, and pops it. Called once per type in luaopen.
