@@ -14,7 +14,7 @@ WARN = -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -pedantic -Wshadow \
        -Wstrict-prototypes -Wc++-compat
 ALL_CFLAGS = $(WARN) $(CFLAGS) -fPIC -fvisibility=hidden -I$(LUA_INCDIR) -I$(CURL_INCDIR)
 
-SRCS = csrc/lscim.c csrc/csv.c csrc/lcsv.c csrc/lhttp.c
+SRCS = csrc/lscim.c csrc/csv.c csrc/lcsv.c csrc/lhttp.c csrc/ljson.c csrc/lsys.c
 HDRS = $(wildcard csrc/*.h)
 CORE = build/scim/core.so
 
@@ -78,7 +78,8 @@ sanitize asan: deps server-deps
 
 # The CSV and HTTP specs under valgrind's leak checker. --ignore-lua keeps
 # busted in this process (.busted names lua5.4, which would re-exec it).
-VALGRIND_SPECS ?= tests/csv_spec.lua tests/core_http_spec.lua tests/http_spec.lua
+VALGRIND_SPECS ?= tests/csv_spec.lua tests/core_http_spec.lua tests/http_spec.lua \
+                  tests/json_spec.lua tests/sys_spec.lua
 valgrind: build
 	valgrind --quiet --suppressions=tests/valgrind-curl.supp --leak-check=full \
 	  --errors-for-leak-kinds=definite,indirect --error-exitcode=1 \

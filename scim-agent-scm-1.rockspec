@@ -27,7 +27,8 @@ build = {
   type = "builtin",
   modules = {
     ["scim.core"] = {
-      sources = { "csrc/lscim.c", "csrc/csv.c", "csrc/lcsv.c", "csrc/lhttp.c" },
+      sources = { "csrc/lscim.c", "csrc/csv.c", "csrc/lcsv.c", "csrc/lhttp.c", "csrc/ljson.c",
+        "csrc/lsys.c" },
       libraries = { "curl" },
       incdirs = { "$(CURL_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)" },

@@ -19,5 +19,7 @@ SCIM_API int luaopen_scim_core(lua_State *L) {
   lua_setfield(L, -2, "_VERSION");
   scim_open_csv(L);
   scim_open_http(L);
+  scim_open_json(L);
+  scim_open_sys(L);
   return 1;
 }

@@ -24,6 +24,15 @@ void scim_open_csv(lua_State *L);
 void scim_open_http(lua_State *L);
 
 /*
+** Adds json_encode, json_decode, json_null, json_array_mt and json_array_mts
+** (ljson.c) to the module table at the stack top. [-0, +0, m]
+*/
+void scim_open_json(lua_State *L);
+
+/* Adds the `sys` table (lsys.c: signals, core dumps, isatty, file modes). [-0, +0, m] */
+void scim_open_sys(lua_State *L);
+
+/*
 ** Creates metatable `tname` with `__name`, `__index = methods` and the
 ** metamethods in `meta`, and pops it. Called once per type in luaopen.
 */

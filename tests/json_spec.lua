@@ -1,5 +1,5 @@
--- scim.json: the JSON layer over lua-cjson 2.1.0 (array marker, exact integers, nulls,
--- sorted keys, strict UTF-8 and numbers).
+-- scim.json: JSON in C (csrc/ljson.c) with SCIM's semantics (array marker, exact integers,
+-- nulls, sorted keys, strict UTF-8 and numbers), and a decoder that survives any input.
 local json = require "scim.json"
 
 describe("scim.json", function()
@@ -169,6 +169,181 @@ describe("scim.json", function()
       assert.is_nil(json.decode('"\\ud800"'))
       assert.equal("😀", json.decode('"\\ud83d\\ude00"'))
       assert.equal("é\0x", json.decode('"\\u00e9\\u0000x"'))
+    end)
+  end)
+
+  describe("decode errors", function()
+    -- lua-cjson's words and 1-based character positions, which scim.json has always given.
+    local cases = {
+      { "", "Expected value but found T_END at character 1" },
+      { "   ", "Expected value but found T_END at character 4" },
+      { "{", "Expected object key string but found T_END at character 2" },
+      { '{"a" 1}', "Expected colon but found T_NUMBER at character 6" },
+      { '{"a":1,}', "Expected object key string but found T_OBJ_END at character 8" },
+      { '{"a":1 "b":2}', "Expected comma or object end but found T_STRING at character 8" },
+      { "[1,]", "Expected value but found T_ARR_END at character 4" },
+      { "[1 2]", "Expected comma or array end but found T_NUMBER at character 4" },
+      { "[1}", "Expected comma or array end but found T_OBJ_END at character 3" },
+      { "{} x", "Expected the end but found invalid token at character 4" },
+      { "[] []", "Expected the end but found T_ARR_BEGIN at character 4" },
+      { "1 :", "Expected the end but found T_COLON at character 3" },
+      { "tru", "Expected value but found invalid token at character 1" },
+      { "nul", "Expected value but found invalid token at character 1" },
+      { "01", "Expected value but found invalid number at character 1" },
+      { "[-]", "Expected value but found invalid number at character 2" },
+      { "0x10", "Expected value but found invalid number at character 1" },
+      { "1.", "Expected value but found invalid number at character 1" },
+      { "1e+", "Expected value but found invalid number at character 1" },
+      { ".5", "Expected value but found invalid token at character 1" },
+      { '"abc', "Expected value but found unexpected end of string at character 5" },
+      { '["a\\q"]', "Expected value but found invalid escape code at character 4" },
+      { '"\\u12"', "Expected value but found invalid unicode escape code at character 2" },
+      { '"\\udc00"', "Expected value but found invalid unicode escape code at character 2" },
+      { '"\\ud800\\u0041"', "Expected value but found invalid unicode escape code at character 2" },
+      { '{"a\\x":1}', "Expected object key string but found invalid escape code at character 4" },
+      { '{"a" "b\\x"}', "Expected colon but found invalid escape code at character 8" },
+      { '1 "', "Expected the end but found unexpected end of string at character 4" },
+      -- A NUL byte is not the end of the text.
+      { "88\0", "Expected the end but found invalid token at character 3" },
+      { '"a\0b"', "Expected value but found unexpected end of string at character 3" },
+      -- Invalid UTF-8 comes first, wherever it is.
+      { '[1,,"\255"]', "invalid UTF-8 at byte 6" },
+      { "\239\187\191{}", "Expected value but found invalid token at character 1" },
+    }
+    for _, c in ipairs(cases) do
+      it(string.format("%q", c[1]), function()
+        local v, err = json.decode(c[1])
+        assert.is_nil(v)
+        assert.equal(c[2], err)
+      end)
+    end
+
+    it("limits nesting to 1000 levels", function()
+      assert.is_true(json.is_array(assert(json.decode(("["):rep(1000) .. ("]"):rep(1000)))))
+      assert.equal("Found too many nested data structures (1001) at character 1001",
+        select(2, json.decode(("["):rep(1001) .. ("]"):rep(1001))))
+      assert.equal("Found too many nested data structures (1001) at character 5001",
+        select(2, json.decode(('{"a":'):rep(1001) .. "1" .. ("}"):rep(1001))))
+      -- Unclosed: the depth is reached before the end.
+      assert.matches("^Found too many nested", select(2, json.decode(("["):rep(100000))))
+    end)
+  end)
+
+  describe("decode details", function()
+    it("lets a later duplicate key win, a null one removing the earlier value", function()
+      assert.same({ a = 2 }, json.decode('{"a":1,"a":2}'))
+      assert.same({}, json.decode('{"a":1,"a":null}'))
+    end)
+
+    it("reads every escape, raw control characters and long number tokens", function()
+      assert.equal('"\\/\b\f\n\r\tAé', json.decode([["\"\\\/\b\f\n\r\t\u0041\u00E9"]]))
+      assert.equal("a\tb\1", json.decode('"a\tb\1"'))
+      local long = "0." .. ("0"):rep(100) .. "1"
+      assert.equal(tonumber(long), json.decode(long))
+      local big = ("9"):rep(300)
+      assert.equal("float", math.type(json.decode(big)))
+      assert.equal(tonumber(big), json.decode(big))
+      assert.equal(math.mininteger, json.decode("-9223372036854775808"))
+      assert.equal("float", math.type(json.decode("9223372036854775808")))
+      assert.equal(1234567890123456768, json.decode("12345678901234567e2"))
+      assert.equal("integer", math.type(json.decode("1e-400")))
+      assert.equal("a number is beyond the range of a double", select(2, json.decode("-1e400")))
+      -- A syntax error is reported before a number's range.
+      assert.matches("Expected comma", select(2, json.decode("[1e400 1]")))
+    end)
+
+    it("gives long strings and large documents back whole", function()
+      local s = ('x"é'):rep(5000)
+      assert.equal(s, json.decode(assert(json.encode(s))))
+      local t = {}
+      for i = 1, 2000 do t["k" .. i] = { i, "v" .. i } end
+      local text = assert(json.encode(t))
+      assert.same(t, json.decode(text))
+      assert.equal(text, json.encode(json.decode(text)))
+    end)
+
+    it("uses lua-cjson's null", function()
+      assert.equal(require("cjson").null, json.null)
+      assert.equal("[null]", json.encode{ require("cjson").null })
+    end)
+  end)
+
+  describe("encode details", function()
+    it("sorts many keys as bytes", function()
+      local t, keys = {}, {}
+      for i = 1, 100 do
+        local k = string.format("%c%d", 64 + i % 60, i)
+        t[k] = i
+        keys[#keys + 1] = k
+      end
+      table.sort(keys)
+      local parts = {}
+      for i, k in ipairs(keys) do parts[i] = string.format("%q:%d", k, t[k]) end
+      assert.equal("{" .. table.concat(parts, ",") .. "}", json.encode(t))
+      assert.equal('{"a":1,"a\\u0000":2,"ab":3}', json.encode{ ab = 3, ["a\0"] = 2, a = 1 })
+    end)
+
+    it("names the path through arrays and the top level", function()
+      assert.equal("field '[2].x' is not a finite number",
+        select(2, json.encode{ 1, { x = 0 / 0 } }))
+      assert.equal("field '' has a nil value, which JSON cannot hold", select(2, json.encode(nil)))
+      assert.equal("field '' has a thread value, which JSON cannot hold",
+        select(2, json.encode(coroutine.create(print))))
+      assert.equal("field 'u' has a userdata value, which JSON cannot hold",
+        select(2, json.encode{ u = io.stdout }))
+    end)
+
+    it("writes floats in the shortest form that reads back", function()
+      for _, x in ipairs{ 0.1, 1 / 3, 2 ^ 60 + 0.5, 1e-300, -2.5e-10, 123456.789 } do
+        assert.equal(x, tonumber(json.encode(x)))
+      end
+      assert.equal("1.5e+20", json.encode(1.5e20))
+      assert.equal("1.2345678901234568e+20", json.encode(123456789012345678901))
+    end)
+  end)
+
+  describe("robustness", function()
+    -- Truncated and mutated documents: decode returns a value or nil and a message, never
+    -- raises nor crashes (run under ASan and valgrind by `make sanitize` / `make valgrind`).
+    it("survives truncated and mutated documents", function()
+      local docs = {
+        '{"schemas":["urn:ietf:params:scim:schemas:core:2.0:User"],"id":1000123456789012345,'
+          .. '"userName":"zoë@example.com","name":{"givenName":"Zo\\u00EB","familyName":"D"},'
+          .. '"emails":[{"value":"z@example.com","primary":true}],"groups":[],"x":null,'
+          .. '"n":[1.5e3,-0,0.25,null,{"a":[[],{}]}],"s":"\\ud83d\\ude00\\n\\"q"}',
+        '[[[[{"a":[1,2,{"b":"c"}]}]]]]',
+        '{"Resources":[{"id":"1"},{"id":"2"}],"totalResults":2,"itemsPerPage":100}',
+      }
+      local pieces = { "[", "]", "{", "}", ",", ":", '"', "\\", "\\u", "\\ud800", "-", "0",
+        "1e999", "e", ".", "null", "true", " ", "\0", "\255", "\xc3", "\xed\xa0\x80" }
+      math.randomseed(42)
+      local rnd = math.random
+      local n, decoded = 0, 0
+      local function try(s)
+        n = n + 1
+        local ok, v, err = pcall(json.decode, s)
+        assert(ok, v)
+        if v == nil then
+          assert.equal("string", type(err), s)
+        else
+          decoded = decoded + 1
+          assert(json.encode(v))
+        end
+      end
+      for _, d in ipairs(docs) do
+        for i = 0, #d do try(d:sub(1, i)) try(d:sub(i + 1)) end
+        for _ = 1, 1500 do
+          local s, p = d, rnd(#d)
+          local m = rnd(4)
+          if m == 1 then s = s:sub(1, p - 1) .. string.char(rnd(0, 255)) .. s:sub(p + 1)
+          elseif m == 2 then s = s:sub(1, p) .. pieces[rnd(#pieces)] .. s:sub(p + 1)
+          elseif m == 3 then s = s:sub(1, p - 1) .. s:sub(p + rnd(1, 8))
+          else s = s:sub(1, p) .. s:sub(rnd(#s)) end
+          try(s)
+        end
+      end
+      assert.is_true(n > 4500)
+      assert.is_true(decoded > 0 and decoded < n)
     end)
   end)
 
