@@ -92,7 +92,7 @@ describe("scim.client", function()
         "scim.client.new: no url given and the scim2 dialect has no default")
       assert.has_error(function() client.new{ url = BASE, dialect = "nope", engine = {} } end)
       assert.has_error(function() client.new{ url = BASE, dialect = "../x", engine = {} } end,
-        "scim.client.new: bad dialect name '../x'")
+        "scim.client.new: unknown dialect '../x' (scim2, meta, workplace_v1, entra)")
       local ok, err = pcall(client.new, { url = BASE, token = "abc\r\nX-Evil: 1", engine = {} })
       assert.is_false(ok)
       assert.not_matches("Evil", err)

@@ -141,7 +141,7 @@ describe("scim.mapping", function()
       raises(function() mapping.compile({ { "e", "userName" } }, { dialekt = "x" }) end,
         "unknown option 'dialekt'")
       raises(function() mapping.compile({ { "e", "userName" } }, { dialect = "scim3" }) end,
-        "unknown dialect 'scim3' (known: scim2, meta, workplace_v1)")
+        "unknown dialect 'scim3' (scim2, meta, workplace_v1, entra)")
       raises(function() mapping.compile("x") end, "table expected")
     end)
   end)

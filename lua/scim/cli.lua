@@ -250,10 +250,8 @@ function cli.main(argv, env)
       "users in the process list; use --token-file or SCIM_TOKEN\n")
   end
 
-  local ok, dialect = pcall(require, "scim.dialects." .. merged.dialect)
-  if not ok then
-    return fail("cannot load dialect " .. merged.dialect .. ": " .. tostring(dialect))
-  end
+  local dialect, derr = require("scim.dialects").load(merged.dialect)
+  if not dialect then return fail(derr) end
   merged.url = config.url(opts, cfg, env.getenv, dialect)
 
   -- The token is resolved only when the job is about to talk to the server, so a bad input

@@ -290,11 +290,8 @@ end
 local function load_dialect(d)
   if d == nil then d = "scim2" end
   if type(d) == "string" then
-    if not d:find("^[%w_]+$") then error("scim.client.new: bad dialect name '" .. d .. "'", 3) end
-    local ok, mod = pcall(require, "scim.dialects." .. d)
-    if not ok then
-      error("scim.client.new: unknown dialect '" .. d .. "' (" .. tostring(mod) .. ")", 3)
-    end
+    local mod, err = require("scim.dialects").load(d)
+    if not mod then error("scim.client.new: " .. err, 3) end
     d = mod
   end
   if type(d) ~= "table" then error("scim.client.new: dialect must be a name or a table", 3) end

@@ -5,7 +5,7 @@
 -- @module scim.config
 local config = {}
 
-local DIALECTS = { "scim2", "meta", "workplace_v1" }
+local DIALECTS = require("scim.dialects").NAMES
 
 --- Every option: command-line name (without `--`) → spec.
 -- `kind` is "flag", "string", "integer", "number", "choice" or "removals"; `key` is the
@@ -25,7 +25,7 @@ config.OPTIONS = {
   { name = "oauth-auth", kind = "choice", choices = { "basic", "form" }, arg = "basic|form",
     help = "how the client authenticates to the token endpoint (default basic)" },
   { name = "dialect", kind = "choice", choices = DIALECTS, arg = "NAME",
-    help = "scim2 (default), meta or workplace_v1" },
+    help = "scim2 (default), meta, workplace_v1 or entra" },
   { name = "mapping", kind = "string", arg = "FILE.lua", help = "column mapping (default: the "
       .. "original sample's columns)" },
   { name = "concurrency", kind = "integer", min = 1, max = 256, arg = "N",

@@ -169,6 +169,7 @@ function Client:bulk(operations, opts)
   -- max_operations =, max_payload_size = }`): then no ServiceProviderConfig is needed.
   local declared = type(self.dialect.bulk) == "table" and self.dialect.bulk or nil
   local bulk_url = declared and declared.url
+    or (declared and declared.at_url and (self.url:gsub("/$", "")))
     or self.url .. (declared and declared.path or self.d.bulk_path or "Bulk")
   local ops, results, seen = {}, { requests = 0 }, {}
   for i, o in ipairs(operations) do

@@ -23,15 +23,8 @@ local TOP_KEYS = { key = true, unknown_columns = true, trim = true, description 
 -- @raise on an unknown name (at the caller's caller's level)
 function compile.load_dialect(dialect)
   if type(dialect) == "table" then return dialect end
-  dialect = dialect or "scim2"
-  local ok, d = false, nil
-  if type(dialect) == "string" and dialect:match("^[%w_]+$") then
-    ok, d = pcall(require, "scim.dialects." .. dialect)
-  end
-  if not ok then
-    error("unknown dialect '" .. tostring(dialect) .. "' (known: "
-      .. table.concat(DIALECTS, ", ") .. ")", 3)
-  end
+  local d, err = require("scim.dialects").load(dialect or "scim2")
+  if not d then error(err, 3) end
   return d
 end
 

@@ -6,7 +6,7 @@
 local util = {}
 
 --- The shipped dialects, by name.
-util.DIALECTS = { "scim2", "meta", "workplace_v1" }
+util.DIALECTS = require("scim.dialects").NAMES
 --- The jobs a mapping entry may name.
 util.JOBS = { create = true, update = true, delete = true, export = true, sync = true }
 
