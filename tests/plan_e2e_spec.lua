@@ -75,3 +75,62 @@ describe("scim.plan against a strict SCIM 2.0 server", function()
     assert.equal(5, inactive)
   end)
 end)
+
+describe("Bulk and Entra's inbound provisioning", function()
+  local function people_file(n, with_external)
+    local lines = { "email,first name,last name,manager email"
+      .. (with_external and ",external id" or "") }
+    for i = 1, n do
+      lines[#lines + 1] = string.format("b%d@example.com,F%d,L%d,%s%s", i, i, i,
+        i > 100 and ("b" .. (i // 10) .. "@example.com") or "",
+        with_external and (",E" .. i) or "")
+    end
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(table.concat(lines, "\n"), "\n")
+    f:close()
+    return path
+  end
+  local agent = require "support.agent"
+
+  it("create --bulk of 1,000 people with 900 managers: few requests, every manager set", function()
+    local s = server.start{ bulk = { max_operations = 1000, max_payload = 4194304 } }
+    local file = people_file(1000)
+    local code, _, err = agent.main({ "create", file, "--bulk" }, agent.vars(s))
+    local st = s:stats()
+    assert.equal(0, code, err)
+    assert.matches("created%s+1000", err)
+    assert.truthy(st.total <= 12, "requests: " .. st.total)
+    local by_name, managed = {}, 0
+    for _, u in ipairs(s:users()) do by_name[u.userName] = u end
+    assert.equal(1000, #s:users())
+    for i = 101, 1000 do
+      local u = by_name["b" .. i .. "@example.com"]
+      local m = u["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"].manager
+      local boss = by_name["b" .. (i // 10) .. "@example.com"]
+      if m and m.value == boss.id then managed = managed + 1 end
+    end
+    assert.equal(900, managed)
+    -- again: everything exists, nothing is written
+    s:reset_stats()
+    code, _, err = agent.main({ "create", file, "--bulk" }, agent.vars(s))
+    assert.equal(0, code, err)
+    assert.equal(0, agent.writes(s:stats()))
+    s:stop()
+    os.remove(file)
+  end)
+
+  it("--dialect entra uploads BulkRequests of at most 50 to the bulkUpload URL", function()
+    local s = server.start{ mode = "entra" }
+    local file = people_file(120, true)
+    local code, out, err = agent.main({ "sync", file, "--dialect", "entra", "--url",
+      s.bulk_upload_url }, agent.vars(s, { SCIM_URL = s.bulk_upload_url }))
+    assert.equal(0, code, err .. out)
+    assert.matches("uploaded%s+120", err)
+    local st = s:stats()
+    assert.equal(3, st.by_route["POST /bulkUpload"])
+    assert.equal(120, #s:users())
+    s:stop()
+    os.remove(file)
+  end)
+end)

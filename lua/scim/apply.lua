@@ -203,6 +203,160 @@ function Run:remove(e)
   return self:fail(e, err, note and status and status >= 400 and status < 500 and note or nil)
 end
 
+-- {======================================================= Bulk
+
+-- Whether writes go through SCIM Bulk: asked for and offered by the server (or declared by
+-- the dialect). Otherwise a warning, and single requests.
+function Run:use_bulk(wanted)
+  local client = self.plan.client
+  if client.dialect.writes_only then return true end
+  if not wanted then return false end
+  if type(client.dialect.bulk) == "table" then return true end
+  local ok, caps = pcall(client.capabilities, client)
+  if ok and type(caps) == "table" and caps.bulk and caps.bulk.supported then return true end
+  if self.on_warning then
+    self.on_warning("bulk: the server does not offer SCIM Bulk; sending single requests")
+  end
+  return false
+end
+
+-- Sends `ops` (one per row of `rows`) through client:bulk and hands each result to
+-- `done(e, result)`. A failure of the whole call fails every row.
+function Run:bulk_send(name, rows, ops, done, failed)
+  if #ops == 0 or self.stopped then return end
+  if self.on_phase then self.on_phase(name, #ops) end
+  local results, err = self.plan.client:bulk(ops)
+  for i, e in ipairs(rows) do
+    local r = results and results[i] or { error = err, code = type(err) == "table" and err.code }
+    if r.ok then done(e, r)
+    elseif not (failed and failed(e, r)) then self:fail(e, r.error or err) end
+    if self.on_step then self.on_step() end
+  end
+end
+
+-- New accounts in one stream of Bulk POSTs, managers first: a manager created in the same
+-- upload is referenced as "bulkId:r<row>" (the server, or the client across requests,
+-- resolves it); cycles are linked afterwards.
+function Run:bulk_creates(creates)
+  local p, m = self.plan, self.plan.mapping
+  local writes_only = p.client.dialect.writes_only
+  table.sort(creates, function(a, b)
+    local la, lb = p.level[a.index] or 0, p.level[b.index] or 0
+    if la ~= lb then return la < lb end
+    return a.index < b.index
+  end)
+  local ops = {}
+  for k, e in ipairs(creates) do
+    local resource = p:resource(e.index, p.input.create_job)
+    local deferred = p.deferred[e.index]
+    for name, ref in pairs(p.input.refs[e.index] or {}) do
+      if not (deferred and deferred[name]) then
+        local id = p.directory:id(ref)
+        local t = p.input.by_key[m:key_id(ref)]
+        if writes_only then
+          id = ref  -- the service matches managers by the key it was given
+        elseif not id and t and p.act[t] == "create" then
+          id = "bulkId:r" .. t
+        end
+        if id then m:set_reference(resource, name, id) end
+      end
+    end
+    ops[k] = { method = "POST", resource = "Users", bulk_id = "r" .. e.index, data = resource }
+  end
+  self:bulk_send(writes_only and "upload" or "create", creates, ops, function(e, r)
+    if writes_only then
+      return self:outcome(e, "uploaded", { status = r.status or 202 })
+    end
+    local id = idstr(r.id)
+    e.id = id
+    if id then p.directory:set(e.key, id) end
+    if p.deferred[e.index] then
+      e.created = { id = r.id }
+      self.links[#self.links + 1] = e
+      return
+    end
+    self:outcome(e, "created", { status = r.status or 201, id = id })
+  end, function(e, r)
+    if r.code ~= "UNIQUENESS" then return false end
+    self.taken[#self.taken + 1] = e
+    return true
+  end)
+end
+
+-- A create the server answered 409: the account exists (a race); look it up and treat it
+-- as an existing one.
+function Run:resolve(e)
+  local p = self.plan
+  local cur, ferr = p.directory:lookup(e.key)
+  if not cur then
+    return self:fail(e, cur == false and "the server says it exists but no account has this "
+      .. "key (409)" or ferr)
+  end
+  e.current, e.id = cur, idstr(cur.id)
+  p.directory:set(e.key, e.id)
+  self.conflicts[#self.conflicts + 1] = e
+end
+
+-- Updates (and links) as Bulk PATCH or PUT operations.
+function Run:bulk_updates(updates)
+  local p = self.plan
+  local put = p.directory:use_put()
+  local rows, ops, changes_of = {}, {}, {}
+  for _, e in ipairs(updates) do
+    local current, desired = e.created or e.current
+    if e.created then
+      desired = {}
+      self:set_refs(e, desired)
+    else
+      desired = p:desired(e.index, false)
+    end
+    local patch, changes = p.mapping:diff(current, desired)
+    if not patch or #patch == 0 then
+      if e.created then self:outcome(e, "created", { status = 201, id = e.id })
+      else self:update(e) end  -- nothing to send: reported as a single update would be
+    else
+      rows[#rows + 1] = e
+      changes_of[e] = p:readable(changes, p.input.refs[e.index])
+      ops[#ops + 1] = put and { method = "PUT", resource = "Users", id = idstr(current.id),
+          data = p.mapping:merge(current, desired) }
+        or { method = "PATCH", resource = "Users", id = idstr(current.id), data = patch }
+    end
+  end
+  local existing_only = p.job == "create" and not p.upsert
+  self:bulk_send("update", rows, ops, function(e, r)
+    local action = e.created and "created" or existing_only and "exists" or "updated"
+    self:outcome(e, action, { status = e.created and 201 or existing_only and 409
+      or r.status or 200, id = e.id, diff = changes_of[e] })
+  end)
+end
+
+-- Removals as Bulk DELETE or PATCH operations.
+function Run:bulk_removals(removals)
+  local p = self.plan
+  local put = p.directory:use_put()
+  local ops = {}
+  for k, e in ipairs(removals) do
+    local id = idstr(e.current.id)
+    if e.action == "deactivate" then
+      ops[k] = put and { method = "PUT", resource = "Users", id = id,
+          data = p.mapping:merge(e.current, { active = false }) }
+        or { method = "PATCH", resource = "Users", id = id,
+          data = { { op = "replace", path = "active", value = false } } }
+    else
+      ops[k] = { method = "DELETE", resource = "Users", id = id }
+    end
+  end
+  self:bulk_send("remove", removals, ops, function(e, r)
+    local id = idstr(e.current.id)
+    if e.action == "deactivate" then
+      return self:outcome(e, "deactivated", { id = id, status = r.status or 200, diff = e.diff })
+    end
+    self:outcome(e, "deleted", { id = id, status = r.status or 204 })
+  end)
+end
+
+-- }=======================================================
+
 -- Reports what needs no request: rows the plan already settled.
 local SETTLED = { unchanged = true, exists = true, not_found = true, failed = true }
 
@@ -211,7 +365,9 @@ local SETTLED = { unchanged = true, exists = true, not_found = true, failed = tr
 -- @tparam[opt] table opts `concurrency` (default 8), `on_result(r)` (each row's outcome: `r.key`,
 --   `r.line`, `r.action` — created, updated, unchanged, exists, deleted, deactivated,
 --   not_found, failed, skipped —, `r.status`, `r.id`, `r.error`, `r.diff`, `r.change`),
---   `on_phase(name, n)`, `on_step()`, `on_interrupt()`, `stop()` (true: start no more rows)
+--   `on_phase(name, n)`, `on_step()`, `on_interrupt()`, `stop()` (true: start no more rows),
+--   `bulk` (send the writes through SCIM Bulk when the server offers it; else a warning
+--   through `on_warning(msg)` and single requests; always for a writes-only dialect)
 -- @treturn table `{ done=, failed=, counts=, stopped= }`: `stopped` is nil when every row
 --   ran, else "interrupted", "AUTH" (the token was refused; `stop_error` says how),
 --   "THROTTLED" (the server asked to wait past the deadline) or "stopped" (by `stop()`)
@@ -224,8 +380,9 @@ function apply.run(p, opts)
     on_phase = opts.on_phase, on_step = opts.on_step, on_interrupt = opts.on_interrupt,
     user_stop = opts.stop,
     result = { done = 0, failed = 0, counts = {} },
-    links = {}, conflicts = {},
+    links = {}, conflicts = {}, taken = {}, on_warning = opts.on_warning,
   }, Run)
+  local bulk = self:use_bulk(opts.bulk)
   local creates, updates, removals = {}, {}, {}
   for i = 1, p.n do
     local a = p.act[i]
@@ -235,7 +392,7 @@ function apply.run(p, opts)
     else
       local e = p:change(i)
       e.current = p.current[i]
-      if a == "create" then creates[#creates + 1] = e
+      if a == "create" or a == "upload" then creates[#creates + 1] = e
       elseif a == "update" then updates[#updates + 1] = e
       else removals[#removals + 1] = e end
     end
@@ -249,11 +406,22 @@ function apply.run(p, opts)
     levels[l] = levels[l] or {}
     table.insert(levels[l], e)
   end
-  for l = 1, #levels do self:phase("create", levels[l] or {}) end
+  if bulk then
+    self:bulk_creates(creates)
+    -- A 409 inside a Bulk answer is looked up and compared one at a time (rare: a race).
+    self:phase("resolve", self.taken)
+  else
+    for l = 1, #levels do self:phase("create", levels[l] or {}) end
+  end
   for _, e in ipairs(self.conflicts) do updates[#updates + 1] = e end
   for _, e in ipairs(self.links) do updates[#updates + 1] = e end
-  self:phase("update", updates)
-  self:phase("remove", removals)
+  if bulk then
+    self:bulk_updates(updates)
+    self:bulk_removals(removals)
+  else
+    self:phase("update", updates)
+    self:phase("remove", removals)
+  end
   local why = self.stopped == "AUTH" and "the server refused the token"
     or self.stopped == "THROTTLED" and ("the server asked to wait: " .. tostring(self.stop_error))
     or self.stopped or "not done"

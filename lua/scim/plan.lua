@@ -136,6 +136,32 @@ function plan.new(opts)
     on_phase = opts.on_phase, on_step = opts.on_step }
   self.directory = dir
 
+  if client.dialect.writes_only then
+    -- Entra's inbound provisioning: no directory to read; every row is an upload the
+    -- service matches itself (by externalId), so each needs one.
+    if job ~= "create" and job ~= "update" and job ~= "sync" or opts.removals then
+      return err_mod.fail(string.format("the %s dialect only takes uploads: create, update or "
+        .. "sync without removals", client.dialect.name), "USAGE")
+    end
+    local problems = {}
+    for i = 1, inp.n do
+      local res = self:resource(i, inp.create_job)
+      if not res.externalId then
+        problems[#problems + 1] = string.format("%s:%s: no externalId (the %s dialect "
+          .. "matches people by it)", inp.source, tostring(inp.lines[i]), client.dialect.name)
+      end
+      self.act[i] = "upload"
+    end
+    if #problems > 0 then
+      return err_mod.fail(string.format("%s: %d problem%s; nothing was sent", inp.source,
+        #problems, #problems == 1 and "" or "s"), "INVALID",
+        { problems = problems, total = #problems })
+    end
+    self.strategy, self.total, self.n_absent = "upload", 0, 0
+    self.counts = { upload = inp.n }
+    return self
+  end
+
   local total, serr, scode = dir:size()
   if not total then
     if err_mod.is_interrupt(serr) then

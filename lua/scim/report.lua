@@ -13,12 +13,13 @@ report.COLUMNS = { "line", "key", "action", "http_status", "scim_id", "error" }
 --- Every action a row can end with, in the summary's order. Dry runs use the planned verbs
 -- (create, update, delete, deactivate) instead of the past tense.
 report.ACTIONS = {
-  "create", "update", "delete", "deactivate",
-  "created", "updated", "unchanged", "exists", "deleted", "deactivated", "not_found",
+  "create", "update", "delete", "deactivate", "upload",
+  "created", "updated", "uploaded", "unchanged", "exists", "deleted", "deactivated", "not_found",
   "failed", "skipped", "exported",
 }
 
-local PLAN_VERBS = { create = true, update = true, delete = true, deactivate = true }
+local PLAN_VERBS = { create = true, update = true, delete = true, deactivate = true,
+  upload = true }
 
 local Report = {}
 Report.__index = Report

@@ -67,7 +67,9 @@ function Ctx:connect()
   end
   local ok, client, cerr = pcall(require("scim.client").new, {
     url = opts.url, token = token, dialect = opts.dialect, concurrency = opts.concurrency,
-    rate = opts.rate, timeout = opts.timeout, retries = opts.retries, ca_file = opts.ca_file,
+    -- A dialect may know its provider's published ceiling (entra: 40 requests/s).
+    rate = opts.rate or require("scim.dialects").load(opts.dialect).default_rate,
+    timeout = opts.timeout, retries = opts.retries, ca_file = opts.ca_file,
     insecure = opts.insecure, allow_http = opts.allow_http, trace = trace,
   })
   token = nil -- luacheck: ignore 311

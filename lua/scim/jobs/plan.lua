@@ -9,7 +9,7 @@ local job = {}
 
 -- The verbs a dry run prints for each planned action.
 local DRY = { create = "create", update = "update", delete = "delete",
-  deactivate = "deactivate" }
+  deactivate = "deactivate", upload = "upload" }
 
 -- Whether the person at the terminal agrees to remove `n` accounts. Without a terminal
 -- (cron, a pipe) nobody can answer: only --yes removes.
@@ -102,7 +102,8 @@ function job.run(ctx)
   end
 
   local result = p:apply{
-    concurrency = opts.concurrency or 8,
+    concurrency = opts.concurrency or 8, bulk = opts.bulk,
+    on_warning = function(msg) rep:warn(msg) end,
     on_phase = function(phase, n) rep:phase(phase, n) end,
     on_step = function() rep:step() end,
     on_interrupt = function()
