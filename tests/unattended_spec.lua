@@ -66,3 +66,105 @@ describe("tokens that renew themselves", function()
     os.remove(out_file)
   end)
 end)
+
+describe("scheduled runs", function()
+  local s
+  setup(function() s = server.start{} end)
+  teardown(function() s:stop() end)
+
+  it("a second run against the same URL exits 3 while the first holds the lock", function()
+    local file = people_file(3)
+    local lockfile = os.tmpname()
+    local sys = require("scim.core").sys
+    local held = assert(sys.lock(lockfile))   -- as a running agent would hold it
+    local code, _, err = agent.spawn({ "create", file, "--lock", lockfile }, agent.vars(s))
+    assert.equal(3, code, err)
+    assert.truthy(err:find("another run holds this lock", 1, true), err)
+    assert.equal(0, #s:users())
+    held:release()
+    code, _, err = agent.spawn({ "create", file, "--lock", lockfile }, agent.vars(s))
+    assert.equal(0, code, err)
+    os.remove(lockfile)
+    os.remove(file)
+  end)
+
+  it("warns about a token file other users can read", function()
+    local tf = agent.tmpfile(s.token .. "\n")
+    os.execute("chmod 644 " .. tf)
+    local file = people_file(1)
+    local _, _, err = agent.spawn({ "create", file, "--token-file", tf, "--url", s.url }, {})
+    assert.truthy(err:find("can be read by other users", 1, true), err)
+    os.remove(tf)
+    os.remove(file)
+  end)
+
+  it("SIGTERM mid-run stops like Ctrl-C: a report, exit 1, no temporary file", function()
+    s:reset()
+    s:configure{ latency_ms = 50 }
+    local file = people_file(400)
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir -p " .. dir)
+    local report = dir .. "/report.csv"
+    local job = agent.start({ "create", file, "--report", report, "--concurrency", "2" },
+      agent.vars(s))
+    -- wait until some accounts exist, then TERM it
+    for _ = 1, 100 do
+      if #s:users() >= 5 then break end
+      os.execute("sleep 0.1")
+    end
+    os.execute("kill -TERM " .. job.pid)
+    local code = agent.wait(job, 30)
+    local _, err = agent.collect(job)
+    s:configure{ latency_ms = 0 }
+    assert.equal(1, code, err)
+    local rows = agent.read_csv(report)
+    assert.equal(400, #rows)
+    local skipped = 0
+    for _, r in ipairs(rows) do if r.action == "skipped" then skipped = skipped + 1 end end
+    assert.truthy(skipped > 0)
+    local p = io.popen("ls -a " .. dir)
+    local listing = p:read("a")
+    p:close()
+    assert.is_nil(listing:find("tmp", 1, true), listing)
+    os.execute("rm -rf " .. dir)
+    os.remove(file)
+  end)
+end)
+
+describe("real-world HR files", function()
+  local s
+  setup(function() s = server.start{} end)
+  teardown(function() s:stop() end)
+
+  it("a Windows-1252 file with --encoding cp1252 creates Müller as Müller", function()
+    s:reset()
+    -- "Müller" and "Zoë" in Windows-1252: ü = 0xFC, ë = 0xEB
+    local file = agent.tmpfile("email;first name;last name\r\n"
+      .. "j.mueller@example.com;J\xFCrgen;M\xFCller\r\nz@example.com;Zo\xEB;Lef\xE8vre\r\n", ".csv")
+    local code, _, err = agent.main({ "create", file }, agent.vars(s))
+    assert.equal(2, code, err)          -- not UTF-8: refused, nothing sent
+    assert.equal(0, #s:users())
+    code, _, err = agent.main({ "create", file, "--encoding", "cp1252" }, agent.vars(s))
+    assert.equal(0, code, err)
+    local names = {}
+    for _, u in ipairs(s:users()) do names[u.userName] = u.name end
+    assert.equal("Müller", names["j.mueller@example.com"].familyName)
+    assert.equal("Jürgen", names["j.mueller@example.com"].givenName)
+    assert.equal("Zoë", names["z@example.com"].givenName)
+    os.remove(file)
+  end)
+
+  it("a UTF-16 file with a byte-order mark is read without being told", function()
+    s:reset()
+    local text = "email,first name,last name\nu16@example.com,Ünal,Öz\n"
+    local path = os.tmpname() .. ".csv"
+    local conv = assert(io.popen("iconv -f utf-8 -t utf-16 > " .. agent.shell_quote(path), "w"))
+    conv:write(text)
+    conv:close()
+    local code, _, err = agent.main({ "create", path }, agent.vars(s))
+    assert.equal(0, code, err)
+    assert.equal("Ünal", s:users()[1].name.givenName)
+    os.remove(path)
+  end)
+end)

@@ -210,6 +210,13 @@ end
 --   `stderr` (file-like), `getenv(name)`, `isatty(fd)`
 -- @treturn integer the process exit code (0, 1, 2 or 3)
 function cli.main(argv, env)
+  if env == nil then
+    -- The real process: SIGTERM and SIGHUP (systemd, cron timeouts, containers) stop a run as
+    -- Ctrl-C does, and a core dump must not carry the token.
+    local sys = require("scim.core").sys
+    sys.catch_signals()
+    sys.no_core_dumps()
+  end
   env = env or default_env()
   local function fail(msg, code)
     env.stderr:write("scim-agent: ", msg, "\n")
@@ -244,6 +251,16 @@ function cli.main(argv, env)
   end
   merged.dialect = merged.dialect or "scim2"
   merged.log_format = merged.log_format or "text"
+
+  -- Secrets in files others can read are secrets no longer.
+  for _, key in ipairs{ "token_file", "client_secret_file" } do
+    local path = opts[key] or cfg[key]
+    local mode = path and require("scim.core").sys.file_mode(path)
+    if mode and mode & 0x3F ~= 0 then
+      env.stderr:write(string.format("scim-agent: warning: %s can be read by other users "
+        .. "(mode %03o); chmod 600 it\n", path, mode))
+    end
+  end
 
   if opts.token then
     env.stderr:write("scim-agent: warning: a token given as an argument is visible to other ",

@@ -29,7 +29,7 @@ Report.__name = "scim.report"
 local tty_cache = {}
 function report.isatty(fd)
   if tty_cache[fd] == nil then
-    tty_cache[fd] = os.execute("test -t " .. math.tointeger(fd)) == true
+    tty_cache[fd] = require("scim.core").sys.isatty(math.tointeger(fd))
   end
   return tty_cache[fd]
 end

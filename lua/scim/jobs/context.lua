@@ -87,6 +87,39 @@ function Ctx:directory()
   return self.dir
 end
 
+-- FNV-1a of a string, as 8 hex digits: a stable file name for a URL.
+local function fnv1a(s)
+  local h = 2166136261
+  for i = 1, #s do h = ((h ~ s:byte(i)) * 16777619) & 0xffffffff end
+  return string.format("%08x", h)
+end
+
+--- Takes the run's lock, so two scheduled runs never work on the same accounts at once:
+-- `--lock FILE`, else beside the report, else one per URL in $TMPDIR. With `--lock-wait S`
+-- it waits up to S seconds for the other run; then (or at once) exit 3 with who holds it.
+function Ctx:lock()
+  local opts = self.opts
+  if opts.dry_run then return end
+  local sys = require("scim.core").sys
+  local path = opts.lock or (opts.report and opts.report .. ".lock")
+    or ((self.env.getenv("TMPDIR") or "/tmp") .. "/scim-agent-" .. fnv1a(opts.shown_url
+      or "") .. ".lock")
+  local deadline = require("scim.core").monotime() + (opts.lock_wait or 0)
+  while true do
+    local lock, err, code = sys.lock(path)
+    if lock then
+      self.held = lock
+      return
+    end
+    if code ~= "LOCKED" then self:abort(EXIT.USAGE, "cannot take the lock: " .. tostring(err)) end
+    if require("scim.core").monotime() >= deadline then
+      self:abort(EXIT.UNAVAILABLE, tostring(err) .. "; nothing was sent (--lock-wait S waits "
+        .. "for it)")
+    end
+    os.execute("sleep 1")
+  end
+end
+
 --- Opens the results CSV (once the input's columns are known: it copies them).
 function Ctx:open_report_file(columns)
   local path = self.opts.report
@@ -148,6 +181,7 @@ function Ctx:protect(fn)
     return debug.traceback(tostring(e), 2)
   end, self)
   if self.writer then pcall(self.writer.abort, self.writer) end
+  if self.held then self.held:release() end
   if not rok then
     self.report:abort()
     if self.client then pcall(self.client.close, self.client) end

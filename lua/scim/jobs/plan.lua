@@ -49,6 +49,7 @@ end
 function job.run(ctx)
   local opts, rep = ctx.opts, ctx.report
   local name = opts.command
+  ctx:lock()
   local p, err, code = scim_plan.new{
     client = nil, connect = function() return ctx:connect() end,
     rows = opts.file, mapping = ctx.mapping, job = name, upsert = opts.upsert,
