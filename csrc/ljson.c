@@ -67,8 +67,18 @@ static size_t utf8_first_bad(const char *s, size_t n) {
 ** =======================================================================
 */
 
-/* Per byte: 0 copied as is, 1 escaped, 2 the start of a multi-byte sequence. */
-static unsigned char enc_class[256];
+/* Per byte: 0 copied as is, 1 escaped (controls, '"', '\\', DEL), 2 the start of a
+   multi-byte sequence (checked as UTF-8). */
+static const unsigned char enc_class[256] = {
+  1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,
+  0,0,1,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+  0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,1,0,0,0,
+  0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,1,
+  2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,
+  2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,
+  2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,
+  2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,
+};
 
 typedef struct Enc {
   lua_State *L;
@@ -841,10 +851,6 @@ static int json_decode(lua_State *L) {
 /* }====================================================================== */
 
 void scim_open_json(lua_State *L) {
-  int c;
-  for (c = 0; c < 256; c++)
-    enc_class[c] = (unsigned char)(c < 0x20 || c == '"' || c == '\\' || c == 0x7F ? 1
-                                   : c >= 0x80 ? 2 : 0);
   luaL_newmetatable(L, ARRAY_T);  /* sets __name */
   lua_newtable(L);                /* the marker set */
   lua_pushvalue(L, -2);
