@@ -14,7 +14,8 @@ WARN = -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -pedantic -Wshadow \
        -Wstrict-prototypes -Wc++-compat
 ALL_CFLAGS = $(WARN) $(CFLAGS) -fPIC -fvisibility=hidden -I$(LUA_INCDIR) -I$(CURL_INCDIR)
 
-SRCS = csrc/lscim.c csrc/csv.c csrc/lcsv.c csrc/lhttp.c csrc/ljson.c csrc/lsys.c
+SRCS = csrc/lscim.c csrc/csv.c csrc/lcsv.c csrc/lhttp.c csrc/ljson.c csrc/ljsondec.c \
+       csrc/lsys.c
 HDRS = $(wildcard csrc/*.h)
 CORE = build/scim/core.so
 

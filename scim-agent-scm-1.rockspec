@@ -28,7 +28,7 @@ build = {
   modules = {
     ["scim.core"] = {
       sources = { "csrc/lscim.c", "csrc/csv.c", "csrc/lcsv.c", "csrc/lhttp.c", "csrc/ljson.c",
-        "csrc/lsys.c" },
+        "csrc/ljsondec.c", "csrc/lsys.c" },
       libraries = { "curl" },
       incdirs = { "$(CURL_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)" },

@@ -56,7 +56,7 @@ function json.is_array(v)
 end
 
 -- {====================================================================
--- Encoding and decoding (csrc/ljson.c)
+-- Encoding and decoding (csrc/ljson.c, csrc/ljsondec.c)
 -- =====================================================================
 
 -- RFC 7643/7644 multi-valued attributes and message fields under which an unmarked empty
