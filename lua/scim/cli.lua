@@ -294,7 +294,7 @@ end
 
 --- A URL as it may be printed: any user:password part replaced.
 function cli.safe_url(url)
-  return (tostring(url):gsub("^(%a[%w+.-]*://)[^/@]*@", "%1[redacted]@"))
+  return require("scim.http").scrub(tostring(url), {})
 end
 
 -- The CLI job of each command: the planned jobs share one adapter.

@@ -79,11 +79,8 @@ client.codes = {
   "UNSUPPORTED", "BULK_REF", "NO_RESULT",
 }
 
-local Error = {}
-Error.__name = "scim.error"
-Error.__index = Error
-function Error.__tostring(e) return e.message end
-function Error.__concat(a, b) return tostring(a) .. tostring(b) end
+-- The library's one error type (scim.error).
+local Error = require("scim.error").Error
 
 --- Is `v` an error object made by this module?
 -- @param v any value
@@ -92,20 +89,11 @@ function client.is_error(v)
   return getmetatable(v) == Error
 end
 
--- Credentials in a URL ("https://user:pass@host/") never reach a message. The userinfo
--- runs to the last "@" before the path, so a password holding "@" goes whole.
+-- Redaction has one home, scim.http's scrub: secrets and URL credentials never reach a
+-- message.
+local scrub = require("scim.http").scrub
 local function safe_url(url)
-  return (url:gsub("^(%a[%w+.-]*://)[^/?#]*@", "%1***@"))
-end
-
--- Plain-text replace: a secret is data, not a pattern.
-local function blank(s, secret)
-  local i, j = s:find(secret, 1, true)
-  while i do
-    s = s:sub(1, i - 1) .. "***" .. s:sub(j + 1)
-    i, j = s:find(secret, i + 3, true)
-  end
-  return s
+  return scrub(url, {})
 end
 
 -- An error object whose message and detail hold none of `hidden` (the tokens this client
@@ -116,10 +104,11 @@ local function new_error(fields, hidden)
   for _, k in ipairs({ "message", "detail" }) do
     local s = e[k]
     if type(s) == "string" then
+      local long = {}
       for _, secret in ipairs(hidden or {}) do
-        if #secret >= 4 then s = blank(s, secret) end
+        if #secret >= 4 then long[#long + 1] = secret end
       end
-      e[k] = s:gsub("(%a[%w+.-]*://)[^/?#%s]*@", "%1***@")
+      e[k] = scrub(s, long)
     end
   end
   return e

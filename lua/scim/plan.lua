@@ -167,8 +167,7 @@ function plan.new(opts)
     if err_mod.is_interrupt(serr) then
       return err_mod.fail("interrupted; nothing was changed", "INTERRUPTED")
     end
-    local shown = tostring(client.url or "the server"):gsub("^(%a[%w+.-]*://)[^/@]*@",
-      "%1[redacted]@")
+    local shown = require("scim.http").scrub(tostring(client.url or "the server"), {})
     return err_mod.fail(string.format("cannot work with %s: %s", shown, tostring(serr)),
       scode or "UNAVAILABLE",
       { cause = serr })
