@@ -50,6 +50,7 @@ build = {
     ["scim.runner"] = "lua/scim/runner.lua",
     ["scim.plan"] = "lua/scim/plan.lua",
     ["scim.apply"] = "lua/scim/apply.lua",
+    ["scim.groups"] = "lua/scim/groups.lua",
     ["scim.jobs.context"] = "lua/scim/jobs/context.lua",
     ["scim.jobs.plan"] = "lua/scim/jobs/plan.lua",
     ["scim.jobs.export"] = "lua/scim/jobs/export.lua",
