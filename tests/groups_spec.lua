@@ -8,7 +8,8 @@ local fake_groups = require "support.fake_groups"
 local function rows(list)
   local out = {}
   for i, r in ipairs(list) do
-    out[i] = { group = r[1], member = r[2] or "", ["group external id"] = r[3] or "", _line = i + 1 }
+    out[i] = { group = r[1], member = r[2] or "", ["group external id"] = r[3] or "",
+      _line = i + 1 }
   end
   return out
 end
@@ -276,5 +277,34 @@ describe("scim.plan{ job = \"groups\" }", function()
       on_result = function(r) got = r end }
     assert.equal(1, result.failed)
     assert.matches("failed after 4 of 9 operations %(run again to finish%)", tostring(got.error))
+  end)
+end)
+
+describe("scim-agent groups (no server needed)", function()
+  local agent = require "support.agent"
+
+  it("refuses a bad file with exit 2 before asking for a token", function()
+    local f = agent.tmpfile("group,member\nSales,a@example.com\n,b@example.com\n"
+      .. "Sales,a@example.com\n", ".csv")
+    local code, _, err = agent.main({ "groups", f, "--url", "http://127.0.0.1:9/scim/v2/" }, {})
+    os.remove(f)
+    assert.equal(2, code)
+    assert.matches(f .. ":3: the group is empty", err, 1, true)
+    assert.matches(f .. ":4: member 'a@example.com' of group 'Sales' already on line 2", err, 1,
+      true)
+    assert.not_matches("token", err)
+  end)
+
+  it("says a dialect without Groups has none: exit 2, nothing sent", function()
+    local f = agent.tmpfile("group,member\nSales,\n", ".csv")
+    for _, cmd in ipairs{ { "groups", f }, { "export-groups", f .. ".out" } } do
+      table.move({ "--dialect", "workplace_v1", "--url", "http://127.0.0.1:9/scim/v1/" }, 1, 4,
+        #cmd + 1, cmd)
+      local code, _, err = agent.main(cmd, { SCIM_TOKEN = "t" })
+      assert.equal(2, code, err)
+      assert.matches("workplace_v1 dialect has no Groups", err, 1, true)
+    end
+    assert.is_nil(io.open(f .. ".out"))
+    os.remove(f)
   end)
 end)

@@ -132,7 +132,9 @@ function groups.read(opts)
   local function take(row, line)
     if not cols then
       local names = {}
-      for k in pairs(row) do if type(k) == "string" and k ~= "_line" then names[#names + 1] = k end end
+      for k in pairs(row) do
+        if type(k) == "string" and k ~= "_line" then names[#names + 1] = k end
+      end
       table.sort(names)
       start(names)
     end
@@ -218,13 +220,9 @@ end
 --   key -> id }, user_keys = { id -> key } }`
 -- @treturn[2] nil, scim.error, code (UNSUPPORTED, UNAUTHORIZED, ..., INTERRUPTED)
 function groups.learn(client, m)
-  local caps = {}
-  local okc, c = pcall(client.capabilities, client)
-  if okc and type(c) == "table" then caps = c end
-  local page = math.max(1, math.tointeger(tonumber(caps.max_page_size)) or 100)
   local list, by_name, by_id = {}, {}, {}
   local ok, err, code = listing("groups", function()
-    for g in client:groups{ members = true, count = page } do
+    for g in client:groups{ members = true } do
       local id = idstr(g.id)
       local name = type(g.displayName) == "string" and g.displayName or ("(id " .. id .. ")")
       local rec = { id = id, name = name, external_id = g.externalId, members = {} }
@@ -243,7 +241,7 @@ function groups.learn(client, m)
   local attr = m.key_attribute
   local user_ids, user_keys = {}, {}
   ok, err, code = listing("users", function()
-    for u in client:users{ count = page, attributes = { attr } } do
+    for u in client:users{ attributes = { attr } } do
       local key = u[attr]
       if type(key) == "string" then
         local id = idstr(u.id)
@@ -280,7 +278,9 @@ local function check_options(o)
     if not ok then error("scim.plan: " .. why, 3) end
   end
   for _, k in ipairs{ "removals", "upsert", "where", "limit" } do
-    if o[k] ~= nil then error("scim.plan: '" .. k .. "' is not an option of job = \"groups\"", 3) end
+    if o[k] ~= nil then
+      error("scim.plan: '" .. k .. "' is not an option of job = \"groups\"", 3)
+    end
   end
 end
 
@@ -303,7 +303,7 @@ end
 --- Makes the plan of a groups file (called by `scim.plan{ job = "groups", ... }`).
 -- @tparam table opts `client` (or `connect()`, called once the file is valid), `rows`,
 --   `mapping` (its key attribute says what a member value means; default userName),
---   `delete_missing_groups`, `max_removals` ("10%" default, or a count), 
+--   `delete_missing_groups`, `max_removals` ("10%" default, or a count),
 --   `ignore_missing_members` (warn instead of refusing), `csv`, `on_warning(msg)`,
 --   `on_phase(name, n)`, `on_step()`
 -- @treturn scim.groups.plan
@@ -341,6 +341,22 @@ function groups.new(opts)
   local ok, err, code = self:decide(opts, warn)
   if not ok then return nil, err, code end
   return self
+end
+
+-- Puts a change's member lists in a stable order (by key), the values with them.
+local function sort_members(c)
+  local function by_key(keys, values)
+    local idx = {}
+    for i = 1, #keys do idx[i] = i end
+    table.sort(idx, function(a, b) return keys[a]:lower() < keys[b]:lower() end)
+    local k2, v2 = {}, {}
+    for i, j in ipairs(idx) do k2[i], v2[i] = keys[j], values[j] end
+    return k2, v2
+  end
+  c.adds, c.add_values = by_key(c.adds, c.add_values)
+  c.removes, c.remove_ids = by_key(c.removes, c.remove_ids)
+  -- Nested groups this plan creates have no id yet: they are added after the creates.
+  for _, nm in ipairs(c.later) do c.adds[#c.adds + 1] = groups.GROUP_PREFIX .. nm end
 end
 
 -- Resolves the file's members to ids and compares every group; then the groups absent from
@@ -414,7 +430,7 @@ function Plan:decide(opts, warn)
       c.action = (#c.adds > 0 or #c.later > 0 or #c.removes > 0 or c.external_id) and "update"
         or "unchanged"
     end
-    self:sort_members(c)
+    sort_members(c)
   end
   if total > 0 then
     return err_mod.fail(string.format("%s: %d member%s not found on the server; nothing was sent "
@@ -455,22 +471,6 @@ function Plan:decide(opts, warn)
     end
   end
   return true
-end
-
--- Puts a change's member lists in a stable order (by key), the values with them.
-function Plan:sort_members(c)
-  local function by_key(keys, values)
-    local idx = {}
-    for i = 1, #keys do idx[i] = i end
-    table.sort(idx, function(a, b) return keys[a]:lower() < keys[b]:lower() end)
-    local k2, v2 = {}, {}
-    for i, j in ipairs(idx) do k2[i], v2[i] = keys[j], values[j] end
-    return k2, v2
-  end
-  c.adds, c.add_values = by_key(c.adds, c.add_values)
-  c.removes, c.remove_ids = by_key(c.removes, c.remove_ids)
-  -- Nested groups this plan creates have no id yet: they are added after the creates.
-  for _, nm in ipairs(c.later) do c.adds[#c.adds + 1] = groups.GROUP_PREFIX .. nm end
 end
 
 -- The public view of a change.
