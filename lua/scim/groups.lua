@@ -555,8 +555,10 @@ end
 
 -- Learns a smaller PATCH limit from a provider's "too many" answer: the number it states
 -- ("at most N operations" / "values"), else half. Returns whether the limit went down.
-function Run:learn_limit(err)
+function Run:learn_limit(err, used)
   local limits = self.limits
+  -- Another group's request learned a smaller limit meanwhile: try again with it.
+  if limits.ops < used.ops or limits.values < used.values then return true end
   local msg = tostring(type(err) == "table" and (err.detail or err.message) or err)
   local n = math.tointeger(tonumber(msg:match("at most (%d+)") or ""))
   local which = msg:lower():find("values? per operation") and "values" or "ops"
@@ -597,14 +599,17 @@ end
 function Run:send(id, ops)
   local client, limits, applied = self.plan.client, self.limits, 0
   while true do
+    local used = { ops = limits.ops, values = limits.values }
     local okc, res, err = pcall(client.patch_group, client, id, ops,
-      { max_operations = limits.ops, max_values = limits.values })
+      { max_operations = used.ops, max_values = used.values })
     if not okc then return nil, res, applied end
     if res then return true end
     local code = type(err) == "table" and err.code
     local done = type(err) == "table" and err.applied or 0
     applied = applied + done
-    if code ~= "TOO_MANY" or not self:learn_limit(err) then return nil, err, applied end
+    if code ~= "TOO_MANY" or not self:learn_limit(err, used) then
+      return nil, err, applied
+    end
     -- What is left, split again to the new limit of values per operation.
     local rest = {}
     for j = done + 1, #ops do
@@ -710,9 +715,10 @@ function Run:phase(name, items, concurrency)
 end
 
 --- Applies the plan: creates (a POST each, with its members), then the changed groups (the
--- first alone, so a provider's limit of operations per PATCH is learned once, then the rest
--- concurrently), then the deletions. A refused token (401/403), a server asking to wait too
--- long, Ctrl-C or `stop()` start no new group; the groups not done are reported `skipped`.
+-- largest first and alone, so a provider's limit of operations per PATCH is learned once,
+-- then the rest concurrently), then the deletions. A refused token (401/403), a server
+-- asking to wait too long, Ctrl-C or `stop()` start no new group; the groups not done are
+-- reported `skipped`.
 -- @tparam[opt] table opts `concurrency` (default 8), `on_result(r)` (per group: `r.group`,
 --   `r.key`, `r.line`, `r.action` — created, updated, unchanged, deleted, not_found, failed,
 --   skipped —, `r.status`, `r.id`, `r.error`, `r.adds`, `r.removes`, `r.change`),
@@ -747,7 +753,18 @@ function Plan:apply(opts)
   run:phase("create", creates)
   -- Groups that got members a POST could not carry, and those whose nested groups are new.
   for _, c in ipairs(updates) do run.followups[#run.followups + 1] = c end
+  -- The largest change first, alone: if the provider caps operations per PATCH, it is the
+  -- one refused, and every other group is sent within the cap it states.
   local later = run.followups
+  local size = {}
+  for _, c in ipairs(later) do
+    size[c] = math.ceil((#(c.rest or c.add_values) + #c.later) / run.limits.values)
+      + #c.remove_ids + (c.external_id and 1 or 0)
+  end
+  table.sort(later, function(a, b)
+    if size[a] ~= size[b] then return size[a] > size[b] end
+    return a.group < b.group
+  end)
   run:phase("update", { later[1] }, 1)
   run:phase("update", table.move(later, 2, #later, 1, {}))
   run:phase("remove", removes)
