@@ -232,3 +232,27 @@ for _, setup_opts in ipairs{ { mode = "scim2", strict = true }, { mode = "minima
     end)
   end)
 end
+
+describe("examples/groups.csv", function()
+  it("applies after examples/create.csv, nested groups and an empty group included", function()
+    local s <close> = server.start{ mode = "minimal" }
+    local vars = agent.vars(s)
+    assert.equal(0, (agent.main({ "create", "examples/create.csv" }, vars)))
+    local code, out, err = agent.main({ "groups", "examples/groups.csv", "--dry-run" }, vars)
+    assert.equal(0, code, err)
+    assert.matches("plan: 6 to create", out, 1, true)
+    assert.matches("      + group:Leadership\n", out, 1, true)
+    code, _, err = agent.main({ "groups", "examples/groups.csv" }, vars)
+    assert.equal(0, code, err)
+    local by_name = {}
+    for _, g in ipairs(s:groups()) do by_name[g.displayName] = g end
+    assert.equal(4, #by_name.Everyone.members)
+    for _, m in ipairs(by_name.Everyone.members) do assert.equal("Group", m.type) end
+    assert.equal("grp-eng", by_name.Engineering.externalId)
+    assert.is_nil(by_name.Alumni.members)
+    s:reset_stats()
+    code, _, err = agent.main({ "groups", "examples/groups.csv" }, vars)
+    assert.equal(0, code, err)
+    assert.equal(0, agent.writes(s:stats{ requests = false }))
+  end)
+end)
