@@ -120,6 +120,20 @@ describe("scim.plan{ job = \"groups\" }", function()
     assert.same({ "a@example.com" }, c.adds)
   end)
 
+  it("names a CSV parse error with its file:line:column", function()
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write("group,member\nSales,a@example.com,extra\n,b@example.com\n")
+    f:close()
+    local p, err, code = scim.plan{ client = fake, job = "groups", rows = path }
+    os.remove(path)
+    assert.is_nil(p)
+    assert.equal("INVALID", code)
+    assert.equal(1, err.total)
+    assert.matches(path .. ":2:21: row has 3 fields, the header has 2", err.problems[1], 1, true)
+    assert.equal(0, fake.calls.total)
+  end)
+
   it("refuses members that are no users on the server, unless told to ignore them", function()
     local p, err, code = scim.plan{ client = fake, job = "groups", source = "g.csv", rows = rows{
       { "Sales", "a@example.com" }, { "Sales", "ghost@example.com" }, { "Ops", "group:Nope" } } }

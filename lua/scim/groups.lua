@@ -175,12 +175,16 @@ function groups.read(opts)
   end
   local last
   while true do
-    local row, line = source:read()
+    local row, line, code = source:read()
     if row == nil then
       if line == nil then break end
+      -- A parse error names file:line:col. After a row with the wrong number of fields the
+      -- reader goes on; after anything else (or the same error again) it can't.
       if line == last then break end
       last = line
-      problem(nil, (tostring(line):gsub("^" .. name:gsub("%p", "%%%0") .. ":%s*", "")))
+      total = total + 1
+      if #problems < MAX_PROBLEMS then problems[#problems + 1] = tostring(line) end
+      if code ~= "FIELD_COUNT" then break end
     else
       take(row, line)
     end
