@@ -238,11 +238,12 @@ describe("examples/groups.csv", function()
     local s <close> = server.start{ mode = "minimal" }
     local vars = agent.vars(s)
     assert.equal(0, (agent.main({ "create", "examples/create.csv" }, vars)))
-    local code, out, err = agent.main({ "groups", "examples/groups.csv", "--dry-run" }, vars)
+    local _, code, out, err
+    code, out, err = agent.main({ "groups", "examples/groups.csv", "--dry-run" }, vars)
     assert.equal(0, code, err)
     assert.matches("plan: 6 to create", out, 1, true)
     assert.matches("      + group:Leadership\n", out, 1, true)
-    code, out, err = agent.main({ "groups", "examples/groups.csv" }, vars)
+    code, _, err = agent.main({ "groups", "examples/groups.csv" }, vars)
     assert.equal(0, code, err)
     local by_name = {}
     for _, g in ipairs(s:groups()) do by_name[g.displayName] = g end
@@ -251,7 +252,7 @@ describe("examples/groups.csv", function()
     assert.equal("grp-eng", by_name.Engineering.externalId)
     assert.is_nil(by_name.Alumni.members)
     s:reset_stats()
-    code, out, err = agent.main({ "groups", "examples/groups.csv" }, vars)
+    code, _, err = agent.main({ "groups", "examples/groups.csv" }, vars)
     assert.equal(0, code, err)
     assert.equal(0, agent.writes(s:stats{ requests = false }))
   end)
