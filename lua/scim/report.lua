@@ -341,9 +341,14 @@ function Report:print_plan()
     out:write(string.format("  %-10s %s%s\n", p.action, report.safe(p.key),
       (p.line and p.line > 0) and ("  (line " .. p.line .. ")") or ""))
     for _, c in ipairs(p.changes or {}) do
-      -- The column the admin edits reads better than a long attribute path.
-      out:write(string.format("      %s: %s \u{2192} %s\n", report.safe(c.column or c.path),
-        show(c.old), show(c.new)))
+      if c.sign then
+        -- A member added (+) or removed (-): a groups plan.
+        out:write(string.format("      %s %s\n", c.sign, report.safe(c.new or c.old)))
+      else
+        -- The column the admin edits reads better than a long attribute path.
+        out:write(string.format("      %s: %s \u{2192} %s\n", report.safe(c.column or c.path),
+          show(c.old), show(c.new)))
+      end
     end
   end
   out:flush()

@@ -16,7 +16,8 @@ context.idstr = directory.idstr
 context.is_interrupt = err_mod.is_interrupt
 
 --- Library error codes that mean "nothing could be done at all" (exit 3).
-local USAGE_CODES = { INVALID = true, GUARD = true, USAGE = true, BAD_MAPPING = true }
+local USAGE_CODES = { INVALID = true, GUARD = true, USAGE = true, BAD_MAPPING = true,
+  UNSUPPORTED = true }
 
 --- The exit code for a failed plan.
 function context.exit_for(code)
@@ -161,7 +162,8 @@ end
 -- @tparam table m the mapping
 -- @treturn Ctx | nil, message
 function context.new(opts, env, m)
-  local to_stdout = opts.command == "export" and opts.file == "-"
+  local to_stdout = (opts.command == "export" or opts.command == "export-groups")
+    and opts.file == "-"
   local rep, rerr = report_mod.new{
     job = opts.command, quiet = opts.quiet, verbose = opts.verbose,
     log_format = opts.log_format, dry_run = opts.dry_run, stdout = env.stdout,

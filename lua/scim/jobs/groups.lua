@@ -1,0 +1,93 @@
+--- The CLI adapter of `groups`: options → `scim.plan{ job = "groups" }` → print → apply →
+-- report and exit code. The file is checked, and the server's groups and users listed,
+-- before any write; a dry run prints per group `+ member` and `- member`.
+-- @module scim.jobs.groups
+local scim_plan = require "scim.plan"
+local groups = require "scim.groups"
+local context = require "scim.jobs.context"
+local EXIT = context.EXIT
+
+local job = {}
+
+-- The results file's columns after the report's own: one row per group.
+local REPORT_COLUMNS = { "group", "members added", "members removed" }
+
+-- The verbs a dry run prints for each planned action.
+local DRY = { create = "create", update = "update", delete = "delete" }
+
+-- Prints why no plan could be made and ends the run: exit 2 for a bad file, the guard or a
+-- server without Groups (nothing was sent), else as the other jobs.
+local function refuse(ctx, err, code)
+  local rep = ctx.report
+  if code == "INVALID" then
+    for _, msg in ipairs(err.problems or {}) do rep:error(msg) end
+    if (err.total or 0) > #(err.problems or {}) then
+      rep:error(string.format("... and %d more problems", err.total - #err.problems))
+    end
+  elseif code == "GUARD" then
+    local names = err.removals or {}
+    rep:error(string.format("the %d group%s it would delete:", #names,
+      #names == 1 and "" or "s"))
+    for _, n in ipairs(names) do rep:error("  " .. rep.safe(n)) end
+  end
+  ctx:abort(code == "UNSUPPORTED" and EXIT.USAGE or context.exit_for(code), tostring(err))
+end
+
+-- One row of the results file for a group.
+local function report_row(c)
+  return { group = c.group, ["members added"] = tostring(#c.adds),
+    ["members removed"] = tostring(#c.removes) }
+end
+
+--- Runs the job.
+-- @tparam scim.jobs.context.Ctx ctx
+-- @treturn integer exit code
+function job.run(ctx)
+  local opts, rep = ctx.opts, ctx.report
+  local p, err, code = scim_plan.new{
+    job = "groups", connect = function() return ctx:connect() end,
+    rows = opts.file, mapping = ctx.mapping,
+    delete_missing_groups = opts.delete_missing_groups, max_removals = opts.max_removals,
+    ignore_missing_members = opts.ignore_missing_members,
+    csv = opts.encoding and { encoding = opts.encoding } or nil,
+    on_phase = function(phase, n) rep:phase(phase, n) end,
+    on_step = function() rep:step() end,
+    on_warning = function(msg) rep:warn(msg) end,
+  }
+  if not p then refuse(ctx, err, code) end
+  ctx:open_report_file(REPORT_COLUMNS)
+  rep:begin(#p.list)
+  if p.member_counts.add + p.member_counts.remove > 0 then
+    rep:info(string.format("%d membership%s to add, %d to remove", p.member_counts.add,
+      p.member_counts.add == 1 and "" or "s", p.member_counts.remove))
+  end
+
+  if opts.dry_run then
+    for c in p:changes() do
+      rep:outcome{ line = c.line, key = c.group, id = c.id, action = DRY[c.action] or c.action,
+        error = c.error and tostring(c.error) or nil, changes = groups.diff(c),
+        row = report_row(c) }
+    end
+    return ctx:finish()
+  end
+
+  local result = p:apply{
+    concurrency = opts.concurrency or 8,
+    on_phase = function(phase, n) rep:phase(phase, n) end,
+    on_step = function() rep:step() end,
+    on_interrupt = function()
+      rep:error("interrupted: finishing the requests in flight (Ctrl-C again to quit at once)")
+    end,
+    on_result = function(r)
+      local e = r.error
+      local done = r.action ~= "failed" and r.action ~= "skipped"
+      rep:outcome{ line = r.line, key = r.group, action = r.action, status = r.status, id = r.id,
+        error = e ~= nil and tostring(e) or nil,
+        changes = done and groups.diff(r.change) or nil, row = report_row(r.change) }
+    end,
+  }
+  ctx.stopped = result.stopped
+  return ctx:finish()
+end
+
+return job
