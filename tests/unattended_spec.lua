@@ -152,6 +152,12 @@ describe("real-world HR files", function()
     assert.equal("Müller", names["j.mueller@example.com"].familyName)
     assert.equal("Jürgen", names["j.mueller@example.com"].givenName)
     assert.equal("Zoë", names["z@example.com"].givenName)
+    -- and back out in the same character set
+    local out = os.tmpname()
+    code, _, err = agent.main({ "export", out, "--encoding", "cp1252" }, agent.vars(s))
+    assert.equal(0, code, err)
+    assert.truthy(agent.read_file(out):find("M\xFCller", 1, true))
+    os.remove(out)
     os.remove(file)
   end)
 
