@@ -52,6 +52,7 @@ build = {
     ["scim.plan"] = "lua/scim/plan.lua",
     ["scim.apply"] = "lua/scim/apply.lua",
     ["scim.groups"] = "lua/scim/groups.lua",
+    ["scim.groups.apply"] = "lua/scim/groups/apply.lua",
     ["scim.jobs.context"] = "lua/scim/jobs/context.lua",
     ["scim.jobs.plan"] = "lua/scim/jobs/plan.lua",
     ["scim.jobs.export"] = "lua/scim/jobs/export.lua",

@@ -20,6 +20,7 @@ local apply = {}
 
 -- Error codes after which sending more rows is pointless: every one would be refused too.
 local STOP_CODES = { UNAUTHORIZED = "AUTH", FORBIDDEN = "AUTH", THROTTLED = "THROTTLED" }
+apply.STOP_CODES = STOP_CODES
 
 local Run = {}
 Run.__index = Run

@@ -9,6 +9,11 @@
 -- `PATCH http://host/scim/v2/Users/42: 404 Not Found: User 42 not found`, and has the
 -- fields `status`, `scim_type`, `detail`, `method`, `url` and `code` (`code` is also the
 -- third value). The bearer token never appears in any of them.
+--
+-- Why this module is long: the Users protocol (CRUD, PatchOp, paging, filters), the error
+-- objects and the capabilities share one client's private state (its engine, secrets,
+-- ETags and dialect view); Groups and Bulk, which only use it, live in scim.client.groups
+-- and scim.client.bulk.
 -- @module scim.client
 -- @usage
 -- local client = require("scim.client").new{ url = "https://example.com/scim/v2/",

@@ -34,13 +34,18 @@ local function rerun_wanted(row)
   return action == "created" and (row.error or ""):find("not set", 1, true) ~= nil
 end
 
--- Row sources: a path (read here, every parse problem collected), a csv reader, an
+--- Opens a row source: a path (read here, every parse problem collected), a csv reader, an
 -- iterator yielding `row, line` (e.g. `scim.csv.rows(path)`) or an array of keyed rows.
--- Returns `next_row() -> row, line | nil, problem, code | nil` and the header (or nil: taken
--- from the first row's names).
-local function open_source(rows, opts)
+-- A path is read as arrays in column order unless `keyed`.
+-- @treturn table a reader (`read() -> row, line | nil, problem, code | nil`, `close()`)
+-- @treturn table|nil the header (nil: taken from the first row's names)
+-- @treturn string the source's name for messages
+-- @treturn[2] nil
+-- @treturn[2] string message
+-- @treturn[2] string code
+function input.open_source(rows, opts, keyed)
   if type(rows) == "string" then
-    local ropts = { array = true }
+    local ropts = { array = not keyed }
     for k, v in pairs(opts.csv or {}) do ropts[k] = v end
     local reader, err, code = csv.open(rows, ropts)
     if not reader then return nil, err, code end
@@ -116,7 +121,7 @@ end
 -- @treturn[2] string code
 function input.read(opts)
   local m, job = opts.mapping, opts.job
-  local source, header, name = open_source(opts.rows, opts)
+  local source, header, name = input.open_source(opts.rows, opts)
   if not source then
     -- A file that cannot be read is invalid input too: nothing is sent.
     return err_mod.fail(header, "INVALID", { cause_code = name })
