@@ -925,3 +925,46 @@ describe("row selection, trial runs and operator safety", function()
     os.remove(out)
   end)
 end)
+
+describe("plan over the removal guard", function()
+  it("names the accounts it would remove, then exits 2 with nothing sent", function()
+    local s = server.start{}
+    s:seed(30)
+    local file = agent.tmpfile("email,first name,last name\nuser00001@example.com,A,B\n", ".csv")
+    s:reset_stats()
+    local code, _, err = agent.main({ "plan", file, "--deactivate-missing" }, agent.vars(s))
+    assert.equal(2, code, err)
+    assert.truthy(err:find("the 29 accounts it would remove", 1, true), err)
+    assert.truthy(err:find("user00030@example.com", 1, true), err)
+    assert.equal(0, agent.writes(s:stats()))
+    s:stop()
+    os.remove(file)
+  end)
+
+  it("fills http_status for updated and deactivated rows, in the report and the JSON log",
+    function()
+    local s = server.start{}
+    local file = agent.tmpfile("email,first name,last name,job title\n"
+      .. "a@example.com,A,B,X\nb@example.com,C,D,Y\n", ".csv")
+    assert.equal(0, (agent.main({ "create", file }, agent.vars(s))))
+    local edited = agent.tmpfile("email,first name,last name,job title\n"
+      .. "a@example.com,A,B,Z\n", ".csv")
+    local report = os.tmpname()
+    local code, out, err = agent.main({ "sync", edited, "--deactivate-missing",
+      "--max-removals", "100%", "--report", report, "--log-format", "json" }, agent.vars(s))
+    assert.equal(0, code, err)
+    for _, r in ipairs(agent.read_csv(report)) do
+      if r.action == "updated" or r.action == "deactivated" then
+        assert.equal("200", r.http_status, r.action)
+      end
+    end
+    for line in out:gmatch("[^\n]+") do
+      local o = cjson.decode(line)
+      if o.action == "updated" or o.action == "deactivated" then
+        assert.equal(200, o.status)
+      end
+    end
+    s:stop()
+    for _, f in ipairs{ file, edited, report } do os.remove(f) end
+  end)
+end)

@@ -174,3 +174,73 @@ describe("real-world HR files", function()
     os.remove(path)
   end)
 end)
+
+describe("hardening", function()
+  local s
+  setup(function() s = server.start{} end)
+  teardown(function() s:stop() end)
+  before_each(function() s:reset() end)
+
+  it("a token refused mid-run ends it with exit 3 after few POSTs, the rest skipped", function()
+    s:configure{ latency_ms = 60 }
+    local file = people_file(200)
+    local report = os.tmpname()
+    local job = agent.start({ "create", file, "--concurrency", "2", "--report", report },
+      agent.vars(s))
+    for _ = 1, 200 do
+      if #s:users() >= 4 then break end
+      os.execute("sleep 0.05")
+    end
+    s:configure{ token = "revoked-" .. s.token }
+    local code = agent.wait(job, 60)
+    local _, err = agent.collect(job)
+    s:configure{ token = s.token, latency_ms = 0 }
+    assert.equal(3, code, err)
+    local posts = s:stats().by_method.POST
+    assert.truthy(posts <= 12, "POSTs: " .. tostring(posts))
+    local skipped = 0
+    for _, r in ipairs(agent.read_csv(report)) do
+      if r.action == "skipped" then skipped = skipped + 1 end
+    end
+    assert.truthy(skipped >= 180, "skipped: " .. skipped)
+    os.remove(report)
+    os.remove(file)
+  end)
+
+  it("a control character in a key is exit 2 with no request", function()
+    local file = agent.tmpfile("email,first name,last name\nbad\1key@example.com,A,B\n", ".csv")
+    s:reset_stats()
+    local code, _, err = agent.main({ "create", file }, agent.vars(s))
+    assert.equal(2, code, err)
+    assert.truthy(err:find(":2:4", 1, true), err)
+    assert.equal(0, s:stats().total)
+    os.remove(file)
+  end)
+
+  it("a rerun from the report also finishes the rows whose manager was not set", function()
+    local file = people_file(3)
+    assert.equal(0, (agent.main({ "create", file }, agent.vars(s))))
+    -- as an interrupted run leaves it: u3 created, its manager u1 not set yet
+    local u3
+    for _, u in ipairs(s:users()) do if u.userName == "u3@example.com" then u3 = u end end
+    local ent = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+    s:reset()
+    u3[ent] = nil
+    u3.id, u3.meta = nil, nil
+    s:seed{ u3, { userName = "u1@example.com", name = { givenName = "F1", familyName = "L1" } } }
+    local report = agent.tmpfile("line,key,action,http_status,scim_id,error,email,first name,"
+      .. "last name,manager email\n"
+      .. "2,u1@example.com,created,201,x,,u1@example.com,F1,L1,\n"
+      .. "4,u3@example.com,created,201,y,the manager was not set (interrupted): run again to "
+      .. "finish,u3@example.com,F3,L3,u1@example.com\n", ".csv")
+    s:reset_stats()
+    local code, _, err = agent.main({ "create", report }, agent.vars(s))
+    assert.equal(0, code, err)
+    assert.equal(1, s:stats().by_method.PATCH)
+    local by = {}
+    for _, u in ipairs(s:users()) do by[u.userName] = u end
+    assert.equal(by["u1@example.com"].id, by["u3@example.com"][ent].manager.value)
+    os.remove(report)
+    os.remove(file)
+  end)
+end)

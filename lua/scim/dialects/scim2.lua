@@ -28,7 +28,6 @@ return {
   manager = { write = "value", read = { "value" } },
   max_page_size = 100,
   user_agent_required = false,
-  delete_ok = { 200, 204 },             -- RFC 7644 3.6 says 204; some servers answer 200
   etag = true,                          -- use If-Match when the server gives an ETag
   -- How a `type = "date"` attribute is sent unless the mapping says otherwise (RFC 7643
   -- dateTime); `epoch_attributes` lists the ones this provider wants as integer seconds.

@@ -65,7 +65,6 @@ return {
   manager = { write = "managerId", read = { "managerId", "value" } },
   max_page_size = 100,
   user_agent_required = true,
-  delete_ok = { 200, 204 },             -- the sample accepted only 200
   etag = false,
   date_format = "epoch",
   epoch_attributes = { TERMDATES .. ":startDate", TERMDATES .. ":termDate" },
