@@ -106,6 +106,19 @@ function input.selected(where, row)
   return true
 end
 
+-- Whether a row valid for `first` may still be invalid for `second`: only when some entry
+-- applies to (or is required by) the second job alone. Usually not, and a large file's
+-- second check per row is skipped.
+local function second_check_needed(m, first, second)
+  if first == second then return false end
+  local util = require "scim.mapping.util"
+  for _, en in ipairs(m.entries) do
+    if util.job_allows(en, second) and not util.job_allows(en, first) then return true end
+    if util.is_required(en, second) and not util.is_required(en, first) then return true end
+  end
+  return false
+end
+
 --- Reads and checks every row.
 -- @tparam table opts `rows` (path, csv reader, iterator or array of keyed rows), `mapping`,
 --   `job` ("create", "update", "delete" or "sync"), `upsert` (create: existing accounts are
@@ -144,6 +157,7 @@ function input.read(opts)
   local n, fmt, bound = 0, nil, nil
   local columns, from_report, ncols, offset
   local where, limit = {}, opts.limit
+  local second = second_check_needed(m, create_job, update_job)
   local n_selected, n_rows = 0, 0
 
   local function start(hdr)
@@ -187,7 +201,7 @@ function input.read(opts)
       return problem(string.format("%s:%s: %s", name, tostring(line),
         (tostring(res or "the key is empty"):gsub("^line %d+, ", ""))))
     end
-    if res and update_job ~= create_job and job ~= "delete" then
+    if res and second and job ~= "delete" then
       local rerr
       res, rerr = bound:to_resource(values, line, update_job)
       if not res then refs = rerr end
