@@ -121,6 +121,27 @@ function Ctx:lock()
   end
 end
 
+--- Prints why a plan could not be made and ends the run with its exit code: every problem
+-- of an invalid file, or what the guard would have removed (`noun`, `verb`: "account",
+-- "remove" or "group", "delete").
+function Ctx:refuse(err, code, noun, verb)
+  local rep = self.report
+  if code == "INVALID" then
+    for _, msg in ipairs(err.problems or {}) do rep:error(msg) end
+    if (err.total or 0) > #(err.problems or {}) then
+      rep:error(string.format("... and %d more problems", err.total - #err.problems))
+    end
+  elseif code == "GUARD" then
+    local names = err.removals or {}
+    local count = err.count or #names
+    rep:error(string.format("the %d %s%s it would %s%s:", count, noun or "account",
+      count == 1 and "" or "s", verb or "remove",
+      #names < count and (" (the first " .. #names .. ")") or ""))
+    for _, k in ipairs(names) do rep:error("  " .. rep.safe(k)) end
+  end
+  self:abort(context.exit_for(code), tostring(err))
+end
+
 --- Opens the results CSV (once the input's columns are known: it copies them).
 function Ctx:open_report_file(columns)
   local path = self.opts.report

@@ -4,8 +4,6 @@
 -- @module scim.jobs.groups
 local scim_plan = require "scim.plan"
 local groups = require "scim.groups"
-local context = require "scim.jobs.context"
-local EXIT = context.EXIT
 
 local job = {}
 
@@ -14,24 +12,6 @@ local REPORT_COLUMNS = { "group", "members added", "members removed" }
 
 -- The verbs a dry run prints for each planned action.
 local DRY = { create = "create", update = "update", delete = "delete" }
-
--- Prints why no plan could be made and ends the run: exit 2 for a bad file, the guard or a
--- server without Groups (nothing was sent), else as the other jobs.
-local function refuse(ctx, err, code)
-  local rep = ctx.report
-  if code == "INVALID" then
-    for _, msg in ipairs(err.problems or {}) do rep:error(msg) end
-    if (err.total or 0) > #(err.problems or {}) then
-      rep:error(string.format("... and %d more problems", err.total - #err.problems))
-    end
-  elseif code == "GUARD" then
-    local names = err.removals or {}
-    rep:error(string.format("the %d group%s it would delete:", #names,
-      #names == 1 and "" or "s"))
-    for _, n in ipairs(names) do rep:error("  " .. rep.safe(n)) end
-  end
-  ctx:abort(code == "UNSUPPORTED" and EXIT.USAGE or context.exit_for(code), tostring(err))
-end
 
 -- One row of the results file for a group.
 local function report_row(c)
@@ -54,7 +34,7 @@ function job.run(ctx)
     on_step = function() rep:step() end,
     on_warning = function(msg) rep:warn(msg) end,
   }
-  if not p then refuse(ctx, err, code) end
+  if not p then ctx:refuse(err, code, "group", "delete") end
   ctx:open_report_file(REPORT_COLUMNS)
   rep:begin(#p.list)
   if p.member_counts.add + p.member_counts.remove > 0 then

@@ -25,24 +25,6 @@ local function confirm(ctx, n, verb)
   return answer:match("^%s*[yY]") ~= nil
 end
 
--- Prints why a plan could not be made and ends the run with its exit code.
-local function refuse(ctx, err, code)
-  local rep = ctx.report
-  if code == "INVALID" then
-    for _, msg in ipairs(err.problems or {}) do rep:error(msg) end
-    if (err.total or 0) > #(err.problems or {}) then
-      rep:error(string.format("... and %d more problems", err.total - #err.problems))
-    end
-  elseif code == "GUARD" then
-    local keys = err.removals or {}
-    rep:error(string.format("the %d account%s it would remove%s:", err.count or #keys,
-      (err.count or #keys) == 1 and "" or "s", #keys < (err.count or 0)
-      and (" (the first " .. #keys .. ")") or ""))
-    for _, k in ipairs(keys) do rep:error("  " .. rep.safe(k)) end
-  end
-  ctx:abort(context.exit_for(code), tostring(err))
-end
-
 --- Runs the job.
 -- @tparam scim.jobs.context.Ctx ctx
 -- @treturn integer exit code
@@ -66,7 +48,7 @@ function job.run(ctx)
     on_step = function() rep:step() end,
     on_warning = function(msg) rep:warn(msg) end,
   }
-  if not p then refuse(ctx, err, code) end
+  if not p then ctx:refuse(err, code) end
   ctx:open_report_file(p.columns)
   if opts.where or opts.limit then
     rep:info(string.format("%d of %d rows selected", p.input.selected, p.input.rows))
