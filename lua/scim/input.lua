@@ -266,6 +266,7 @@ function input.read(opts)
   table.sort(outside)
   return {
     n = n, keys = keys, lines = lines, packed = packed, refs = refs_of, by_key = by_key,
+    referenced = refs_needed,
     fmt = fmt, bound = bound, columns = columns or {}, outside_refs = outside,
     selected = n_selected, rows = n_rows, source = name, from_report = from_report,
     create_job = create_job, update_job = update_job,

@@ -270,27 +270,44 @@ function Plan:learn(total, opts)
   local allowed = plan.allowed_removals(self.max_removals, total)
   local absent, absent_keys, n_absent, listed = self.absent, {}, 0, 0
   -- Keys met on the listing, to catch two accounts whose keys differ only in case.
-  local met = {}
+  -- Keys met on the listing outside the file, to catch two accounts whose keys differ only
+  -- in case (a file row's own are caught by its state).
+  local met, act, referenced = {}, self.act, self.input.referenced
+  local settled = (job == "create" and not self.upsert) and "exists" or "unchanged"
+  local refs_of = self.input.refs
   local ok, err, code = dir:list(function(user, key)
     listed = listed + 1
     if not key then return end
     local k = m:key_id(key)
     local i = by_key[k]
-    if met[k] then
-      if i then errs[i] = err_mod.new(string.format("several accounts have %s '%s'",
-        m.key_attribute, keys[i]), "AMBIGUOUS") end
+    if met[k] or (i and (current[i] ~= nil or act[i] ~= nil)) then
+      if i then
+        errs[i] = err_mod.new(string.format("several accounts have %s '%s'", m.key_attribute,
+          keys[i]), "AMBIGUOUS")
+        act[i], current[i] = nil, nil
+      end
       dir:set(key, nil)
       return
     end
-    met[k] = true
     if i then
       local keep = put or self:differs(i, user)
+      if not keep and not refs_of[i] and job ~= "delete" then
+        -- Settled now: the account matches its row and has no manager to compare. Only its
+        -- id is kept, and only if someone refers to it.
+        act[i] = settled
+        if settled == "exists" then self.status[i] = 409 end
+        if referenced[k] then dir:set(key, idstr(user.id)) end
+        return
+      end
       -- `same`: only references can differ, compared once every id is known.
       current[i], self.same[i] = stub_of(m, user, keep), not keep or nil
       dir:set(key, idstr(user.id))
       return
     end
-    if outside[k] then dir:set(key, idstr(user.id)) end
+    if outside[k] then
+      met[k] = true
+      dir:set(key, idstr(user.id))
+    end
     -- With a row selection, only accounts the selection would take can be absent from it.
     if removing and not (deactivating and user.active == false)
         and (not where or input.selected(where, m:to_row(user) or {})) then
@@ -307,7 +324,7 @@ function Plan:learn(total, opts)
   self.n_absent, self.absent_keys = n_absent, absent_keys
   for i = 1, n do
     if errs[i] then current[i] = nil
-    elseif current[i] == nil then current[i] = false end
+    elseif current[i] == nil and not act[i] then current[i] = false end
   end
   return true
 end
