@@ -1,11 +1,20 @@
 --- HTTP engine: policy over scim.core's libcurl multi binding.
 --
 -- The C side moves bytes; this module decides: how many requests are in
--- flight (a window that shrinks on 429 and grows back slowly), what is
--- retried (connection failures, timeouts, 429, 502, 503, 504) and after how
--- long (exponential backoff with full jitter, or the server's Retry-After),
--- how fast requests start (an optional token bucket), and which URLs are
--- refused (plain http to anything but loopback).
+-- flight (a window that shrinks on a bare 429 and grows back slowly), how
+-- fast they start (a `rate` ceiling scheduled by target times, and an
+-- adaptive rate that backs off on bare 429s and probes upwards again), what
+-- is retried (connection failures, timeouts, 429, 502, 503, 504) and after
+-- how long (exponential backoff with full jitter, or the server's
+-- Retry-After), and which URLs are refused (plain http to anything but
+-- loopback).
+--
+-- Throttling (429 and 503) is not failure: it uses no attempt of the
+-- request's budget while the request's `deadline` lasts. A 429's Retry-After
+-- pauses the whole engine (the provider says this client is over its limit);
+-- a 503's delays only its own request, which holds no in-flight slot while
+-- it sleeps. A Retry-After that ends past the request's deadline fails it at
+-- once with code "THROTTLED" and the time to come back.
 --
 -- Requests are written straight-line. Inside a coroutine run by `http.run`,
 -- `engine:request` yields until its response arrives while other coroutines
@@ -46,6 +55,9 @@ local finished = 0
 
 -- HTTP statuses and transport failures that are worth another attempt.
 local RETRY_STATUS = { [429] = true, [502] = true, [503] = true, [504] = true }
+-- Of those, the answers that mean "not now" rather than "broken": retried
+-- without using an attempt while the request's deadline lasts.
+local THROTTLE_STATUS = { [429] = true, [503] = true }
 local RETRY_CODE = {
   COULDNT_RESOLVE_HOST = true, COULDNT_RESOLVE_PROXY = true, COULDNT_CONNECT = true,
   OPERATION_TIMEDOUT = true, GOT_NOTHING = true, SEND_ERROR = true, RECV_ERROR = true,
@@ -53,6 +65,12 @@ local RETRY_CODE = {
   WEIRD_SERVER_REPLY = true, NO_CONNECTION_AVAILABLE = true,
 }
 http.RETRY_STATUS, http.RETRY_CODE = RETRY_STATUS, RETRY_CODE
+http.THROTTLE_STATUS = THROTTLE_STATUS
+
+-- Adaptive rate (bare 429s): the multiplicative decrease, the slowest rate
+-- probed, how far back the passed-request rate is measured (seconds), and how
+-- late a start may be and still be made up by the next one (seconds).
+local RATE_DECREASE, RATE_FLOOR, RATE_SPAN, RATE_LAG = 0.85, 0.5, 5, 0.005
 
 -- Header names whose values are secrets, lower-cased.
 local SECRET_HEADERS = { authorization = true, ["proxy-authorization"] = true,
@@ -65,11 +83,12 @@ local OPTION_TYPES = {
   max_body = "number", trace = "function", backoff_base = "number", backoff_cap = "number",
   max_retry_after = "number", forbid_reuse = "boolean", max_connects = "number",
   low_speed_time = "number", low_speed_limit = "number", min_window = "number",
+  deadline = "number",
 }
 
 local REQUEST_TYPES = {
   method = "string", url = "string", headers = "table", body = "string",
-  timeout = "number", retries = "number",
+  timeout = "number", retries = "number", deadline = "number",
 }
 
 local function check_options(opts, types, what, level)
@@ -114,6 +133,10 @@ local function check_spec(spec, what, level)
   local r = spec.retries
   if r ~= nil and (r < 1 or r ~= floor(r)) then
     error(what .. ": option 'retries' must be a positive whole number", level + 1)
+  end
+  local d = spec.deadline
+  if d ~= nil and not (d > 0 and d < huge) then
+    error(what .. ": option 'deadline' must be a positive number", level + 1)
   end
 end
 
@@ -300,20 +323,54 @@ local function fail(self, job, msg, code)
   finish(self, job, nil, failure(self, job.method, job.url, msg), code)
 end
 
-local function backoff(self, attempts)
-  return random() * min(self.backoff_cap, self.backoff_base * 2 ^ (attempts - 1))
+local function backoff(self, tries)
+  return random() * min(self.backoff_cap, self.backoff_base * 2 ^ (tries - 1))
 end
 
--- Schedules another attempt of job at time `due`.
-local function retry(self, job, due, why)
-  self.counters.retries = self.counters.retries + 1
+-- Schedules another attempt of job at time `due`. A throttled retry gives
+-- back the attempt it used: throttling is bounded by the deadline instead.
+local function retry(self, job, due, why, throttled)
+  local counters = self.counters
+  counters.retries = counters.retries + 1
+  if throttled then
+    job.attempts = job.attempts - 1
+    counters.throttled = counters.throttled + 1
+  end
   job.due = due
   self.delayed[#self.delayed + 1] = job
   if due < self.next_delayed then self.next_delayed = due end
   if self.trace then
-    emit(self, sformat("[%d] retry %d/%d in %.3f s after %s", job.id, job.attempts + 1,
-      job.max_attempts, max(0, due - monotime()), tostring(why)))
+    local wait = max(0, due - monotime())
+    if throttled then
+      emit(self, sformat("[%d] throttled (%s): retry in %.3f s, no attempt used (%.0f s of"
+        .. " the deadline left)", job.id, tostring(why), wait, job.deadline - monotime()))
+    else
+      emit(self, sformat("[%d] retry %d/%d in %.3f s after %s", job.id, job.attempts + 1,
+        job.max_attempts, wait, tostring(why)))
+    end
   end
+end
+
+-- Fails job with code "THROTTLED": the server asked for a pause of `wait`
+-- seconds (nil: unknown) that its deadline cannot cover. The 4th value of
+-- the failure says when to come back.
+local function throttled(self, job, status, wait)
+  local info = { status = status }
+  local msg
+  if wait then
+    local at = walltime() + wait
+    info.retry_after, info.retry_at = wait, at
+    if not self.retry_at or at > self.retry_at then self.retry_at = at end
+    msg = sformat("throttled (%s): the server asks to come back in %d s (at %s),"
+      .. " past the request's deadline", tostring(status), math.ceil(wait),
+      os.date("!%Y-%m-%dT%H:%M:%SZ", floor(at)))
+  else
+    msg = sformat("throttled (%s) until the request's deadline (%g s) passed",
+      tostring(status), self.deadline)
+  end
+  job.info = info
+  self.counters.errors.THROTTLED = (self.counters.errors.THROTTLED or 0) + 1
+  fail(self, job, msg, "THROTTLED")
 end
 
 local function response(job, req, headers)
@@ -321,7 +378,7 @@ local function response(job, req, headers)
     status = req:status(),
     headers = headers or req:headers(),
     body = req:body(),
-    attempts = job.attempts,
+    attempts = job.sends,
     method = job.method,
     url = job.url,
     elapsed = monotime() - job.created,
@@ -338,6 +395,71 @@ local function untrack(self, req)
   return job
 end
 
+-- The rate of passed (not throttled) answers over the last RATE_SPAN
+-- seconds, measured over at least 0.1 s.
+local function passed_rate(self, now)
+  local ring, n, size = self.passed, self.npassed, #self.passed
+  local from = now - RATE_SPAN
+  local count = 0
+  for i = n, max(1, n - size + 1), -1 do
+    if ring[(i - 1) % size + 1] < from then break end
+    count = count + 1
+  end
+  local span = min(RATE_SPAN, now - (self.first_start or now))
+  return count / max(span, 0.1)
+end
+
+-- A bare 429 (no Retry-After): the provider is over its limit and does not
+-- say for how long. Once per round of requests (those sent after the last
+-- decrease), halve the window and set the rate to a fraction of what passes.
+local function slow_down(self, job, now)
+  if job.epoch ~= self.epoch then return end
+  self.epoch = self.epoch + 1
+  self.cwnd = max(self.min_window, self.cwnd / 2)
+  local base = passed_rate(self, now)
+  if self.arate and self.arate < base then base = self.arate end
+  local r = self.arate
+  -- where refusals began, once the rate grew since the last decrease (the
+  -- first refusals of a burst say nothing about the provider's rate)
+  if r and r > self.rset then self.rmax = r end
+  self.arate = max(RATE_FLOOR, base * RATE_DECREASE)
+  self.rset = self.arate
+end
+
+-- A passed answer: the window grows (about +1 request in flight per window)
+-- and so does the adaptive rate: by 25% per second while below 95% of the
+-- rate where refusals began (or that is not known yet), then by max(1, 5%)
+-- req/s per second, probing for more. Answers come at about the rate, so a
+-- per-answer step of (growth per second) / rate does that.
+local function speed_up(self, now)
+  local n = self.npassed + 1
+  local ring = self.passed
+  ring[(n - 1) % #ring + 1] = now
+  self.npassed = n
+  if self.cwnd < self.max_window then
+    self.cwnd = min(self.max_window, self.cwnd + 1 / self.cwnd)
+  end
+  local r = self.arate
+  if r then
+    local rmax = self.rmax
+    local grow = (not rmax or r < 0.95 * rmax) and 0.25 * r or max(1, 0.05 * r)
+    self.arate = r + grow / r
+  end
+end
+
+-- Fails every waiting job whose deadline ends before the engine's hold.
+local function expire_held(self)
+  local hold = self.hold_until
+  local wait = hold - monotime()
+  for i = self.qhead, self.qtail do
+    local job = self.queue[i]
+    if job and not job.done and job.deadline < hold then throttled(self, job, 429, wait) end
+  end
+  for _, job in ipairs(self.delayed) do
+    if not job.done and job.deadline < hold then throttled(self, job, 429, wait) end
+  end
+end
+
 -- One finished transfer: account, then retry or hand the result over.
 local function complete(self, req, ok, msg, code)
   local job = untrack(self, req)
@@ -351,63 +473,98 @@ local function complete(self, req, ok, msg, code)
   if ok then
     local status = req:status()
     stats.by_status[status] = (stats.by_status[status] or 0) + 1
-    if RETRY_STATUS[status] then
-      local headers = req:headers()
-      if status == 429 and job.epoch == self.epoch then
-        -- multiplicative decrease, once per window of requests sent
-        self.cwnd = max(self.min_window, self.cwnd / 2)
-        self.epoch = self.epoch + 1
-      end
-      local wait = retry_after(headers)
-      if job.attempts < job.max_attempts and (not wait or wait <= self.max_retry_after) then
-        if wait and now + wait > self.hold_until then
-          self.hold_until = now + wait  -- the server asked everyone to wait
+    if not RETRY_STATUS[status] then
+      speed_up(self, now)
+      return finish(self, job, response(job, req))
+    end
+    local headers = req:headers()
+    local wait = retry_after(headers)
+    if self.stopped then
+      return fail(self, job, "not retried: engine stopped (" .. self.stopped .. ")", "STOPPED")
+    end
+    if THROTTLE_STATUS[status] then
+      local due
+      if wait then
+        due = now + wait
+        if status == 429 and due > self.hold_until then
+          self.hold_until = due  -- the whole engine waits, then goes on as it was
+          expire_held(self)
         end
-        return retry(self, job, now + max(wait or 0, backoff(self, job.attempts)), status)
+        if due > job.deadline or (self.max_retry_after and wait > self.max_retry_after) then
+          return throttled(self, job, status, wait)
+        end
+      elseif status == 429 then
+        slow_down(self, job, now)
+        due = now  -- the adaptive rate spaces it
+      else
+        due = now + backoff(self, job.sends)
       end
-      return finish(self, job, response(job, req, headers))
+      if due > job.deadline then return throttled(self, job, status) end
+      return retry(self, job, due, status, true)
     end
-    if self.cwnd < self.max_window then  -- additive increase: +1 per window
-      self.cwnd = min(self.max_window, self.cwnd + 1 / self.cwnd)
+    if job.attempts < job.max_attempts
+        and (not wait or not self.max_retry_after or wait <= self.max_retry_after) then
+      return retry(self, job, now + max(wait or 0, backoff(self, job.sends)), status)
     end
-    return finish(self, job, response(job, req))
+    return finish(self, job, response(job, req, headers))
   end
   stats.errors[code] = (stats.errors[code] or 0) + 1
   if RETRY_CODE[code] and job.attempts < job.max_attempts then
-    return retry(self, job, now + backoff(self, job.attempts), code)
+    if self.stopped then
+      return fail(self, job, msg .. " (not retried: engine stopped)", code)
+    end
+    return retry(self, job, now + backoff(self, job.sends), code)
   end
   return fail(self, job, msg, code)
 end
 
 -- Starts queued jobs as far as the window, the hold and the rate allow.
+-- The rate is met by target times (GCRA): a start that wakes up late moves
+-- the next target by less, so late wake-ups are made up, not lost.
 -- Returns the time at which a timer-blocked job could start, or nil.
 local function start(self, now)
   local due
   while self.qhead <= self.qtail do
-    if self.queue[self.qhead].done then  -- cancelled while queued
+    local head = self.queue[self.qhead]
+    if head.done then  -- cancelled while queued
       pop(self)
       goto continue
     end
     if self.inflight >= floor(self.cwnd) then break end  -- a completion reopens it
-    if now < self.hold_until then due = self.hold_until break end
-    if self.rate then
-      local tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
-      self.tokens, self.refilled = tokens, now
-      if tokens < 1 then due = now + (1 - tokens) / self.rate break end
-      self.tokens = tokens - 1
+    if now < self.hold_until then
+      if head.deadline < self.hold_until then
+        throttled(self, pop(self), 429, self.hold_until - now)
+        goto continue
+      end
+      due = self.hold_until
+      break
     end
-    local job = pop(self)
-    job.attempts = job.attempts + 1
-    job.epoch = self.epoch
-    local counters = self.counters
-    counters.requests = counters.requests + 1
-    local ok, msg, code = self.multi:add(job.req)
-    if ok then
-      self.jobs[job.req] = job
-      self.inflight = self.inflight + 1
-      if self.inflight > counters.max_inflight then counters.max_inflight = self.inflight end
-    else
-      fail(self, job, msg, code)
+    do
+      local r, tau = self.rate, self.tau
+      local ar = self.arate
+      if ar and (not r or ar < r) then r, tau = ar, 0 end
+      if r then
+        local tat = self.tat
+        if now < tat - tau then due = tat - tau break end
+        self.tat = max(tat, now - RATE_LAG) + 1 / r
+      end
+    end
+    do
+      local job = pop(self)
+      job.attempts = job.attempts + 1
+      job.sends = job.sends + 1
+      job.epoch = self.epoch
+      if not self.first_start then self.first_start = now end
+      local counters = self.counters
+      counters.requests = counters.requests + 1
+      local ok, msg, code = self.multi:add(job.req)
+      if ok then
+        self.jobs[job.req] = job
+        self.inflight = self.inflight + 1
+        if self.inflight > counters.max_inflight then counters.max_inflight = self.inflight end
+      else
+        fail(self, job, msg, code)
+      end
     end
     ::continue::
   end
@@ -512,8 +669,11 @@ end
 --   loopback included; without it libcurl's http_proxy, HTTPS_PROXY, ALL_PROXY and
 --   no_proxy variables apply, except to loopback URLs), `allow_http`, `max_body` (default
 --   64 MiB), `trace` (function receiving redacted trace lines), `backoff_base` (0.5 s),
---   `backoff_cap` (30 s), `max_retry_after` (300 s: a longer Retry-After is not waited for),
---   `forbid_reuse` (a new connection per request), `max_connects`, `min_window` (1).
+--   `backoff_cap` (30 s), `deadline` (seconds, default 300: how long a request may be
+--   throttled, by 429/503 answers, before it fails "THROTTLED"; throttled retries use no
+--   attempt), `max_retry_after` (default none: a longer Retry-After fails the request
+--   "THROTTLED" at once, as one past the deadline does), `forbid_reuse` (a new connection
+--   per request), `max_connects`, `min_window` (1).
 -- @treturn scim.http.engine
 -- @raise on a bad option
 -- @usage local engine = http.new{ concurrency = 16, headers = { Authorization = "Bearer " .. t } }
@@ -533,6 +693,7 @@ function http.new(opts)
   positive(opts, "backoff_base", what, false, true)
   positive(opts, "backoff_cap", what, false, true)
   positive(opts, "max_retry_after", what, false, true)
+  positive(opts, "deadline", what)
   positive(opts, "max_connects", what, true)
   positive(opts, "min_window", what, true)
   local concurrency = opts.concurrency or 8
@@ -559,18 +720,24 @@ function http.new(opts)
     max_attempts = opts.retries or 5,
     backoff_base = opts.backoff_base or 0.5,
     backoff_cap = opts.backoff_cap or 30,
-    max_retry_after = opts.max_retry_after or 300,
+    max_retry_after = opts.max_retry_after,
+    deadline = opts.deadline or 300,
     -- window (AIMD)
     max_window = concurrency,
     min_window = min(opts.min_window or 1, concurrency),
     cwnd = concurrency,
     epoch = 0,
-    -- rate (token bucket)
+    -- rate: the ceiling, its burst as a time allowance, the next target time,
+    -- the adaptive rate (nil until a bare 429) and the passed answers' times
     rate = opts.rate,
-    burst = opts.burst or 1,
-    tokens = opts.burst or 1,
-    refilled = monotime(),
+    tau = opts.rate and ((opts.burst or 1) - 1) / opts.rate or 0,
+    tat = -huge,
+    arate = nil, rmax = nil, rset = huge,
+    passed = {}, npassed = 0,
+    first_start = nil,
     hold_until = -huge,
+    retry_at = nil,
+    stopped = nil,
     -- work
     queue = {}, qhead = 1, qtail = 0,
     delayed = {}, next_delayed = huge,
@@ -579,8 +746,10 @@ function http.new(opts)
     pending = 0,     -- jobs not yet finished
     next_id = 0,
     closed = false,
-    counters = { requests = 0, retries = 0, by_status = {}, errors = {}, max_inflight = 0 },
+    counters = { requests = 0, retries = 0, throttled = 0, by_status = {}, errors = {},
+      max_inflight = 0 },
   }, Engine)
+  for i = 1, 256 do self.passed[i] = 0 end
   return self
 end
 
@@ -591,6 +760,10 @@ local function submit(self, spec)
   local u, err, code = check_url(url, self.allow_http)
   if not u then
     return nil, failure(self, method, url, err), code
+  end
+  if self.stopped then
+    return nil, failure(self, method, url, "not started: engine stopped (" .. self.stopped
+      .. ")"), "STOPPED"
   end
   local headers = copy_headers(spec.headers, self.secrets, "request", 3)
   local seen = {}
@@ -610,9 +783,10 @@ local function submit(self, spec)
   }
   self.next_id = self.next_id + 1
   local job = {
-    id = self.next_id, req = req, method = method, url = url, attempts = 0,
+    id = self.next_id, req = req, method = method, url = url, attempts = 0, sends = 0,
     max_attempts = spec.retries or self.max_attempts, created = monotime(),
   }
+  job.deadline = job.created + (spec.deadline or self.deadline)
   self.pending = self.pending + 1
   push_back(self, job)
   busy[self] = true
@@ -623,14 +797,19 @@ end
 -- Inside a coroutine run by `http.run` it yields until the response is in;
 -- elsewhere it drives the engine (and any other busy engine) itself.
 -- @tparam table spec `method` (default GET, or POST with a body), `url`, `headers`,
---   `body` (string), `timeout` (seconds, per attempt), `retries` (max attempts)
--- @treturn table `{ status=, headers= (lower-case names), body=, attempts=, method=, url= }`
---   for any HTTP status (after retries of 429/502/503/504 the last response)
+--   `body` (string), `timeout` (seconds, per attempt), `retries` (max attempts),
+--   `deadline` (seconds this request may be throttled; default the engine's)
+-- @treturn table `{ status=, headers= (lower-case names), body=, attempts= (sends),
+--   method=, url=, elapsed= }` for any HTTP status (after retries of 502/504 the last
+--   response; 429 and 503 are retried until the deadline)
 -- @treturn[2] nil
 -- @treturn[2] string message "METHOD url: reason", never holding a secret
 -- @treturn[2] string code: the CURLE name (e.g. "COULDNT_CONNECT"), "PROXY" (a proxy
---   refused the tunnel; not retried), "BODY_TOO_LARGE",
+--   refused the tunnel; not retried), "BODY_TOO_LARGE", "THROTTLED" (429/503 past the
+--   deadline, or a Retry-After ending past it), "STOPPED" (`engine:stop()`),
 --   "HTTP_REFUSED", "UNSUPPORTED_PROTOCOL", "URL_MALFORMAT" or "CLOSED"
+-- @treturn[2] ?table for "THROTTLED": `{ status=, retry_after= (seconds), retry_at= (epoch
+--   seconds) }`, the times nil when the server named none
 -- @raise on a bad spec or a closed engine
 -- @usage local res, err = engine:request{ method = "GET", url = base .. "Users/42" }
 function Engine:request(spec)
@@ -648,7 +827,27 @@ function Engine:request(spec)
       if not step() then error("scim.http: request lost (engine has no work)") end
     end
   end
-  return job.res, job.err, job.code
+  return job.res, job.err, job.code, job.info
+end
+
+--- Stops starting requests: queued and delayed ones (retries included) fail
+-- with code "STOPPED" at once, new ones fail so without being sent; those in
+-- flight finish (and are not retried). For a caller that must stop, e.g.
+-- after a "THROTTLED" failure or a revoked token. Idempotent.
+-- @tparam[opt] string reason shown in the failures (default "stopped")
+function Engine:stop(reason)
+  if self.stopped or self.closed then return end
+  self.stopped = tostring(reason or "stopped")
+  local jobs = {}
+  for i = self.qhead, self.qtail do jobs[#jobs + 1] = self.queue[i] end
+  for _, job in ipairs(self.delayed) do jobs[#jobs + 1] = job end
+  self.queue, self.qhead, self.qtail = {}, 1, 0
+  self.delayed, self.next_delayed = {}, huge
+  for _, job in ipairs(jobs) do
+    if not job.done then
+      fail(self, job, "not started: engine stopped (" .. self.stopped .. ")", "STOPPED")
+    end
+  end
 end
 
 -- Cancels an unfinished job: it finishes with code "CANCELLED"; a transfer
@@ -664,7 +863,7 @@ end
 -- prepared ahead. Breaking out of the loop cancels what is left (the 4th
 -- value closes the iterator). Inside `http.run` it yields like `request`.
 -- @tparam table specs an array of request specs (as for `engine:request`)
--- @treturn function iterator giving `index, response` or `index, nil, message, code`
+-- @treturn function iterator giving `index, response` or `index, nil, message, code[, info]`
 -- @raise on a bad spec or a closed engine
 -- @usage for i, res, err in engine:each(specs) do print(i, res and res.status or err) end
 function Engine:each(specs)
@@ -708,7 +907,7 @@ function Engine:each(specs)
     head = head + 1
     returned = returned + 1
     open[job.index] = nil
-    return job.index, job.res, job.err, job.code
+    return job.index, job.res, job.err, job.code, job.info
   end
 
   local closer = setmetatable({}, { __close = function()
@@ -719,17 +918,22 @@ function Engine:each(specs)
   return iter, nil, nil, closer
 end
 
---- Counters: `requests` (attempts sent), `retries`, `by_status` ({[200] = n}),
--- `errors` (by code), `max_inflight`, `window` (current AIMD window), `inflight`.
+--- Counters: `requests` (attempts sent), `retries` (throttled ones included),
+-- `throttled` (429/503 answers retried without using an attempt), `by_status`
+-- ({[200] = n}), `errors` (by code), `max_inflight`, `window` (current AIMD window),
+-- `inflight`, `rate` (the adaptive rate in requests per second, nil until a bare 429),
+-- `retry_at` (epoch seconds: the latest time a server asked to come back at, when a
+-- request failed "THROTTLED" for it), `stopped` (the reason, once `stop` was called).
 -- @treturn table a copy
 function Engine:stats()
   local s = self.counters
   local by_status, errors = {}, {}
   for k, v in pairs(s.by_status) do by_status[k] = v end
   for k, v in pairs(s.errors) do errors[k] = v end
-  return { requests = s.requests, retries = s.retries, by_status = by_status,
-    errors = errors, max_inflight = s.max_inflight, window = floor(self.cwnd),
-    inflight = self.inflight }
+  return { requests = s.requests, retries = s.retries, throttled = s.throttled,
+    by_status = by_status, errors = errors, max_inflight = s.max_inflight,
+    window = floor(self.cwnd), inflight = self.inflight, rate = self.arate,
+    retry_at = self.retry_at, stopped = self.stopped }
 end
 
 --- Closes the engine: unfinished requests fail with code "CLOSED" and their
