@@ -998,7 +998,7 @@ io.write(cjson.encode(out))
           body = user_json(name) })
         assert.equals(201, res.status)
       end, { concurrency = 200 })
-      assert.same({ done = 200, failed = 0, errors = {} }, summary)
+      assert.same({ done = 200, failed = 0, started = 200, errors = {} }, summary)
       assert.equals(200, s:stats().by_method.POST)
       local names = {}
       for _, u in ipairs(s:users()) do
@@ -1096,8 +1096,48 @@ io.write(cjson.encode(out))
         end)
         statuses[i] = out
       end)
-      assert.same({ done = 2, failed = 0, errors = {} }, summary)
+      assert.same({ done = 2, failed = 0, started = 2, errors = {} }, summary)
       assert.same({ "200", "200" }, statuses)
+    end)
+
+    it("stops starting items on scheduler:stop, from fn or on_error", function()
+      local e = new{ concurrency = 2 }
+      local seen = {}
+      local summary = http.run({ 1, 2, 3, 4, 5, 6, 7, 8 }, function(i, index, run)
+        assert.equals(i, index)
+        seen[#seen + 1] = i
+        assert(e:request{ url = users() })
+        if i == 3 then run:stop("enough") end
+      end, { concurrency = 2 })
+      assert.equals("enough", summary.stopped)
+      assert.equals(summary.started, summary.done)
+      assert.is_true(summary.started <= 4, summary.started .. " started")
+      assert.equals(summary.started, s:stats().total)
+      -- on_error sees fn's error and may stop the run
+      local errors = {}
+      summary = http.run({ 1, 2, 3, 4, 5, 6 }, function(i)
+        assert(e:request{ url = users() })
+        if i == 2 then error("row " .. i .. " is bad", 0) end
+      end, { concurrency = 1, on_error = function(err, item, index, run)
+        errors[#errors + 1] = { err, item, index }
+        run:stop("error")
+      end })
+      assert.same({ { "row 2 is bad", 2, 2 } }, errors)
+      assert.same({ done = 1, failed = 1, started = 2, stopped = "error" },
+        { done = summary.done, failed = summary.failed, started = summary.started,
+          stopped = summary.stopped })
+      -- a scheduler made up front: its own handle to stop
+      local sched = http.scheduler{ concurrency = 4 }
+      local n = 0
+      summary = sched:run(function() n = n + 1 return n end, function()
+        assert(e:request{ url = users() })
+        if n >= 10 then sched:stop() end
+      end)
+      assert.equals("stopped", summary.stopped)
+      assert.equals(summary.started, summary.done)
+      assert.is_true(summary.started >= 10 and summary.started <= 14)
+      assert.has_error(function() http.scheduler{ concurency = 2 } end,
+        "scim.http.run: unknown option 'concurency'")
     end)
 
     it("treats a stray yield in fn as that item's failure", function()

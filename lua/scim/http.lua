@@ -39,19 +39,12 @@ http.DEFAULT_USER_AGENT = DEFAULT_USER_AGENT
 
 -- The longest a scheduler waits in C before looking again; bounds every loop in time.
 local MAX_WAIT = 1.0
--- The longest wait when several engines have transfers in flight at once.
-local SHARED_WAIT = 0.1
 
--- The token a waiting coroutine yields to http.run.
+-- The token a waiting coroutine yields to its scheduler.
 local WAIT = setmetatable({}, { __name = "scim.http.wait" })
--- coroutine -> its scheduler (weak: a finished coroutine is forgotten).
+-- coroutine -> the scheduler running it (weak: a finished coroutine is
+-- forgotten). Only a lookup: each scheduler steps its own engines.
 local managed = setmetatable({}, { __mode = "k" })
--- engine -> true while it has queued, delayed or in-flight work. Weak, so an
--- engine nobody can reach any more is collected with its transfers.
-local busy = setmetatable({}, { __mode = "k" })
--- Bumped whenever any request finishes: a driver waiting on the network
--- first checks whether somebody became ready.
-local finished = 0
 
 -- HTTP statuses and transport failures that are worth another attempt.
 local RETRY_STATUS = { [429] = true, [502] = true, [503] = true, [504] = true }
@@ -282,14 +275,6 @@ local function emit(self, line)
   end
 end
 
--- The running coroutine when it is scheduled by http.run and may yield
--- (not inside a C call such as a gsub callback), else nil.
-local function yielding()
-  local co = corunning()
-  if co and managed[co] and isyieldable() then return co end
-  return nil
-end
-
 local function wake(co)
   local sched = co and managed[co]
   if sched then
@@ -305,7 +290,7 @@ local function finish(self, job, res, err, code)
     job.req = nil
   end
   self.pending = self.pending - 1
-  finished = finished + 1
+  self.finished = self.finished + 1
   local q = job.notify  -- an engine:each iterator collecting completions
   if q then
     q.n = q.n + 1
@@ -616,48 +601,90 @@ local function pump(self, now)
   if self.next_delayed < huge and (not due or self.next_delayed < due) then
     due = self.next_delayed
   end
-  if self.pending == 0 then busy[self] = nil end
   return due
 end
 
--- One round over every busy engine, then (unless a request finished) one
--- wait in C until a transfer makes progress or the next timer is due.
-local function step()
+-- == The scheduler ==
+--
+-- A scheduler drives the engines bound to it (those with work for its
+-- coroutines, or, for a request made outside any run, the engine's own) and
+-- resumes its coroutines as their responses arrive. `http.run` makes one per
+-- run; nothing steps engines behind a scheduler's back.
+
+local Scheduler = {}
+Scheduler.__index = Scheduler
+Scheduler.__name = "scim.http.scheduler"
+
+local function new_scheduler(concurrency)
+  return setmetatable({
+    concurrency = concurrency,
+    ready = {}, rhead = 1, rtail = 0,                   -- coroutines to resume
+    engines = setmetatable({}, { __mode = "k" }),       -- engine -> true while it has work
+    stopped = nil,
+  }, Scheduler)
+end
+
+-- Binds engine to sched: sched drives it until its work is done.
+local function bind(engine, sched)
+  sched.engines[engine] = true
+end
+
+-- One round over the scheduler's engines, then (unless a request finished)
+-- one wait in C on their sockets until a transfer makes progress or the
+-- next timer is due. Returns false when no engine has work.
+local function step(sched)
   local engines, n = {}, 0
-  for e in pairs(busy) do
-    n = n + 1
-    engines[n] = e
-  end
-  if n == 0 then return false end
-  local before = finished
-  local now = monotime()
-  local wait = MAX_WAIT
-  local active, na = {}, 0
-  for i = 1, n do
-    local e = engines[i]
-    if not e.closed then
-      local due = pump(e, now)
-      if due then wait = min(wait, max(0, due - monotime())) end
-      if e.inflight > 0 then
-        na = na + 1
-        active[na] = e
-      end
+  for e in pairs(sched.engines) do
+    if e.closed or e.pending == 0 then
+      sched.engines[e] = nil
+    else
+      n = n + 1
+      engines[n] = e
     end
   end
-  if finished ~= before then return true end
+  if n == 0 then return false end
+  local now = monotime()
+  local wait = MAX_WAIT
+  local active, na, progressed = {}, 0, false
+  for i = 1, n do
+    local e = engines[i]
+    local before = e.finished
+    local due = pump(e, now)
+    if e.finished ~= before then progressed = true end
+    if due then wait = min(wait, max(0, due - monotime())) end
+    if e.inflight > 0 and not e.closed then
+      na = na + 1
+      active[na] = e.multi
+    end
+  end
+  if progressed then return true end
   if na == 1 then
-    active[1].multi:poll(wait)
+    active[1]:poll(wait)
   elseif na > 1 then
-    -- One wait on every engine's sockets and timers; capped, because
-    -- sockets past FD_SETSIZE or past the C side's limit go unwatched.
-    local multis = {}
-    for i = 1, na do multis[i] = active[i].multi end
-    multis[1]:poll(min(wait, SHARED_WAIT), multis)
+    core.wait(active, wait)
   elseif wait > 0 then
-    local e = next(busy)  -- only timers pending: an idle multi's poll is a sleep
-    if e then e.multi:poll(wait) end
+    core.wait(active, wait)  -- only timers pending: a wait on no socket is a sleep
   end
   return true
+end
+
+-- The scheduler a request made now belongs to: the running coroutine's
+-- when it may yield (the coroutine waits), else the engine's own (the
+-- caller drives it until the response is in). Binds the engine to it.
+local function driver(self)
+  local co = corunning()
+  local sched = co and managed[co]
+  if sched and isyieldable() then
+    bind(self, sched)
+    return sched, co
+  end
+  local own = self.own
+  if not own then
+    own = new_scheduler(1)
+    self.own = own
+  end
+  bind(self, own)
+  return own, nil
 end
 
 --- Creates an engine.
@@ -744,6 +771,8 @@ function http.new(opts)
     jobs = {},       -- C request -> job, for transfers in flight
     inflight = 0,
     pending = 0,     -- jobs not yet finished
+    finished = 0,    -- jobs finished, ever (a driver checks it before waiting)
+    own = nil,       -- the scheduler that drives requests made outside any run
     next_id = 0,
     closed = false,
     counters = { requests = 0, retries = 0, throttled = 0, by_status = {}, errors = {},
@@ -789,13 +818,12 @@ local function submit(self, spec)
   job.deadline = job.created + (spec.deadline or self.deadline)
   self.pending = self.pending + 1
   push_back(self, job)
-  busy[self] = true
   return job
 end
 
 --- Sends a request, retrying as the policy says, and returns its response.
 -- Inside a coroutine run by `http.run` it yields until the response is in;
--- elsewhere it drives the engine (and any other busy engine) itself.
+-- elsewhere it drives the engine itself (only this engine).
 -- @tparam table spec `method` (default GET, or POST with a body), `url`, `headers`,
 --   `body` (string), `timeout` (seconds, per attempt), `retries` (max attempts),
 --   `deadline` (seconds this request may be throttled; default the engine's)
@@ -817,14 +845,14 @@ function Engine:request(spec)
   check_spec(spec, "request", 2)
   local job, err, code = submit(self, spec)
   if not job then return nil, err, code end
-  local co = yielding()
+  local sched, co = driver(self)
   if co then
     job.waiter = co
     repeat coyield(WAIT) until job.done
   else
     -- Synchronous: bounded in time by timeouts x attempts; each step waits in C.
     while not job.done do
-      if not step() then error("scim.http: request lost (engine has no work)") end
+      if not step(sched) then error("scim.http: request lost (engine has no work)") end
     end
   end
   return job.res, job.err, job.code, job.info
@@ -874,10 +902,11 @@ function Engine:each(specs)
   local done = { n = 0 }       -- finished jobs, in completion order
   local open = {}              -- index -> unfinished job
   local submitted, returned, head = 0, 0, 1
-  local waiter = yielding()
+  local sched, waiter = driver(self)
   local ahead = 2 * self.max_window
 
   local function fill()
+    bind(self, sched)
     while submitted < n and submitted - returned < ahead and not self.closed do
       submitted = submitted + 1
       local job, err, code = submit(self, specs[submitted])
@@ -898,7 +927,7 @@ function Engine:each(specs)
       if self.closed and next(open) == nil then return nil end
       if waiter then
         coyield(WAIT)
-      elseif not step() then
+      elseif not step(sched) then
         error("scim.http: request lost (engine has no work)")
       end
     end
@@ -951,7 +980,6 @@ function Engine:close()
     if not job.done then fail(self, job, "engine closed", "CLOSED") end
   end
   self.multi:close()
-  busy[self] = nil
 end
 
 Engine.__close = Engine.close
@@ -963,12 +991,17 @@ function Engine.__gc(self)
   if self.multi then self.multi:close() end
 end
 
+function Scheduler.__tostring(self)
+  return sformat("scim.http.scheduler (%s)", self.stopped and "stopped"
+    or self.running and "running" or "idle")
+end
+
 function Engine.__tostring(self)
   return sformat("scim.http.engine (%s, %d in flight)", self.closed and "closed" or "open",
     self.inflight)
 end
 
--- == The scheduler ==
+-- == Runs ==
 
 -- Item source: an array, or an iterator function returning item values.
 local function items_source(items)
@@ -983,28 +1016,51 @@ local function items_source(items)
   end
 end
 
---- Runs `fn(item, index)` for every item on coroutines, at most
--- `opts.concurrency` at once. Requests made inside `fn` (by any engine or
--- client) yield to this scheduler, which drives every engine with work.
--- An error raised in `fn` fails that item only.
--- @tparam table|function items an array, or an iterator returning items (e.g. `reader:rows()`)
--- @tparam function fn called as `fn(item, index)`
--- @tparam[opt] table opts `concurrency` (default 16)
--- @treturn table `{ done = n, failed = n, errors = { {index=, item=, error=, traceback=}, ... } }`
--- @raise on bad arguments; an error raised by the `items` iterator is re-raised
---   after the items already started have finished
--- @usage local summary = http.run(rows, function(row) client:create(m:to_resource(row)) end,
---   { concurrency = 16 })
-function http.run(items, fn, opts)
-  if type(fn) ~= "function" then error("scim.http.run: fn must be a function", 2) end
-  opts = check_options(opts, { concurrency = "number" }, "scim.http.run", 2)
+local RUN_OPTIONS = { concurrency = "number", on_error = "function" }
+
+--- Creates a scheduler: it runs items on coroutines and drives the engines
+-- their requests use. `http.run` makes one per call; make one yourself to
+-- keep a handle for `stop`.
+-- @tparam[opt] table opts `concurrency` (items at once, default 16), `on_error`
+--   (called as `on_error(err, item, index, scheduler)` when `fn` raises)
+-- @treturn scim.http.scheduler
+-- @raise on a bad option
+function http.scheduler(opts)
+  opts = check_options(opts, RUN_OPTIONS, "scim.http.run", 2)
   positive(opts, "concurrency", "scim.http.run", true)
-  local concurrency = opts.concurrency or 16
+  local sched = new_scheduler(opts.concurrency or 16)
+  sched.on_error = opts.on_error
+  return sched
+end
+
+--- Stops starting items: those running finish (their requests too), no
+-- further item is taken from the source. Callable from `fn`, `on_error` or
+-- anywhere else. Idempotent; the first reason is kept.
+-- @tparam[opt] string reason given back as `summary.stopped` (default "stopped")
+function Scheduler:stop(reason)
+  if not self.stopped then self.stopped = tostring(reason or "stopped") end
+end
+
+--- Runs `fn(item, index, scheduler)` for every item (see `http.run`).
+function Scheduler:run(items, fn)
+  if type(fn) ~= "function" then error("scim.http.run: fn must be a function", 2) end
+  if self.running then error("scim.http.run: this scheduler is already running", 2) end
   local source = items_source(items)
-  local sched = { ready = {}, rhead = 1, rtail = 0 }
+  local concurrency, on_error = self.concurrency, self.on_error
   local active, nactive = {}, 0  -- coroutine -> { index, item } (strong: they are running)
-  local summary = { done = 0, failed = 0, errors = {} }
+  local summary = { done = 0, failed = 0, started = 0, errors = {} }
   local index, exhausted, source_error = 0, false, nil
+  self.running = true
+
+  local function failed(info, err, traceback)
+    summary.failed = summary.failed + 1
+    summary.errors[#summary.errors + 1] = { index = info[1], item = info[2], error = err,
+      traceback = traceback }
+    if on_error then
+      local ok, e = pcall(on_error, err, info[2], info[1], self)
+      if not ok then self:stop("on_error raised: " .. tostring(e)) end
+    end
+  end
 
   local function settle(co, ok, res)
     if costatus(co) == "dead" then
@@ -1015,10 +1071,9 @@ function http.run(items, fn, opts)
       if ok then
         summary.done = summary.done + 1
       else
-        summary.failed = summary.failed + 1
-        summary.errors[#summary.errors + 1] = { index = info[1], item = info[2], error = res,
-          traceback = debug.traceback(co, tostring(res)) }
+        local tb = debug.traceback(co, tostring(res))
         coclose(co)  -- runs its pending to-be-closed variables
+        failed(info, res, tb)
       end
     elseif res ~= WAIT then
       -- Something inside fn yielded to us that is not a request: fail the item.
@@ -1027,14 +1082,12 @@ function http.run(items, fn, opts)
       nactive = nactive - 1
       managed[co] = nil
       coclose(co)
-      summary.failed = summary.failed + 1
-      summary.errors[#summary.errors + 1] = { index = info[1], item = info[2],
-        error = "fn yielded outside scim.http (a coroutine inside fn must not yield to run)" }
+      failed(info, "fn yielded outside scim.http (a coroutine inside fn must not yield to run)")
     end
   end
 
   while true do
-    while not exhausted and nactive < concurrency do
+    while not exhausted and not self.stopped and nactive < concurrency do
       local ok, item = pcall(source)
       if not ok then
         exhausted, source_error = true, item
@@ -1043,33 +1096,59 @@ function http.run(items, fn, opts)
       else
         index = index + 1
         local co = cocreate(fn)
-        managed[co] = sched
+        managed[co] = self
         active[co] = { index, item }
         nactive = nactive + 1
-        settle(co, coresume(co, item, index))
+        settle(co, coresume(co, item, index, self))
       end
     end
-    if sched.rhead <= sched.rtail then
-      local h = sched.rhead
-      local co = sched.ready[h]
-      sched.ready[h] = nil
-      sched.rhead = h + 1
+    if self.rhead <= self.rtail then
+      local h = self.rhead
+      local co = self.ready[h]
+      self.ready[h] = nil
+      self.rhead = h + 1
       if active[co] then settle(co, coresume(co)) end
     elseif nactive == 0 then
       break
-    elseif not step() then
+    elseif not step(self) then
       -- Coroutines wait but no engine has work: an engine was closed under them.
+      self.running = false
       error("scim.http.run: coroutines waiting with no request in flight", 2)
     end
   end
+  self.running = false
+  summary.started = index
+  summary.stopped = self.stopped
   if source_error ~= nil then error(source_error, 0) end
   return summary
 end
 
---- True when called from a coroutine that `http.run` schedules (requests yield).
-function http.scheduled()
-  local co = corunning()
-  return co ~= nil and managed[co] ~= nil
+--- Runs `fn(item, index, scheduler)` for every item on coroutines, at most
+-- `opts.concurrency` at once. Requests made inside `fn` (by any engine or
+-- client) yield to this run's scheduler, which drives the engines they use.
+-- An error raised in `fn` fails that item only.
+--
+-- Stopping: the run takes no further item when the source returns nil (an
+-- iterator can end early), or once `scheduler:stop(reason)` is called (`fn`
+-- gets the scheduler as its 3rd argument; `opts.on_error` as its 4th). Items
+-- already running finish; `summary.started` says how many were taken.
+-- @tparam table|function items an array, or an iterator returning items (e.g. `reader:rows()`)
+-- @tparam function fn called as `fn(item, index, scheduler)`
+-- @tparam[opt] table opts `concurrency` (default 16), `on_error` (called as
+--   `on_error(err, item, index, scheduler)` when `fn` raises; may call `scheduler:stop()`)
+-- @treturn table `{ done = n, failed = n, started = n, stopped = reason or nil,
+--   errors = { {index=, item=, error=, traceback=}, ... } }`
+-- @raise on bad arguments; an error raised by the `items` iterator is re-raised
+--   after the items already started have finished
+-- @usage local summary = http.run(rows, function(row, _, run)
+--   local res, err, code = client:create(m:to_resource(row))
+--   if code == "THROTTLED" then run:stop(code) end
+-- end, { concurrency = 16 })
+function http.run(items, fn, opts)
+  if type(fn) ~= "function" then error("scim.http.run: fn must be a function", 2) end
+  opts = check_options(opts, RUN_OPTIONS, "scim.http.run", 2)
+  local sched = http.scheduler(opts)
+  return sched:run(items, fn)
 end
 
 return http
