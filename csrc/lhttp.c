@@ -6,16 +6,31 @@
 ** Objects:
 **   scim.multi    a CURLM*; its user value 1 is the anchor table
 **                 { [lightuserdata(CURL*)] = request } of transfers in flight.
+**                 libcurl is driven by its socket interface: curl tells us
+**                 (CURLMOPT_SOCKETFUNCTION/TIMERFUNCTION) which sockets to
+**                 watch and when its next timer is due; we watch them with
+**                 epoll (Linux) or poll() on a table of them (elsewhere) and
+**                 hand curl only the sockets that changed, so the cost of a
+**                 step does not grow with the number of transfers.
 **   scim.request  a CURL* plus its header list, errbuf and response buffers;
 **                 its user value 1 is the multi it is added to (or nil).
 ** No curl callback calls Lua: they only append to C buffers.
 */
+#include <errno.h>
 #include <limits.h>
-#include <sys/select.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#if defined(__linux__)
+#include <sys/epoll.h>
+#define SCIM_EPOLL 1
+#else
+#define SCIM_EPOLL 0
+#endif
 
 #include <curl/curl.h>
 
@@ -72,7 +87,25 @@ static void buf_free(Buf *b) {
 typedef struct Multi {
   CURLM *multi;   /* NULL once closed */
   int count;      /* requests anchored (added and not yet finished) */
+  int running;    /* transfers curl last said were running */
+  double timer;   /* monotonic seconds at which curl's timer is due; < 0: none */
+  int failed;     /* a socket could not be watched (out of memory) */
+  /* What a wait polls: with epoll the one epoll fd (POLLIN when any socket
+  ** is ready), else every socket curl asked us to watch. */
+  struct pollfd *pfd;
+  int npfd, cap;
+#if SCIM_EPOLL
+  int epfd;       /* -1 once closed */
+  struct pollfd one;  /* pfd points here */
+#endif
 } Multi;
+
+/* Seconds from a monotonic clock. */
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 typedef struct Request {
   CURL *easy;                    /* NULL once closed */
@@ -525,7 +558,6 @@ static int core_request(lua_State *L) {
   luaL_setmetatable(L, REQUEST_T);  /* from now on __gc owns what we acquire */
   r->easy = curl_easy_init();
   if (r->easy == NULL) return luaL_error(L, "cannot create a curl handle");
-  SETOPT(L, r, CURLOPT_PRIVATE, (void *)r);
   SETOPT(L, r, CURLOPT_NOSIGNAL, 1L);
   SETOPT(L, r, CURLOPT_ERRORBUFFER, r->errbuf);
   SETOPT(L, r, CURLOPT_WRITEFUNCTION, on_write);
@@ -778,6 +810,75 @@ static int request_tostring(lua_State *L) {
 
 /*
 ** {======================================================
+** curl's socket and timer callbacks: no Lua, no curl calls
+** =======================================================
+*/
+
+#if SCIM_EPOLL
+/* Watches socket s for `what` (CURL_POLL_*), or stops watching it. */
+static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp) {
+  Multi *m = (Multi *)userp;
+  struct epoll_event ev;
+  (void)e;
+  (void)socketp;
+  memset(&ev, 0, sizeof(ev));
+  ev.data.fd = s;
+  if (what == CURL_POLL_REMOVE) {  /* it may be closed already: then it is gone */
+    epoll_ctl(m->epfd, EPOLL_CTL_DEL, s, &ev);
+    return 0;
+  }
+  ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u);
+  if (epoll_ctl(m->epfd, EPOLL_CTL_MOD, s, &ev) == 0) return 0;
+  if (errno == ENOENT && epoll_ctl(m->epfd, EPOLL_CTL_ADD, s, &ev) == 0) return 0;
+  m->failed = 1;  /* reported by the next perform */
+  return -1;
+}
+#else
+/* The same with a table of pollfds for poll(). */
+static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp) {
+  Multi *m = (Multi *)userp;
+  int i;
+  (void)e;
+  (void)socketp;
+  for (i = 0; i < m->npfd && m->pfd[i].fd != s; i++) {}
+  if (what == CURL_POLL_REMOVE) {
+    if (i < m->npfd) m->pfd[i] = m->pfd[--m->npfd];
+    return 0;
+  }
+  if (i == m->npfd) {
+    if (m->npfd == m->cap) {
+      int cap = m->cap ? 2 * m->cap : 16;
+      struct pollfd *p = (struct pollfd *)realloc(m->pfd, (size_t)cap * sizeof(*p));
+      if (p == NULL || cap < m->cap) {
+        m->failed = 1;
+        return -1;
+      }
+      m->pfd = p;
+      m->cap = cap;
+    }
+    m->npfd++;
+    m->pfd[i].fd = s;
+  }
+  m->pfd[i].events = (short)(((what & CURL_POLL_IN) ? POLLIN : 0)
+                             | ((what & CURL_POLL_OUT) ? POLLOUT : 0));
+  m->pfd[i].revents = 0;
+  return 0;
+}
+#endif
+
+/* curl's next timer: due in timeout_ms (0: now), or none (-1). */
+static int on_timer(CURLM *multi, long timeout_ms, void *userp) {
+  Multi *m = (Multi *)userp;
+  (void)multi;
+  m->timer = timeout_ms < 0 ? -1 : now_s() + (double)timeout_ms / 1000;
+  return 0;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
 ** scim.multi
 ** =======================================================
 */
@@ -823,11 +924,27 @@ static int core_multi(lua_State *L) {
   check_keys(L, 1, multi_keys, "multi");
   m = (Multi *)lua_newuserdatauv(L, sizeof(Multi), 1);
   memset(m, 0, sizeof(Multi));
+  m->timer = -1;
+#if SCIM_EPOLL
+  m->epfd = -1;  /* before anything can raise: 0 is a real fd */
+#endif
   luaL_setmetatable(L, MULTI_T);
   lua_newtable(L);  /* anchors of requests in flight */
   lua_setiuservalue(L, -2, 1);
   m->multi = curl_multi_init();
   if (m->multi == NULL) return luaL_error(L, "cannot create a curl multi handle");
+#if SCIM_EPOLL
+  m->epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (m->epfd < 0) return luaL_error(L, "epoll_create1: %s", strerror(errno));
+  m->one.fd = m->epfd;
+  m->one.events = POLLIN;
+  m->pfd = &m->one;
+  m->npfd = 1;
+#endif
+  MSETOPT(L, m, CURLMOPT_SOCKETFUNCTION, on_socket);
+  MSETOPT(L, m, CURLMOPT_SOCKETDATA, (void *)m);
+  MSETOPT(L, m, CURLMOPT_TIMERFUNCTION, on_timer);
+  MSETOPT(L, m, CURLMOPT_TIMERDATA, (void *)m);
   MSETOPT(L, m, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
   if ((v = opt_count(L, 1, "max_connects")) >= 0)
     MSETOPT(L, m, CURLMOPT_MAXCONNECTS, v);
@@ -862,8 +979,17 @@ static int multi_close(lua_State *L) {
   lua_pushnil(L);  /* drop every anchor at once */
   lua_setiuservalue(L, 1, 1);
   m->count = 0;
-  curl_multi_cleanup(m->multi);
+  curl_multi_cleanup(m->multi);  /* may still tell on_socket to stop watching */
   m->multi = NULL;
+#if SCIM_EPOLL
+  if (m->epfd >= 0) close(m->epfd);
+  m->epfd = -1;
+#else
+  free(m->pfd);
+#endif
+  m->pfd = NULL;
+  m->npfd = m->cap = 0;
+  m->timer = -1;
   return 0;
 }
 
@@ -902,83 +1028,128 @@ static int multi_add(lua_State *L) {
   return 1;
 }
 
-/* multi:perform() -> number of transfers still running. */
+/*
+** multi:perform() -> number of transfers still running.  Hands curl the
+** sockets that are ready now (no waiting) and, when due, its timer.
+*/
 static int multi_perform(lua_State *L) {
   Multi *m = checkmulti(L, 1);
-  int running = 0;
-  CURLMcode rc = curl_multi_perform(m->multi, &running);
-  if (rc != CURLM_OK) return multi_error(L, "curl_multi_perform", rc);
-  lua_pushinteger(L, running);
+  CURLMcode rc = CURLM_OK;
+  int i, n;
+#if SCIM_EPOLL
+  struct epoll_event ev[64];
+  n = epoll_wait(m->epfd, ev, 64, 0);
+  for (i = 0; i < n && rc == CURLM_OK; i++) {
+    int flags = 0;
+    if (ev[i].events & EPOLLIN) flags |= CURL_CSELECT_IN;
+    if (ev[i].events & EPOLLOUT) flags |= CURL_CSELECT_OUT;
+    if (ev[i].events & (EPOLLERR | EPOLLHUP)) flags |= CURL_CSELECT_ERR;
+    rc = curl_multi_socket_action(m->multi, ev[i].data.fd, flags, &m->running);
+  }
+#else
+  /* a socket curl stops watching mid-loop changes the table: work on a copy */
+  struct pollfd ready[64];
+  n = 0;
+  if (m->npfd > 0 && poll(m->pfd, (nfds_t)m->npfd, 0) > 0) {
+    for (i = 0; i < m->npfd && n < 64; i++)
+      if (m->pfd[i].revents != 0) ready[n++] = m->pfd[i];
+  }
+  for (i = 0; i < n && rc == CURLM_OK; i++) {
+    int flags = 0;
+    if (ready[i].revents & POLLIN) flags |= CURL_CSELECT_IN;
+    if (ready[i].revents & POLLOUT) flags |= CURL_CSELECT_OUT;
+    if (ready[i].revents & (POLLERR | POLLHUP | POLLNVAL)) flags |= CURL_CSELECT_ERR;
+    rc = curl_multi_socket_action(m->multi, ready[i].fd, flags, &m->running);
+  }
+#endif
+  /* the timer: curl may set it due again at once, so a few rounds */
+  for (i = 0; i < 8 && rc == CURLM_OK && m->timer >= 0 && m->timer <= now_s(); i++) {
+    m->timer = -1;
+    rc = curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &m->running);
+  }
+  if (rc != CURLM_OK) return multi_error(L, "curl_multi_socket_action", rc);
+  if (m->failed) {
+    m->failed = 0;
+    return luaL_error(L, "not enough memory");
+  }
+  lua_pushinteger(L, m->running);
   return 1;
 }
 
-/* At most this many sockets of other multis are watched by one poll. */
-#define POLL_EXTRA 64
-
-/*
-** Adds the sockets of multi `o` to `extra` and lowers *ms to its next
-** timer.  Sockets past FD_SETSIZE are left out by curl_multi_fdset: their
-** transfers still progress, on a timer.
-*/
-static unsigned add_other(Multi *o, struct curl_waitfd *extra, unsigned n, int *ms) {
-  fd_set r, w, x;
-  int fd, maxfd = -1;
-  long to = -1;
-  FD_ZERO(&r);
-  FD_ZERO(&w);
-  FD_ZERO(&x);
-  if (curl_multi_fdset(o->multi, &r, &w, &x, &maxfd) == CURLM_OK) {
-    for (fd = 0; fd <= maxfd && n < POLL_EXTRA; fd++) {
-      short ev = 0;
-      if (FD_ISSET(fd, &r)) ev |= CURL_WAIT_POLLIN;
-      if (FD_ISSET(fd, &w)) ev |= CURL_WAIT_POLLOUT;
-      if (FD_ISSET(fd, &x)) ev |= CURL_WAIT_POLLPRI;
-      if (ev != 0) {
-        extra[n].fd = fd;
-        extra[n].events = ev;
-        extra[n].revents = 0;
-        n++;
-      }
-    }
+/* Lowers *ms to the time left before m's timer (never below 0). */
+static void timer_ms(const Multi *m, double now, int *ms) {
+  if (m->timer >= 0) {
+    double left = (m->timer - now) * 1000;
+    int t = left <= 0 ? 0 : left >= *ms ? *ms : (int)(left + 0.999);
+    if (t < *ms) *ms = t;
   }
-  if (curl_multi_timeout(o->multi, &to) == CURLM_OK && to >= 0 && to < *ms)
-    *ms = (int)to;
-  return n;
+}
+
+/* Seconds at 2 as whole ms, rounded up: never wake just before a timer. */
+static int wait_ms(lua_State *L, int idx) {
+  lua_Number t = luaL_optnumber(L, idx, 0);
+  luaL_argcheck(L, t >= 0 && t <= 86400, idx, "timeout out of range [0, 86400]");
+  return (int)(t * 1000 + 0.999);
 }
 
 /*
-** multi:poll(timeout_s [, others]) -> number of sockets with activity.
-** Waits at most timeout_s seconds, less when curl's own timers are due;
-** waits the full time when no transfer is in flight (so it also serves as
-** a sleep).  `others` is an array of multis whose sockets and timers also
-** end the wait, so one scheduler can sleep on several engines at once.
+** Waits on fds[0, n) at most ms; an interrupted wait counts as a wake-up.
+** Returns the number of fds with activity.
+*/
+static int wait_fds(lua_State *L, struct pollfd *fds, int n, int ms) {
+  int r = poll(fds, (nfds_t)n, ms);
+  if (r < 0 && errno != EINTR) return luaL_error(L, "poll: %s", strerror(errno));
+  return r < 0 ? 0 : r;
+}
+
+/*
+** multi:poll(timeout_s) -> number of sockets with activity.
+** Waits at most timeout_s seconds, less when curl's timer is due first;
+** the full time when nothing is in flight (so it also serves as a sleep).
 */
 static int multi_poll(lua_State *L) {
   Multi *m = checkmulti(L, 1);
-  lua_Number t = luaL_optnumber(L, 2, 0);
-  struct curl_waitfd extra[POLL_EXTRA];
-  unsigned n = 0;
-  int ms, numfds = 0;
-  CURLMcode rc;
-  luaL_argcheck(L, t >= 0 && t <= 86400, 2, "timeout out of range [0, 86400]");
-  ms = (int)(t * 1000 + 0.999);  /* round up: never wake just before a timer */
-  if (!lua_isnoneornil(L, 3)) {
-    lua_Integer i, len;
-    luaL_checktype(L, 3, LUA_TTABLE);
-    len = luaL_len(L, 3);
-    for (i = 1; i <= len; i++) {
-      Multi *o;
-      lua_rawgeti(L, 3, i);
-      o = (Multi *)luaL_testudata(L, -1, MULTI_T);
-      if (o == NULL || o->multi == NULL)
-        return luaL_argerror(L, 3, lua_pushfstring(L, "item %I is not an open " MULTI_T, i));
-      if (o != m) n = add_other(o, extra, n, &ms);
-      lua_pop(L, 1);
-    }
+  int ms = wait_ms(L, 2);
+  timer_ms(m, now_s(), &ms);
+  lua_pushinteger(L, wait_fds(L, m->pfd, m->npfd, ms));
+  return 1;
+}
+
+/*
+** core.wait(multis, timeout_s) -> number of sockets with activity.
+** One wait on the sockets and timers of several multis (an array), so one
+** scheduler can sleep on several engines at once.  [-0, +1, v]
+*/
+static int core_wait(lua_State *L) {
+  lua_Integer i, len;
+  int ms = wait_ms(L, 2), n = 0, total = 0;
+  double now = now_s();
+  struct pollfd *fds;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  len = luaL_len(L, 1);
+  for (i = 1; i <= len; i++) {
+    Multi *o;
+    lua_rawgeti(L, 1, i);
+    o = (Multi *)luaL_testudata(L, -1, MULTI_T);
+    if (o == NULL || o->multi == NULL)
+      return luaL_argerror(L, 1, lua_pushfstring(L, "item %I is not an open " MULTI_T, i));
+    if (o->npfd > INT_MAX - total) return luaL_error(L, "too many sockets");
+    total += o->npfd;
+    timer_ms(o, now, &ms);
+    lua_pop(L, 1);
   }
-  rc = curl_multi_poll(m->multi, n > 0 ? extra : NULL, n, ms, &numfds);
-  if (rc != CURLM_OK) return multi_error(L, "curl_multi_poll", rc);
-  lua_pushinteger(L, numfds);
+  /* a userdata box: freed by the GC even if a later call raises */
+  fds = (struct pollfd *)lua_newuserdatauv(L, (size_t)(total > 0 ? total : 1)
+                                           * sizeof(struct pollfd), 0);
+  for (i = 1; i <= len; i++) {
+    Multi *o;
+    lua_rawgeti(L, 1, i);
+    o = (Multi *)lua_touserdata(L, -1);
+    if (o->npfd > 0) memcpy(fds + n, o->pfd, (size_t)o->npfd * sizeof(struct pollfd));
+    n += o->npfd;
+    lua_pop(L, 1);
+  }
+  lua_pushinteger(L, wait_fds(L, fds, n, ms));
   return 1;
 }
 
@@ -1219,6 +1390,7 @@ static const luaL_Reg urlbox_meta[] = {
 
 static const luaL_Reg funcs[] = {
   {"multi", core_multi},
+  {"wait", core_wait},
   {"request", core_request},
   {"parse_url", core_parse_url},
   {"monotime", core_monotime},

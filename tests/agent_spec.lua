@@ -76,7 +76,7 @@ describe("scim-agent command line", function()
 
   it("keeps the token out of --verbose traces, errors, JSON logs and the report", function()
     local report = os.tmpname()
-    s:faults{ status = 503, match = "POST /Users", count = 3 }
+    s:faults{ status = 502, match = "POST /Users", count = 3 }
     local code, out, err = agent.spawn({ "create", "examples/create.csv", "--verbose",
       "--retries", "1", "--report", report, "--log-format", "json" },
       { SCIM_URL = s.url, SCIM_TOKEN = TOKEN })

@@ -263,8 +263,8 @@ describe("scim.core HTTP binding", function()
       b:perform()
       t0 = core.monotime()
       local done
-      for _ = 1, 50 do  -- each wait is on a's (no) sockets plus b's
-        a:poll(5, { a, b })
+      for _ = 1, 50 do  -- each wait is on a's (no) sockets plus b's, in one core.wait
+        core.wait({ a, b }, 5)
         b:perform()
         done = b:next_done()
         if done then break end
@@ -272,7 +272,7 @@ describe("scim.core HTTP binding", function()
       assert.equals(req, done)
       assert.is_true(core.monotime() - t0 < 3, "woke after " .. (core.monotime() - t0))
       assert.has_error(function() a:poll(-1) end)
-      assert.has_error(function() a:poll(1, { "not a multi" }) end)
+      assert.has_error(function() core.wait({ "not a multi" }, 1) end)
     end)
 
     it("survives a request closed mid-flight", function()

@@ -104,8 +104,9 @@ describe("scim.http", function()
       assert.equals(1, res.attempts)
       res = assert(e:request{ url = users() .. "/nope" })
       assert.equals(404, res.status)
-      assert.same({ requests = 3, retries = 0, by_status = { [201] = 1, [409] = 1, [404] = 1 },
-        errors = {}, max_inflight = 1, window = 8, inflight = 0 }, e:stats())
+      assert.same({ requests = 3, retries = 0, throttled = 0,
+        by_status = { [201] = 1, [409] = 1, [404] = 1 }, errors = {}, max_inflight = 1,
+        window = 8, inflight = 0 }, e:stats())
     end)
 
     it("sends the default User-Agent that Meta's API requires", function()
@@ -213,10 +214,10 @@ describe("scim.http", function()
     end)
 
     it("returns the last response when attempts run out", function()
-      s:faults{ status = 503, count = 10 }
+      s:faults{ status = 502, count = 10 }
       local e = new{ retries = 3 }
       local res = assert(e:request{ url = users() })
-      assert.equals(503, res.status)
+      assert.equals(502, res.status)
       assert.equals(3, res.attempts)
       assert.equals(3, s:stats().total)
       res = assert(e:request{ url = users(), retries = 1 })
@@ -293,15 +294,18 @@ describe("scim.http", function()
       assert.is_true(post - first429 >= 995, "POST after " .. (post - first429) .. " ms")
     end)
 
-    it("does not wait for a Retry-After beyond max_retry_after", function()
+    it("fails THROTTLED at once for a Retry-After beyond max_retry_after", function()
       s:faults{ status = 429, retry_after = 3600, count = 1 }
       local e = new{ max_retry_after = 10 }
-      local t0 = core.monotime()
-      local res = assert(e:request{ url = users() })
-      assert.equals(429, res.status)
-      assert.equals(1, res.attempts)
-      assert.equals("3600", res.headers["retry-after"])
-      assert.is_true(core.monotime() - t0 < 2)
+      local before = core.walltime()
+      local res, err, code, info = e:request{ url = users() }
+      assert.is_nil(res)
+      assert.equals("THROTTLED", code)
+      assert.matches("come back in 3600 s", err)
+      assert.equals(3600, info.retry_after)
+      assert.equals(429, info.status)
+      assert.is_true(info.retry_at >= before + 3600)
+      assert.equals(1, s:stats().total)
     end)
 
     it("parses Retry-After in both forms", function()
@@ -343,7 +347,7 @@ describe("scim.http", function()
       local lines = {}
       local e = new{ trace = function(line) lines[#lines + 1] = line end, retries = 2,
         timeout = 0.3 }
-      s:faults{ { status = 503, count = 1 }, { stall_ms = 2000, count = 1 } }
+      s:faults{ { status = 502, count = 1 }, { stall_ms = 2000, count = 1 } }
       local outcomes = {
         { e:request{ url = users() } },
         { e:request{ url = "http://127.0.0.1:1/Users" } },
@@ -367,16 +371,17 @@ describe("scim.http", function()
           assert.is_nil(o[2]:find(TOKEN, 1, true), o[2])
         end
       end
-      assert.equals(6, failures)  -- the first: 503, then a stall past the timeout
+      assert.equals(6, failures)  -- the first: 502, then a stall past the timeout
     end)
 
     it("traces retries with the request id", function()
       local lines = {}
       local e = new{ trace = function(line) lines[#lines + 1] = line end }
-      s:faults{ status = 503, count = 1 }
+      s:faults{ { status = 502, count = 1 }, { status = 503, count = 1 } }
       assert(e:request{ url = users() })
       local all = table.concat(lines, "\n")
-      assert.matches("%[1%] retry 2/5 in [%d.]+ s after 503", all)
+      assert.matches("%[1%] retry 2/5 in [%d.]+ s after 502", all)
+      assert.matches("%[1%] throttled %(503%): retry in [%d.]+ s, no attempt used", all)
       assert.matches("[1] > GET /scim/v2/Users HTTP/1.1", all, 1, true)
     end)
 
@@ -436,12 +441,17 @@ describe("scim.http", function()
       end
     end)
 
-    it("halves the window on 429 and grows it back slowly", function()
+    it("halves the window on a bare 429 and grows it back slowly", function()
       local e = new{ concurrency = 8 }
       s:faults{ status = 429, retry_after = 0, count = 1 }
       assert(e:request{ url = users() })
+      assert.equals(8, e:stats().window)  -- a Retry-After pauses; the window stays
+      assert.is_nil(e:stats().rate)
+      s:faults{ status = 429, count = 1 }
+      assert(e:request{ url = users() })
       assert.equals(4, e:stats().window)
-      s:faults{ status = 429, retry_after = 0, count = 1 }
+      assert.is_number(e:stats().rate)
+      s:faults{ status = 429, count = 1 }
       assert(e:request{ url = users() })
       assert.equals(2, e:stats().window)
       for _ = 1, 3 do assert(e:request{ url = users() }) end
@@ -451,7 +461,7 @@ describe("scim.http", function()
     end)
 
     it("halves once for a burst of 429s from one window", function()
-      s:faults{ status = 429, retry_after = 0, count = 8 }
+      s:faults{ status = 429, count = 8 }
       local e = new{ concurrency = 8 }
       local items = { 1, 2, 3, 4, 5, 6, 7, 8 }
       local summary = http.run(items, function()
@@ -459,6 +469,145 @@ describe("scim.http", function()
       end)
       assert.equals(8, summary.done)
       assert.is_true(e:stats().window >= 4)
+    end)
+  end)
+
+  describe("throttling", function()
+    -- n creates through http.run; returns the summary and every outcome's code.
+    local function creates(e, n, tag, concurrency)
+      local codes = {}
+      local summary = http.run(function()
+        if #codes < n then
+          codes[#codes + 1] = false
+          return #codes
+        end
+      end, function(i)
+        local res, _, code = e:request{ method = "POST", url = users(), headers = SCIM,
+          body = user_json(tag .. i .. "@example.com") }
+        codes[i] = res and res.status or code
+      end, { concurrency = concurrency or 16 })
+      return summary, codes
+    end
+
+    local function count(codes, what)
+      local n = 0
+      for _, c in ipairs(codes) do if c == what then n = n + 1 end end
+      return n
+    end
+
+    it("settles under a limiter answering bare 429s: every row lands, few refusals", function()
+      s:configure{ rate_limit = { rps = 50 } }
+      local e = new{ concurrency = 8, retries = 1 }  -- a refusal must not use an attempt
+      local summary, codes = creates(e, 120, "lim")
+      assert.equals(120, summary.done)
+      assert.equals(120, count(codes, 201))
+      assert.equals(120, #s:users())
+      local lim = s:stats{ requests = false }.limiter
+      assert.equals(120, lim.passed)
+      assert.is_true(lim.refused <= 0.2 * lim.passed, lim.refused .. " refused")
+      assert.equals(lim.refused, e:stats().throttled)
+      assert.is_number(e:stats().rate)
+    end)
+
+    it("retries 429 and 503 with Retry-After without using attempts", function()
+      s:faults{ { status = 429, retry_after = 0, fraction = 0.3, match = "POST /Users" },
+        { status = 503, retry_after = 0, fraction = 0.3, match = "POST /Users" } }
+      local e = new{ concurrency = 8, retries = 1 }
+      local summary, codes = creates(e, 60, "ra")
+      assert.equals(60, count(codes, 201))
+      assert.equals(60, summary.done)
+      local st = e:stats()
+      assert.is_true(st.throttled > 0)
+      assert.equals(st.throttled, (st.by_status[429] or 0) + (st.by_status[503] or 0))
+      assert.equals(8, st.window)  -- a Retry-After is obeyed, not punished
+    end)
+
+    it("a 503's Retry-After delays its own request only", function()
+      s:faults{ status = 503, retry_after = 2, count = 1, match = "POST /Users" }
+      local e = new{ concurrency = 1 }
+      local order = {}
+      http.run({ 1, 2, 3, 4, 5 }, function(i)
+        if i == 1 then
+          assert.equals(201, assert(e:request{ method = "POST", url = users(), headers = SCIM,
+            body = user_json("sleeper@example.com") }).status)
+        else  -- queued behind the POST
+          assert.equals(200, assert(e:request{ url = users() }).status)
+        end
+        order[#order + 1] = i
+      end)
+      -- the sleeper held no in-flight slot of the window of 1: the GETs went on
+      assert.same({ 2, 3, 4, 5, 1 }, order)
+    end)
+
+    it("fails THROTTLED at once when Retry-After ends past the deadline, and holds the rest",
+      function()
+      s:faults{ status = 429, retry_after = 30, count = 1, match = "POST /Users" }
+      local e = new{ concurrency = 1, deadline = 5 }
+      local summary, codes = creates(e, 10, "late", 4)
+      assert.equals(10, summary.done)
+      assert.equals(10, count(codes, "THROTTLED"))
+      -- only the first was sent: the others would have ended inside the engine's pause
+      assert.equals(1, s:stats().total)
+      local st = e:stats()
+      assert.equals(10, st.errors.THROTTLED)
+      assert.is_true(st.retry_at > core.walltime() + 20)
+      -- a request whose own deadline covers the pause is kept (and stopped here)
+      local res, err, code
+      http.run({ 1, 2 }, function(i)
+        if i == 1 then
+          res, err, code = e:request{ url = users(), deadline = 60 }
+        else
+          e:stop("test over")
+        end
+      end)
+      assert.is_nil(res)
+      assert.equals("STOPPED", code)
+      assert.matches("engine stopped %(test over%)", err)
+      assert.equals(1, s:stats().total)
+    end)
+
+    it("gives up THROTTLED when bare refusals outlast the deadline", function()
+      s:faults{ status = 503, count = 1000 }
+      local e = new{ deadline = 0.3 }
+      local res, err, code, info = e:request{ url = users() }
+      assert.is_nil(res)
+      assert.equals("THROTTLED", code)
+      assert.matches("until the request's deadline", err)
+      assert.equals(503, info.status)
+      assert.is_nil(info.retry_at)
+      assert.is_true(s:stats().total > 5)  -- retried without using the 5 attempts
+    end)
+
+    it("engine:stop fails what waits, lets what is in flight finish, refuses new work", function()
+      s:faults{ latency_ms = 300, count = 2, match = "POST /Users" }
+      local e = new{ concurrency = 2 }
+      local summary, codes = creates(e, 6, "stop", 6)
+      assert.equals(6, summary.done)
+      assert.equals(6, count(codes, 201))
+      s:reset()
+      s:faults{ latency_ms = 300, count = 2, match = "POST /Users" }
+      codes = {}
+      http.run({ 1, 2, 3, 4, 5, 6, 7 }, function(i)
+        if i == 7 then  -- another engine's requests let the first two start
+          local f = new()
+          for _ = 1, 50 do
+            if e:stats().inflight == 2 then break end
+            assert(f:request{ url = s.url .. "ServiceProviderConfig" })
+          end
+          e:stop()
+          return
+        end
+        local res, _, code = e:request{ method = "POST", url = users(), headers = SCIM,
+          body = user_json("stop2-" .. i .. "@example.com") }
+        codes[i] = res and res.status or code
+      end)
+      assert.equals(2, count(codes, 201))
+      assert.equals(4, count(codes, "STOPPED"))
+      assert.equals(2, #s:users())
+      local _, err, code = e:request{ url = users() }
+      assert.equals("STOPPED", code)
+      assert.matches("not started: engine stopped %(stopped%)", err)
+      assert.equals("stopped", e:stats().stopped)
     end)
   end)
 
@@ -849,7 +998,7 @@ io.write(cjson.encode(out))
           body = user_json(name) })
         assert.equals(201, res.status)
       end, { concurrency = 200 })
-      assert.same({ done = 200, failed = 0, errors = {} }, summary)
+      assert.same({ done = 200, failed = 0, started = 200, errors = {} }, summary)
       assert.equals(200, s:stats().by_method.POST)
       local names = {}
       for _, u in ipairs(s:users()) do
@@ -947,8 +1096,48 @@ io.write(cjson.encode(out))
         end)
         statuses[i] = out
       end)
-      assert.same({ done = 2, failed = 0, errors = {} }, summary)
+      assert.same({ done = 2, failed = 0, started = 2, errors = {} }, summary)
       assert.same({ "200", "200" }, statuses)
+    end)
+
+    it("stops starting items on scheduler:stop, from fn or on_error", function()
+      local e = new{ concurrency = 2 }
+      local seen = {}
+      local summary = http.run({ 1, 2, 3, 4, 5, 6, 7, 8 }, function(i, index, run)
+        assert.equals(i, index)
+        seen[#seen + 1] = i
+        assert(e:request{ url = users() })
+        if i == 3 then run:stop("enough") end
+      end, { concurrency = 2 })
+      assert.equals("enough", summary.stopped)
+      assert.equals(summary.started, summary.done)
+      assert.is_true(summary.started <= 4, summary.started .. " started")
+      assert.equals(summary.started, s:stats().total)
+      -- on_error sees fn's error and may stop the run
+      local errors = {}
+      summary = http.run({ 1, 2, 3, 4, 5, 6 }, function(i)
+        assert(e:request{ url = users() })
+        if i == 2 then error("row " .. i .. " is bad", 0) end
+      end, { concurrency = 1, on_error = function(err, item, index, run)
+        errors[#errors + 1] = { err, item, index }
+        run:stop("error")
+      end })
+      assert.same({ { "row 2 is bad", 2, 2 } }, errors)
+      assert.same({ done = 1, failed = 1, started = 2, stopped = "error" },
+        { done = summary.done, failed = summary.failed, started = summary.started,
+          stopped = summary.stopped })
+      -- a scheduler made up front: its own handle to stop
+      local sched = http.scheduler{ concurrency = 4 }
+      local n = 0
+      summary = sched:run(function() n = n + 1 return n end, function()
+        assert(e:request{ url = users() })
+        if n >= 10 then sched:stop() end
+      end)
+      assert.equals("stopped", summary.stopped)
+      assert.equals(summary.started, summary.done)
+      assert.is_true(summary.started >= 10 and summary.started <= 14)
+      assert.has_error(function() http.scheduler{ concurency = 2 } end,
+        "scim.http.run: unknown option 'concurency'")
     end)
 
     it("treats a stray yield in fn as that item's failure", function()

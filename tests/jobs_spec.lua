@@ -397,7 +397,7 @@ describe("export", function()
     s:reset()
     s:seed(250)
     local out = agent.tmpfile("previous content\n", ".csv")
-    s:faults{ status = 503, match = "GET /Users", count = 1000 }
+    s:faults{ status = 502, match = "GET /Users", count = 1000 }
     local code, _, err = agent.main({ "export", out, "--retries", "1" }, agent.vars(s))
     s:faults()
     assert.equal(3, code)
@@ -505,8 +505,8 @@ describe("the results report", function()
     end
     local file = agent.tmpfile(table.concat(lines, "\n") .. "\n", ".csv")
     local report = os.tmpname()
-    -- two creates fail for good (503 with retries exhausted)
-    s:faults{ status = 503, match = "POST /Users", count = 2 }
+    -- two creates fail for good (502 with retries exhausted; a 503 is throttling)
+    s:faults{ status = 502, match = "POST /Users", count = 2 }
     local code, _, err = agent.main({ "create", file, "--report", report, "--retries", "1",
       "--concurrency", "1" }, agent.vars(s))
     s:faults()
@@ -518,8 +518,8 @@ describe("the results report", function()
     assert.same({ created = 4, failed = 2 }, count_actions(rows))
     for _, r in ipairs(rows) do
       if r.action == "failed" then
-        assert.equal("503", r.http_status)
-        assert.truthy(r.error:find("503", 1, true))
+        assert.equal("502", r.http_status)
+        assert.truthy(r.error:find("502", 1, true))
         assert.equal("", r.scim_id)
       else
         assert.equal("201", r.http_status)

@@ -1,11 +1,20 @@
 --- HTTP engine: policy over scim.core's libcurl multi binding.
 --
 -- The C side moves bytes; this module decides: how many requests are in
--- flight (a window that shrinks on 429 and grows back slowly), what is
--- retried (connection failures, timeouts, 429, 502, 503, 504) and after how
--- long (exponential backoff with full jitter, or the server's Retry-After),
--- how fast requests start (an optional token bucket), and which URLs are
--- refused (plain http to anything but loopback).
+-- flight (a window that shrinks on a bare 429 and grows back slowly), how
+-- fast they start (a `rate` ceiling scheduled by target times, and an
+-- adaptive rate that backs off on bare 429s and probes upwards again), what
+-- is retried (connection failures, timeouts, 429, 502, 503, 504) and after
+-- how long (exponential backoff with full jitter, or the server's
+-- Retry-After), and which URLs are refused (plain http to anything but
+-- loopback).
+--
+-- Throttling (429 and 503) is not failure: it uses no attempt of the
+-- request's budget while the request's `deadline` lasts. A 429's Retry-After
+-- pauses the whole engine (the provider says this client is over its limit);
+-- a 503's delays only its own request, which holds no in-flight slot while
+-- it sleeps. A Retry-After that ends past the request's deadline fails it at
+-- once with code "THROTTLED" and the time to come back.
 --
 -- Requests are written straight-line. Inside a coroutine run by `http.run`,
 -- `engine:request` yields until its response arrives while other coroutines
@@ -30,22 +39,18 @@ http.DEFAULT_USER_AGENT = DEFAULT_USER_AGENT
 
 -- The longest a scheduler waits in C before looking again; bounds every loop in time.
 local MAX_WAIT = 1.0
--- The longest wait when several engines have transfers in flight at once.
-local SHARED_WAIT = 0.1
 
--- The token a waiting coroutine yields to http.run.
+-- The token a waiting coroutine yields to its scheduler.
 local WAIT = setmetatable({}, { __name = "scim.http.wait" })
--- coroutine -> its scheduler (weak: a finished coroutine is forgotten).
+-- coroutine -> the scheduler running it (weak: a finished coroutine is
+-- forgotten). Only a lookup: each scheduler steps its own engines.
 local managed = setmetatable({}, { __mode = "k" })
--- engine -> true while it has queued, delayed or in-flight work. Weak, so an
--- engine nobody can reach any more is collected with its transfers.
-local busy = setmetatable({}, { __mode = "k" })
--- Bumped whenever any request finishes: a driver waiting on the network
--- first checks whether somebody became ready.
-local finished = 0
 
 -- HTTP statuses and transport failures that are worth another attempt.
 local RETRY_STATUS = { [429] = true, [502] = true, [503] = true, [504] = true }
+-- Of those, the answers that mean "not now" rather than "broken": retried
+-- without using an attempt while the request's deadline lasts.
+local THROTTLE_STATUS = { [429] = true, [503] = true }
 local RETRY_CODE = {
   COULDNT_RESOLVE_HOST = true, COULDNT_RESOLVE_PROXY = true, COULDNT_CONNECT = true,
   OPERATION_TIMEDOUT = true, GOT_NOTHING = true, SEND_ERROR = true, RECV_ERROR = true,
@@ -53,6 +58,12 @@ local RETRY_CODE = {
   WEIRD_SERVER_REPLY = true, NO_CONNECTION_AVAILABLE = true,
 }
 http.RETRY_STATUS, http.RETRY_CODE = RETRY_STATUS, RETRY_CODE
+http.THROTTLE_STATUS = THROTTLE_STATUS
+
+-- Adaptive rate (bare 429s): the multiplicative decrease, the slowest rate
+-- probed, how far back the passed-request rate is measured (seconds), and how
+-- late a start may be and still be made up by the next one (seconds).
+local RATE_DECREASE, RATE_FLOOR, RATE_SPAN, RATE_LAG = 0.85, 0.5, 5, 0.005
 
 -- Header names whose values are secrets, lower-cased.
 local SECRET_HEADERS = { authorization = true, ["proxy-authorization"] = true,
@@ -65,11 +76,12 @@ local OPTION_TYPES = {
   max_body = "number", trace = "function", backoff_base = "number", backoff_cap = "number",
   max_retry_after = "number", forbid_reuse = "boolean", max_connects = "number",
   low_speed_time = "number", low_speed_limit = "number", min_window = "number",
+  deadline = "number",
 }
 
 local REQUEST_TYPES = {
   method = "string", url = "string", headers = "table", body = "string",
-  timeout = "number", retries = "number",
+  timeout = "number", retries = "number", deadline = "number",
 }
 
 local function check_options(opts, types, what, level)
@@ -114,6 +126,10 @@ local function check_spec(spec, what, level)
   local r = spec.retries
   if r ~= nil and (r < 1 or r ~= floor(r)) then
     error(what .. ": option 'retries' must be a positive whole number", level + 1)
+  end
+  local d = spec.deadline
+  if d ~= nil and not (d > 0 and d < huge) then
+    error(what .. ": option 'deadline' must be a positive number", level + 1)
   end
 end
 
@@ -259,14 +275,6 @@ local function emit(self, line)
   end
 end
 
--- The running coroutine when it is scheduled by http.run and may yield
--- (not inside a C call such as a gsub callback), else nil.
-local function yielding()
-  local co = corunning()
-  if co and managed[co] and isyieldable() then return co end
-  return nil
-end
-
 local function wake(co)
   local sched = co and managed[co]
   if sched then
@@ -282,7 +290,7 @@ local function finish(self, job, res, err, code)
     job.req = nil
   end
   self.pending = self.pending - 1
-  finished = finished + 1
+  self.finished = self.finished + 1
   local q = job.notify  -- an engine:each iterator collecting completions
   if q then
     q.n = q.n + 1
@@ -300,20 +308,54 @@ local function fail(self, job, msg, code)
   finish(self, job, nil, failure(self, job.method, job.url, msg), code)
 end
 
-local function backoff(self, attempts)
-  return random() * min(self.backoff_cap, self.backoff_base * 2 ^ (attempts - 1))
+local function backoff(self, tries)
+  return random() * min(self.backoff_cap, self.backoff_base * 2 ^ (tries - 1))
 end
 
--- Schedules another attempt of job at time `due`.
-local function retry(self, job, due, why)
-  self.counters.retries = self.counters.retries + 1
+-- Schedules another attempt of job at time `due`. A throttled retry gives
+-- back the attempt it used: throttling is bounded by the deadline instead.
+local function retry(self, job, due, why, throttled)
+  local counters = self.counters
+  counters.retries = counters.retries + 1
+  if throttled then
+    job.attempts = job.attempts - 1
+    counters.throttled = counters.throttled + 1
+  end
   job.due = due
   self.delayed[#self.delayed + 1] = job
   if due < self.next_delayed then self.next_delayed = due end
   if self.trace then
-    emit(self, sformat("[%d] retry %d/%d in %.3f s after %s", job.id, job.attempts + 1,
-      job.max_attempts, max(0, due - monotime()), tostring(why)))
+    local wait = max(0, due - monotime())
+    if throttled then
+      emit(self, sformat("[%d] throttled (%s): retry in %.3f s, no attempt used (%.0f s of"
+        .. " the deadline left)", job.id, tostring(why), wait, job.deadline - monotime()))
+    else
+      emit(self, sformat("[%d] retry %d/%d in %.3f s after %s", job.id, job.attempts + 1,
+        job.max_attempts, wait, tostring(why)))
+    end
   end
+end
+
+-- Fails job with code "THROTTLED": the server asked for a pause of `wait`
+-- seconds (nil: unknown) that its deadline cannot cover. The 4th value of
+-- the failure says when to come back.
+local function throttled(self, job, status, wait)
+  local info = { status = status }
+  local msg
+  if wait then
+    local at = walltime() + wait
+    info.retry_after, info.retry_at = wait, at
+    if not self.retry_at or at > self.retry_at then self.retry_at = at end
+    msg = sformat("throttled (%s): the server asks to come back in %d s (at %s),"
+      .. " past the request's deadline", tostring(status), math.ceil(wait),
+      os.date("!%Y-%m-%dT%H:%M:%SZ", floor(at)))
+  else
+    msg = sformat("throttled (%s) until the request's deadline (%g s) passed",
+      tostring(status), self.deadline)
+  end
+  job.info = info
+  self.counters.errors.THROTTLED = (self.counters.errors.THROTTLED or 0) + 1
+  fail(self, job, msg, "THROTTLED")
 end
 
 local function response(job, req, headers)
@@ -321,7 +363,7 @@ local function response(job, req, headers)
     status = req:status(),
     headers = headers or req:headers(),
     body = req:body(),
-    attempts = job.attempts,
+    attempts = job.sends,
     method = job.method,
     url = job.url,
     elapsed = monotime() - job.created,
@@ -338,6 +380,71 @@ local function untrack(self, req)
   return job
 end
 
+-- The rate of passed (not throttled) answers over the last RATE_SPAN
+-- seconds, measured over at least 0.1 s.
+local function passed_rate(self, now)
+  local ring, n, size = self.passed, self.npassed, #self.passed
+  local from = now - RATE_SPAN
+  local count = 0
+  for i = n, max(1, n - size + 1), -1 do
+    if ring[(i - 1) % size + 1] < from then break end
+    count = count + 1
+  end
+  local span = min(RATE_SPAN, now - (self.first_start or now))
+  return count / max(span, 0.1)
+end
+
+-- A bare 429 (no Retry-After): the provider is over its limit and does not
+-- say for how long. Once per round of requests (those sent after the last
+-- decrease), halve the window and set the rate to a fraction of what passes.
+local function slow_down(self, job, now)
+  if job.epoch ~= self.epoch then return end
+  self.epoch = self.epoch + 1
+  self.cwnd = max(self.min_window, self.cwnd / 2)
+  local base = passed_rate(self, now)
+  if self.arate and self.arate < base then base = self.arate end
+  local r = self.arate
+  -- where refusals began, once the rate grew since the last decrease (the
+  -- first refusals of a burst say nothing about the provider's rate)
+  if r and r > self.rset then self.rmax = r end
+  self.arate = max(RATE_FLOOR, base * RATE_DECREASE)
+  self.rset = self.arate
+end
+
+-- A passed answer: the window grows (about +1 request in flight per window)
+-- and so does the adaptive rate: by 25% per second while below 95% of the
+-- rate where refusals began (or that is not known yet), then by max(1, 5%)
+-- req/s per second, probing for more. Answers come at about the rate, so a
+-- per-answer step of (growth per second) / rate does that.
+local function speed_up(self, now)
+  local n = self.npassed + 1
+  local ring = self.passed
+  ring[(n - 1) % #ring + 1] = now
+  self.npassed = n
+  if self.cwnd < self.max_window then
+    self.cwnd = min(self.max_window, self.cwnd + 1 / self.cwnd)
+  end
+  local r = self.arate
+  if r then
+    local rmax = self.rmax
+    local grow = (not rmax or r < 0.95 * rmax) and 0.25 * r or max(1, 0.05 * r)
+    self.arate = r + grow / r
+  end
+end
+
+-- Fails every waiting job whose deadline ends before the engine's hold.
+local function expire_held(self)
+  local hold = self.hold_until
+  local wait = hold - monotime()
+  for i = self.qhead, self.qtail do
+    local job = self.queue[i]
+    if job and not job.done and job.deadline < hold then throttled(self, job, 429, wait) end
+  end
+  for _, job in ipairs(self.delayed) do
+    if not job.done and job.deadline < hold then throttled(self, job, 429, wait) end
+  end
+end
+
 -- One finished transfer: account, then retry or hand the result over.
 local function complete(self, req, ok, msg, code)
   local job = untrack(self, req)
@@ -351,63 +458,98 @@ local function complete(self, req, ok, msg, code)
   if ok then
     local status = req:status()
     stats.by_status[status] = (stats.by_status[status] or 0) + 1
-    if RETRY_STATUS[status] then
-      local headers = req:headers()
-      if status == 429 and job.epoch == self.epoch then
-        -- multiplicative decrease, once per window of requests sent
-        self.cwnd = max(self.min_window, self.cwnd / 2)
-        self.epoch = self.epoch + 1
-      end
-      local wait = retry_after(headers)
-      if job.attempts < job.max_attempts and (not wait or wait <= self.max_retry_after) then
-        if wait and now + wait > self.hold_until then
-          self.hold_until = now + wait  -- the server asked everyone to wait
+    if not RETRY_STATUS[status] then
+      speed_up(self, now)
+      return finish(self, job, response(job, req))
+    end
+    local headers = req:headers()
+    local wait = retry_after(headers)
+    if self.stopped then
+      return fail(self, job, "not retried: engine stopped (" .. self.stopped .. ")", "STOPPED")
+    end
+    if THROTTLE_STATUS[status] then
+      local due
+      if wait then
+        due = now + wait
+        if status == 429 and due > self.hold_until then
+          self.hold_until = due  -- the whole engine waits, then goes on as it was
+          expire_held(self)
         end
-        return retry(self, job, now + max(wait or 0, backoff(self, job.attempts)), status)
+        if due > job.deadline or (self.max_retry_after and wait > self.max_retry_after) then
+          return throttled(self, job, status, wait)
+        end
+      elseif status == 429 then
+        slow_down(self, job, now)
+        due = now  -- the adaptive rate spaces it
+      else
+        due = now + backoff(self, job.sends)
       end
-      return finish(self, job, response(job, req, headers))
+      if due > job.deadline then return throttled(self, job, status) end
+      return retry(self, job, due, status, true)
     end
-    if self.cwnd < self.max_window then  -- additive increase: +1 per window
-      self.cwnd = min(self.max_window, self.cwnd + 1 / self.cwnd)
+    if job.attempts < job.max_attempts
+        and (not wait or not self.max_retry_after or wait <= self.max_retry_after) then
+      return retry(self, job, now + max(wait or 0, backoff(self, job.sends)), status)
     end
-    return finish(self, job, response(job, req))
+    return finish(self, job, response(job, req, headers))
   end
   stats.errors[code] = (stats.errors[code] or 0) + 1
   if RETRY_CODE[code] and job.attempts < job.max_attempts then
-    return retry(self, job, now + backoff(self, job.attempts), code)
+    if self.stopped then
+      return fail(self, job, msg .. " (not retried: engine stopped)", code)
+    end
+    return retry(self, job, now + backoff(self, job.sends), code)
   end
   return fail(self, job, msg, code)
 end
 
 -- Starts queued jobs as far as the window, the hold and the rate allow.
+-- The rate is met by target times (GCRA): a start that wakes up late moves
+-- the next target by less, so late wake-ups are made up, not lost.
 -- Returns the time at which a timer-blocked job could start, or nil.
 local function start(self, now)
   local due
   while self.qhead <= self.qtail do
-    if self.queue[self.qhead].done then  -- cancelled while queued
+    local head = self.queue[self.qhead]
+    if head.done then  -- cancelled while queued
       pop(self)
       goto continue
     end
     if self.inflight >= floor(self.cwnd) then break end  -- a completion reopens it
-    if now < self.hold_until then due = self.hold_until break end
-    if self.rate then
-      local tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
-      self.tokens, self.refilled = tokens, now
-      if tokens < 1 then due = now + (1 - tokens) / self.rate break end
-      self.tokens = tokens - 1
+    if now < self.hold_until then
+      if head.deadline < self.hold_until then
+        throttled(self, pop(self), 429, self.hold_until - now)
+        goto continue
+      end
+      due = self.hold_until
+      break
     end
-    local job = pop(self)
-    job.attempts = job.attempts + 1
-    job.epoch = self.epoch
-    local counters = self.counters
-    counters.requests = counters.requests + 1
-    local ok, msg, code = self.multi:add(job.req)
-    if ok then
-      self.jobs[job.req] = job
-      self.inflight = self.inflight + 1
-      if self.inflight > counters.max_inflight then counters.max_inflight = self.inflight end
-    else
-      fail(self, job, msg, code)
+    do
+      local r, tau = self.rate, self.tau
+      local ar = self.arate
+      if ar and (not r or ar < r) then r, tau = ar, 0 end
+      if r then
+        local tat = self.tat
+        if now < tat - tau then due = tat - tau break end
+        self.tat = max(tat, now - RATE_LAG) + 1 / r
+      end
+    end
+    do
+      local job = pop(self)
+      job.attempts = job.attempts + 1
+      job.sends = job.sends + 1
+      job.epoch = self.epoch
+      if not self.first_start then self.first_start = now end
+      local counters = self.counters
+      counters.requests = counters.requests + 1
+      local ok, msg, code = self.multi:add(job.req)
+      if ok then
+        self.jobs[job.req] = job
+        self.inflight = self.inflight + 1
+        if self.inflight > counters.max_inflight then counters.max_inflight = self.inflight end
+      else
+        fail(self, job, msg, code)
+      end
     end
     ::continue::
   end
@@ -459,48 +601,90 @@ local function pump(self, now)
   if self.next_delayed < huge and (not due or self.next_delayed < due) then
     due = self.next_delayed
   end
-  if self.pending == 0 then busy[self] = nil end
   return due
 end
 
--- One round over every busy engine, then (unless a request finished) one
--- wait in C until a transfer makes progress or the next timer is due.
-local function step()
+-- == The scheduler ==
+--
+-- A scheduler drives the engines bound to it (those with work for its
+-- coroutines, or, for a request made outside any run, the engine's own) and
+-- resumes its coroutines as their responses arrive. `http.run` makes one per
+-- run; nothing steps engines behind a scheduler's back.
+
+local Scheduler = {}
+Scheduler.__index = Scheduler
+Scheduler.__name = "scim.http.scheduler"
+
+local function new_scheduler(concurrency)
+  return setmetatable({
+    concurrency = concurrency,
+    ready = {}, rhead = 1, rtail = 0,                   -- coroutines to resume
+    engines = setmetatable({}, { __mode = "k" }),       -- engine -> true while it has work
+    stopped = nil,
+  }, Scheduler)
+end
+
+-- Binds engine to sched: sched drives it until its work is done.
+local function bind(engine, sched)
+  sched.engines[engine] = true
+end
+
+-- One round over the scheduler's engines, then (unless a request finished)
+-- one wait in C on their sockets until a transfer makes progress or the
+-- next timer is due. Returns false when no engine has work.
+local function step(sched)
   local engines, n = {}, 0
-  for e in pairs(busy) do
-    n = n + 1
-    engines[n] = e
-  end
-  if n == 0 then return false end
-  local before = finished
-  local now = monotime()
-  local wait = MAX_WAIT
-  local active, na = {}, 0
-  for i = 1, n do
-    local e = engines[i]
-    if not e.closed then
-      local due = pump(e, now)
-      if due then wait = min(wait, max(0, due - monotime())) end
-      if e.inflight > 0 then
-        na = na + 1
-        active[na] = e
-      end
+  for e in pairs(sched.engines) do
+    if e.closed or e.pending == 0 then
+      sched.engines[e] = nil
+    else
+      n = n + 1
+      engines[n] = e
     end
   end
-  if finished ~= before then return true end
+  if n == 0 then return false end
+  local now = monotime()
+  local wait = MAX_WAIT
+  local active, na, progressed = {}, 0, false
+  for i = 1, n do
+    local e = engines[i]
+    local before = e.finished
+    local due = pump(e, now)
+    if e.finished ~= before then progressed = true end
+    if due then wait = min(wait, max(0, due - monotime())) end
+    if e.inflight > 0 and not e.closed then
+      na = na + 1
+      active[na] = e.multi
+    end
+  end
+  if progressed then return true end
   if na == 1 then
-    active[1].multi:poll(wait)
+    active[1]:poll(wait)
   elseif na > 1 then
-    -- One wait on every engine's sockets and timers; capped, because
-    -- sockets past FD_SETSIZE or past the C side's limit go unwatched.
-    local multis = {}
-    for i = 1, na do multis[i] = active[i].multi end
-    multis[1]:poll(min(wait, SHARED_WAIT), multis)
+    core.wait(active, wait)
   elseif wait > 0 then
-    local e = next(busy)  -- only timers pending: an idle multi's poll is a sleep
-    if e then e.multi:poll(wait) end
+    core.wait(active, wait)  -- only timers pending: a wait on no socket is a sleep
   end
   return true
+end
+
+-- The scheduler a request made now belongs to: the running coroutine's
+-- when it may yield (the coroutine waits), else the engine's own (the
+-- caller drives it until the response is in). Binds the engine to it.
+local function driver(self)
+  local co = corunning()
+  local sched = co and managed[co]
+  if sched and isyieldable() then
+    bind(self, sched)
+    return sched, co
+  end
+  local own = self.own
+  if not own then
+    own = new_scheduler(1)
+    self.own = own
+  end
+  bind(self, own)
+  return own, nil
 end
 
 --- Creates an engine.
@@ -512,8 +696,11 @@ end
 --   loopback included; without it libcurl's http_proxy, HTTPS_PROXY, ALL_PROXY and
 --   no_proxy variables apply, except to loopback URLs), `allow_http`, `max_body` (default
 --   64 MiB), `trace` (function receiving redacted trace lines), `backoff_base` (0.5 s),
---   `backoff_cap` (30 s), `max_retry_after` (300 s: a longer Retry-After is not waited for),
---   `forbid_reuse` (a new connection per request), `max_connects`, `min_window` (1).
+--   `backoff_cap` (30 s), `deadline` (seconds, default 300: how long a request may be
+--   throttled, by 429/503 answers, before it fails "THROTTLED"; throttled retries use no
+--   attempt), `max_retry_after` (default none: a longer Retry-After fails the request
+--   "THROTTLED" at once, as one past the deadline does), `forbid_reuse` (a new connection
+--   per request), `max_connects`, `min_window` (1).
 -- @treturn scim.http.engine
 -- @raise on a bad option
 -- @usage local engine = http.new{ concurrency = 16, headers = { Authorization = "Bearer " .. t } }
@@ -533,6 +720,7 @@ function http.new(opts)
   positive(opts, "backoff_base", what, false, true)
   positive(opts, "backoff_cap", what, false, true)
   positive(opts, "max_retry_after", what, false, true)
+  positive(opts, "deadline", what)
   positive(opts, "max_connects", what, true)
   positive(opts, "min_window", what, true)
   local concurrency = opts.concurrency or 8
@@ -559,28 +747,38 @@ function http.new(opts)
     max_attempts = opts.retries or 5,
     backoff_base = opts.backoff_base or 0.5,
     backoff_cap = opts.backoff_cap or 30,
-    max_retry_after = opts.max_retry_after or 300,
+    max_retry_after = opts.max_retry_after,
+    deadline = opts.deadline or 300,
     -- window (AIMD)
     max_window = concurrency,
     min_window = min(opts.min_window or 1, concurrency),
     cwnd = concurrency,
     epoch = 0,
-    -- rate (token bucket)
+    -- rate: the ceiling, its burst as a time allowance, the next target time,
+    -- the adaptive rate (nil until a bare 429) and the passed answers' times
     rate = opts.rate,
-    burst = opts.burst or 1,
-    tokens = opts.burst or 1,
-    refilled = monotime(),
+    tau = opts.rate and ((opts.burst or 1) - 1) / opts.rate or 0,
+    tat = -huge,
+    arate = nil, rmax = nil, rset = huge,
+    passed = {}, npassed = 0,
+    first_start = nil,
     hold_until = -huge,
+    retry_at = nil,
+    stopped = nil,
     -- work
     queue = {}, qhead = 1, qtail = 0,
     delayed = {}, next_delayed = huge,
     jobs = {},       -- C request -> job, for transfers in flight
     inflight = 0,
     pending = 0,     -- jobs not yet finished
+    finished = 0,    -- jobs finished, ever (a driver checks it before waiting)
+    own = nil,       -- the scheduler that drives requests made outside any run
     next_id = 0,
     closed = false,
-    counters = { requests = 0, retries = 0, by_status = {}, errors = {}, max_inflight = 0 },
+    counters = { requests = 0, retries = 0, throttled = 0, by_status = {}, errors = {},
+      max_inflight = 0 },
   }, Engine)
+  for i = 1, 256 do self.passed[i] = 0 end
   return self
 end
 
@@ -591,6 +789,10 @@ local function submit(self, spec)
   local u, err, code = check_url(url, self.allow_http)
   if not u then
     return nil, failure(self, method, url, err), code
+  end
+  if self.stopped then
+    return nil, failure(self, method, url, "not started: engine stopped (" .. self.stopped
+      .. ")"), "STOPPED"
   end
   local headers = copy_headers(spec.headers, self.secrets, "request", 3)
   local seen = {}
@@ -610,27 +812,32 @@ local function submit(self, spec)
   }
   self.next_id = self.next_id + 1
   local job = {
-    id = self.next_id, req = req, method = method, url = url, attempts = 0,
+    id = self.next_id, req = req, method = method, url = url, attempts = 0, sends = 0,
     max_attempts = spec.retries or self.max_attempts, created = monotime(),
   }
+  job.deadline = job.created + (spec.deadline or self.deadline)
   self.pending = self.pending + 1
   push_back(self, job)
-  busy[self] = true
   return job
 end
 
 --- Sends a request, retrying as the policy says, and returns its response.
 -- Inside a coroutine run by `http.run` it yields until the response is in;
--- elsewhere it drives the engine (and any other busy engine) itself.
+-- elsewhere it drives the engine itself (only this engine).
 -- @tparam table spec `method` (default GET, or POST with a body), `url`, `headers`,
---   `body` (string), `timeout` (seconds, per attempt), `retries` (max attempts)
--- @treturn table `{ status=, headers= (lower-case names), body=, attempts=, method=, url= }`
---   for any HTTP status (after retries of 429/502/503/504 the last response)
+--   `body` (string), `timeout` (seconds, per attempt), `retries` (max attempts),
+--   `deadline` (seconds this request may be throttled; default the engine's)
+-- @treturn table `{ status=, headers= (lower-case names), body=, attempts= (sends),
+--   method=, url=, elapsed= }` for any HTTP status (after retries of 502/504 the last
+--   response; 429 and 503 are retried until the deadline)
 -- @treturn[2] nil
 -- @treturn[2] string message "METHOD url: reason", never holding a secret
 -- @treturn[2] string code: the CURLE name (e.g. "COULDNT_CONNECT"), "PROXY" (a proxy
---   refused the tunnel; not retried), "BODY_TOO_LARGE",
+--   refused the tunnel; not retried), "BODY_TOO_LARGE", "THROTTLED" (429/503 past the
+--   deadline, or a Retry-After ending past it), "STOPPED" (`engine:stop()`),
 --   "HTTP_REFUSED", "UNSUPPORTED_PROTOCOL", "URL_MALFORMAT" or "CLOSED"
+-- @treturn[2] ?table for "THROTTLED": `{ status=, retry_after= (seconds), retry_at= (epoch
+--   seconds) }`, the times nil when the server named none
 -- @raise on a bad spec or a closed engine
 -- @usage local res, err = engine:request{ method = "GET", url = base .. "Users/42" }
 function Engine:request(spec)
@@ -638,17 +845,37 @@ function Engine:request(spec)
   check_spec(spec, "request", 2)
   local job, err, code = submit(self, spec)
   if not job then return nil, err, code end
-  local co = yielding()
+  local sched, co = driver(self)
   if co then
     job.waiter = co
     repeat coyield(WAIT) until job.done
   else
     -- Synchronous: bounded in time by timeouts x attempts; each step waits in C.
     while not job.done do
-      if not step() then error("scim.http: request lost (engine has no work)") end
+      if not step(sched) then error("scim.http: request lost (engine has no work)") end
     end
   end
-  return job.res, job.err, job.code
+  return job.res, job.err, job.code, job.info
+end
+
+--- Stops starting requests: queued and delayed ones (retries included) fail
+-- with code "STOPPED" at once, new ones fail so without being sent; those in
+-- flight finish (and are not retried). For a caller that must stop, e.g.
+-- after a "THROTTLED" failure or a revoked token. Idempotent.
+-- @tparam[opt] string reason shown in the failures (default "stopped")
+function Engine:stop(reason)
+  if self.stopped or self.closed then return end
+  self.stopped = tostring(reason or "stopped")
+  local jobs = {}
+  for i = self.qhead, self.qtail do jobs[#jobs + 1] = self.queue[i] end
+  for _, job in ipairs(self.delayed) do jobs[#jobs + 1] = job end
+  self.queue, self.qhead, self.qtail = {}, 1, 0
+  self.delayed, self.next_delayed = {}, huge
+  for _, job in ipairs(jobs) do
+    if not job.done then
+      fail(self, job, "not started: engine stopped (" .. self.stopped .. ")", "STOPPED")
+    end
+  end
 end
 
 -- Cancels an unfinished job: it finishes with code "CANCELLED"; a transfer
@@ -664,7 +891,7 @@ end
 -- prepared ahead. Breaking out of the loop cancels what is left (the 4th
 -- value closes the iterator). Inside `http.run` it yields like `request`.
 -- @tparam table specs an array of request specs (as for `engine:request`)
--- @treturn function iterator giving `index, response` or `index, nil, message, code`
+-- @treturn function iterator giving `index, response` or `index, nil, message, code[, info]`
 -- @raise on a bad spec or a closed engine
 -- @usage for i, res, err in engine:each(specs) do print(i, res and res.status or err) end
 function Engine:each(specs)
@@ -675,10 +902,11 @@ function Engine:each(specs)
   local done = { n = 0 }       -- finished jobs, in completion order
   local open = {}              -- index -> unfinished job
   local submitted, returned, head = 0, 0, 1
-  local waiter = yielding()
+  local sched, waiter = driver(self)
   local ahead = 2 * self.max_window
 
   local function fill()
+    bind(self, sched)
     while submitted < n and submitted - returned < ahead and not self.closed do
       submitted = submitted + 1
       local job, err, code = submit(self, specs[submitted])
@@ -699,7 +927,7 @@ function Engine:each(specs)
       if self.closed and next(open) == nil then return nil end
       if waiter then
         coyield(WAIT)
-      elseif not step() then
+      elseif not step(sched) then
         error("scim.http: request lost (engine has no work)")
       end
     end
@@ -708,7 +936,7 @@ function Engine:each(specs)
     head = head + 1
     returned = returned + 1
     open[job.index] = nil
-    return job.index, job.res, job.err, job.code
+    return job.index, job.res, job.err, job.code, job.info
   end
 
   local closer = setmetatable({}, { __close = function()
@@ -719,17 +947,22 @@ function Engine:each(specs)
   return iter, nil, nil, closer
 end
 
---- Counters: `requests` (attempts sent), `retries`, `by_status` ({[200] = n}),
--- `errors` (by code), `max_inflight`, `window` (current AIMD window), `inflight`.
+--- Counters: `requests` (attempts sent), `retries` (throttled ones included),
+-- `throttled` (429/503 answers retried without using an attempt), `by_status`
+-- ({[200] = n}), `errors` (by code), `max_inflight`, `window` (current AIMD window),
+-- `inflight`, `rate` (the adaptive rate in requests per second, nil until a bare 429),
+-- `retry_at` (epoch seconds: the latest time a server asked to come back at, when a
+-- request failed "THROTTLED" for it), `stopped` (the reason, once `stop` was called).
 -- @treturn table a copy
 function Engine:stats()
   local s = self.counters
   local by_status, errors = {}, {}
   for k, v in pairs(s.by_status) do by_status[k] = v end
   for k, v in pairs(s.errors) do errors[k] = v end
-  return { requests = s.requests, retries = s.retries, by_status = by_status,
-    errors = errors, max_inflight = s.max_inflight, window = floor(self.cwnd),
-    inflight = self.inflight }
+  return { requests = s.requests, retries = s.retries, throttled = s.throttled,
+    by_status = by_status, errors = errors, max_inflight = s.max_inflight,
+    window = floor(self.cwnd), inflight = self.inflight, rate = self.arate,
+    retry_at = self.retry_at, stopped = self.stopped }
 end
 
 --- Closes the engine: unfinished requests fail with code "CLOSED" and their
@@ -747,7 +980,6 @@ function Engine:close()
     if not job.done then fail(self, job, "engine closed", "CLOSED") end
   end
   self.multi:close()
-  busy[self] = nil
 end
 
 Engine.__close = Engine.close
@@ -759,12 +991,17 @@ function Engine.__gc(self)
   if self.multi then self.multi:close() end
 end
 
+function Scheduler.__tostring(self)
+  return sformat("scim.http.scheduler (%s)", self.stopped and "stopped"
+    or self.running and "running" or "idle")
+end
+
 function Engine.__tostring(self)
   return sformat("scim.http.engine (%s, %d in flight)", self.closed and "closed" or "open",
     self.inflight)
 end
 
--- == The scheduler ==
+-- == Runs ==
 
 -- Item source: an array, or an iterator function returning item values.
 local function items_source(items)
@@ -779,28 +1016,51 @@ local function items_source(items)
   end
 end
 
---- Runs `fn(item, index)` for every item on coroutines, at most
--- `opts.concurrency` at once. Requests made inside `fn` (by any engine or
--- client) yield to this scheduler, which drives every engine with work.
--- An error raised in `fn` fails that item only.
--- @tparam table|function items an array, or an iterator returning items (e.g. `reader:rows()`)
--- @tparam function fn called as `fn(item, index)`
--- @tparam[opt] table opts `concurrency` (default 16)
--- @treturn table `{ done = n, failed = n, errors = { {index=, item=, error=, traceback=}, ... } }`
--- @raise on bad arguments; an error raised by the `items` iterator is re-raised
---   after the items already started have finished
--- @usage local summary = http.run(rows, function(row) client:create(m:to_resource(row)) end,
---   { concurrency = 16 })
-function http.run(items, fn, opts)
-  if type(fn) ~= "function" then error("scim.http.run: fn must be a function", 2) end
-  opts = check_options(opts, { concurrency = "number" }, "scim.http.run", 2)
+local RUN_OPTIONS = { concurrency = "number", on_error = "function" }
+
+--- Creates a scheduler: it runs items on coroutines and drives the engines
+-- their requests use. `http.run` makes one per call; make one yourself to
+-- keep a handle for `stop`.
+-- @tparam[opt] table opts `concurrency` (items at once, default 16), `on_error`
+--   (called as `on_error(err, item, index, scheduler)` when `fn` raises)
+-- @treturn scim.http.scheduler
+-- @raise on a bad option
+function http.scheduler(opts)
+  opts = check_options(opts, RUN_OPTIONS, "scim.http.run", 2)
   positive(opts, "concurrency", "scim.http.run", true)
-  local concurrency = opts.concurrency or 16
+  local sched = new_scheduler(opts.concurrency or 16)
+  sched.on_error = opts.on_error
+  return sched
+end
+
+--- Stops starting items: those running finish (their requests too), no
+-- further item is taken from the source. Callable from `fn`, `on_error` or
+-- anywhere else. Idempotent; the first reason is kept.
+-- @tparam[opt] string reason given back as `summary.stopped` (default "stopped")
+function Scheduler:stop(reason)
+  if not self.stopped then self.stopped = tostring(reason or "stopped") end
+end
+
+--- Runs `fn(item, index, scheduler)` for every item (see `http.run`).
+function Scheduler:run(items, fn)
+  if type(fn) ~= "function" then error("scim.http.run: fn must be a function", 2) end
+  if self.running then error("scim.http.run: this scheduler is already running", 2) end
   local source = items_source(items)
-  local sched = { ready = {}, rhead = 1, rtail = 0 }
+  local concurrency, on_error = self.concurrency, self.on_error
   local active, nactive = {}, 0  -- coroutine -> { index, item } (strong: they are running)
-  local summary = { done = 0, failed = 0, errors = {} }
+  local summary = { done = 0, failed = 0, started = 0, errors = {} }
   local index, exhausted, source_error = 0, false, nil
+  self.running = true
+
+  local function failed(info, err, traceback)
+    summary.failed = summary.failed + 1
+    summary.errors[#summary.errors + 1] = { index = info[1], item = info[2], error = err,
+      traceback = traceback }
+    if on_error then
+      local ok, e = pcall(on_error, err, info[2], info[1], self)
+      if not ok then self:stop("on_error raised: " .. tostring(e)) end
+    end
+  end
 
   local function settle(co, ok, res)
     if costatus(co) == "dead" then
@@ -811,10 +1071,9 @@ function http.run(items, fn, opts)
       if ok then
         summary.done = summary.done + 1
       else
-        summary.failed = summary.failed + 1
-        summary.errors[#summary.errors + 1] = { index = info[1], item = info[2], error = res,
-          traceback = debug.traceback(co, tostring(res)) }
+        local tb = debug.traceback(co, tostring(res))
         coclose(co)  -- runs its pending to-be-closed variables
+        failed(info, res, tb)
       end
     elseif res ~= WAIT then
       -- Something inside fn yielded to us that is not a request: fail the item.
@@ -823,14 +1082,12 @@ function http.run(items, fn, opts)
       nactive = nactive - 1
       managed[co] = nil
       coclose(co)
-      summary.failed = summary.failed + 1
-      summary.errors[#summary.errors + 1] = { index = info[1], item = info[2],
-        error = "fn yielded outside scim.http (a coroutine inside fn must not yield to run)" }
+      failed(info, "fn yielded outside scim.http (a coroutine inside fn must not yield to run)")
     end
   end
 
   while true do
-    while not exhausted and nactive < concurrency do
+    while not exhausted and not self.stopped and nactive < concurrency do
       local ok, item = pcall(source)
       if not ok then
         exhausted, source_error = true, item
@@ -839,33 +1096,59 @@ function http.run(items, fn, opts)
       else
         index = index + 1
         local co = cocreate(fn)
-        managed[co] = sched
+        managed[co] = self
         active[co] = { index, item }
         nactive = nactive + 1
-        settle(co, coresume(co, item, index))
+        settle(co, coresume(co, item, index, self))
       end
     end
-    if sched.rhead <= sched.rtail then
-      local h = sched.rhead
-      local co = sched.ready[h]
-      sched.ready[h] = nil
-      sched.rhead = h + 1
+    if self.rhead <= self.rtail then
+      local h = self.rhead
+      local co = self.ready[h]
+      self.ready[h] = nil
+      self.rhead = h + 1
       if active[co] then settle(co, coresume(co)) end
     elseif nactive == 0 then
       break
-    elseif not step() then
+    elseif not step(self) then
       -- Coroutines wait but no engine has work: an engine was closed under them.
+      self.running = false
       error("scim.http.run: coroutines waiting with no request in flight", 2)
     end
   end
+  self.running = false
+  summary.started = index
+  summary.stopped = self.stopped
   if source_error ~= nil then error(source_error, 0) end
   return summary
 end
 
---- True when called from a coroutine that `http.run` schedules (requests yield).
-function http.scheduled()
-  local co = corunning()
-  return co ~= nil and managed[co] ~= nil
+--- Runs `fn(item, index, scheduler)` for every item on coroutines, at most
+-- `opts.concurrency` at once. Requests made inside `fn` (by any engine or
+-- client) yield to this run's scheduler, which drives the engines they use.
+-- An error raised in `fn` fails that item only.
+--
+-- Stopping: the run takes no further item when the source returns nil (an
+-- iterator can end early), or once `scheduler:stop(reason)` is called (`fn`
+-- gets the scheduler as its 3rd argument; `opts.on_error` as its 4th). Items
+-- already running finish; `summary.started` says how many were taken.
+-- @tparam table|function items an array, or an iterator returning items (e.g. `reader:rows()`)
+-- @tparam function fn called as `fn(item, index, scheduler)`
+-- @tparam[opt] table opts `concurrency` (default 16), `on_error` (called as
+--   `on_error(err, item, index, scheduler)` when `fn` raises; may call `scheduler:stop()`)
+-- @treturn table `{ done = n, failed = n, started = n, stopped = reason or nil,
+--   errors = { {index=, item=, error=, traceback=}, ... } }`
+-- @raise on bad arguments; an error raised by the `items` iterator is re-raised
+--   after the items already started have finished
+-- @usage local summary = http.run(rows, function(row, _, run)
+--   local res, err, code = client:create(m:to_resource(row))
+--   if code == "THROTTLED" then run:stop(code) end
+-- end, { concurrency = 16 })
+function http.run(items, fn, opts)
+  if type(fn) ~= "function" then error("scim.http.run: fn must be a function", 2) end
+  opts = check_options(opts, RUN_OPTIONS, "scim.http.run", 2)
+  local sched = http.scheduler(opts)
+  return sched:run(items, fn)
 end
 
 return http

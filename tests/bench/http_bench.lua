@@ -8,7 +8,14 @@
 --    the same server with the same number of connections.
 -- 3. The same window comparison with GETs (cheap for the server), to show
 --    the client's scaling apart from the server's cost per create.
--- Targets (issue 3): default >= 8x sequential, 32 >= 25x, GETs >= 70% of wrk.
+-- 4. Throttling (issue 12): 300 creates through the server's limiter at 20
+--    req/s answering bare 429s (refused per passed request, rate where the
+--    requests arrive), and the `rate = 50` ceiling measured at the server.
+-- 5. Agent CPU per request (os.clock: this process only) for GETs at windows
+--    8 and 64, no added latency (issue 9).
+-- Targets (issue 3): default >= 8x sequential, 32 >= 25x, GETs >= 70% of wrk;
+-- (issue 12) <= 0.2 refused per passed, rate 47.5-52.5 req/s.
+-- SCIM_BENCH_ONLY=throttle,cpu (comma list of create, throttle, cpu) runs a part.
 local http = require "scim.http"
 local core = require "scim.core"
 local cjson = require "cjson"
@@ -18,6 +25,10 @@ local N = tonumber(os.getenv("SCIM_BENCH_USERS")) or 2000
 local GETS = tonumber(os.getenv("SCIM_BENCH_GETS")) or 20000
 local WRK_SECONDS = tonumber(os.getenv("SCIM_BENCH_WRK_SECONDS")) or 5
 local LATENCY_MS = 20
+local ONLY = os.getenv("SCIM_BENCH_ONLY")
+local function part(name)
+  return not ONLY or ("," .. ONLY .. ","):find("," .. name .. ",", 1, true) ~= nil
+end
 
 local s = server.start{ latency_ms = LATENCY_MS }
 local auth = { Authorization = "Bearer " .. s.token }
@@ -107,8 +118,83 @@ local rows = {}
 local function row(name, conns, requests, seconds, ratio, target, sms)
   rows[#rows + 1] = { name, conns, requests, seconds, requests / seconds, ratio, target, sms }
 end
+local notes = {}
+local function note(fmt, ...)
+  notes[#notes + 1] = string.format(fmt, ...)
+  io.stdout:write(notes[#notes], "\n")
+  io.stdout:flush()
+end
+
+-- The arrival rate at the server (req/s) of the requests of one method.
+local function arrival_rate(method)
+  local first, last, n
+  for _, r in ipairs(s:stats().requests) do
+    if r.method == method then
+      first = first or r.t
+      last, n = r.t, (n or 0) + 1
+    end
+  end
+  return n and n > 1 and (n - 1) / ((last - first) / 1000) or 0
+end
+
+-- 300 creates through a 20 req/s limiter answering bare 429s; every one must land.
+local function throttle()
+  local NT, RPS = 300, 20
+  s:reset()
+  s:configure{ latency_ms = 0, rate_limit = { rps = RPS } }
+  local engine = http.new{ concurrency = 8, headers = auth }
+  local t0 = core.monotime()
+  local n = 0
+  local summary = http.run(function()  -- an iterator, as a CSV reader would be
+    n = n + 1
+    if n <= NT then return n end
+  end, function(i)
+    local res = engine:request{ method = "POST", url = s.url .. "Users", headers = headers,
+      body = body(i, "thr") }
+    assert(res and res.status == 201, "throttle bench: a create failed")
+  end, { concurrency = 16 })
+  local dt = core.monotime() - t0
+  local st = s:stats()
+  engine:close()
+  s:configure{ rate_limit = false }
+  local lim = st.limiter
+  assert(summary.done == NT and #s:users() == NT, "throttle bench: not every create landed")
+  note("throttle: %d creates through a %d req/s limiter (bare 429): %d/%d landed, %d refused,"
+    .. " %.3f refused per passed (target <= 0.2), %.1f req/s at the server, %.1f s",
+    NT, RPS, #s:users(), NT, lim.refused, lim.refused / lim.passed, tonumber(lim.rate) or 0, dt)
+  -- the rate ceiling, measured where the requests arrive
+  s:reset()
+  local NR, RATE = 250, 50
+  engine = http.new{ concurrency = 8, headers = auth, rate = RATE }
+  local items = {}
+  for i = 1, NR do items[i] = i end
+  http.run(items, function()
+    assert(engine:request{ url = s.url .. "ServiceProviderConfig" })
+  end, { concurrency = 16 })
+  engine:close()
+  note("rate: %d GETs at rate = %d: %.2f req/s at the server (target 47.5-52.5)", NR, RATE,
+    arrival_rate("GET"))
+end
+
+-- Agent CPU per request (this process: os.clock) for GETs of one user.
+local function cpu()
+  s:reset()
+  s:configure{ latency_ms = 0 }
+  local user = s:seed(1)[1]
+  local url = s.url .. "Users/" .. user.id
+  local NC = math.max(2000, GETS // 2)
+  for _, conns in ipairs{ 8, 64 } do
+    local c0 = os.clock()
+    local dt = gets(url, conns, NC)
+    local us = (os.clock() - c0) / NC * 1e6
+    note("cpu: GET, window %d: %.1f us of agent CPU per request, %.0f req/s", conns, us, NC / dt)
+  end
+end
 
 local ok, err = pcall(function()
+  if part("throttle") then throttle() end
+  if part("cpu") then cpu() end
+  if not part("create") then return end
   io.stdout:write(string.format("creates: %d users, %d ms added latency ...\n", N, LATENCY_MS))
   io.stdout:flush()
   local seq, seq_ms = creates("seq", 1, true)
@@ -160,6 +246,7 @@ for _, r in ipairs(rows) do
   io.stdout:write(string.format("%-40s %5d %8d %8.2f %9.0f %6.2fx %9s  %s\n", r[1], r[2], r[3],
     r[4], r[5], r[6], r[8] and string.format("%.1f", r[8]) or "", r[7]))
 end
+for _, n in ipairs(notes) do io.stdout:write(n, "\n") end
 io.stdout:write(string.format("(%s; %s; ratio: creates vs sequential, GETs vs wrk;\n"
   .. " server ms: mean time from arrival to response at the server)\n",
   _VERSION, core.curl_version))
