@@ -87,6 +87,8 @@ static void buf_free(Buf *b) {
 typedef struct Multi {
   CURLM *multi;   /* NULL once closed */
   int count;      /* requests anchored (added and not yet finished) */
+  curl_off_t budget;      /* bytes all attached responses may hold; < 0: no cap */
+  curl_off_t body_total;  /* bytes they hold now (<= budget) */
   int running;    /* transfers curl last said were running */
   double timer;   /* monotonic seconds at which curl's timer is due; < 0: none */
   int failed;     /* a socket could not be watched (out of memory) */
@@ -116,6 +118,8 @@ typedef struct Request {
   Buf trace;                     /* redacted trace lines, '\n'-terminated */
   curl_off_t max_body;           /* < 0: no cap */
   int too_large;                 /* the write callback hit max_body */
+  int over_budget;               /* 1: the multi's budget was full; 2: alone over it */
+  curl_off_t counted;            /* body bytes counted in multi->body_total */
   int oom;                       /* a callback ran out of memory */
   char errbuf[CURL_ERROR_SIZE];
 } Request;
@@ -180,17 +184,33 @@ static const char *curlcode_name(CURLcode rc) {
 ** say why.  n > 0 here: curl never delivers empty chunks. */
 static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
   Request *r = (Request *)ud;
+  Multi *m = r->multi;
   size_t n = size * nmemb;  /* size is 1 (curl_write_callback) */
   /* body.len <= max_body holds, so the subtraction cannot wrap */
   if (r->max_body >= 0 && (curl_off_t)n > r->max_body - (curl_off_t)r->body.len) {
     r->too_large = 1;  /* fail the transfer cleanly instead of growing */
     return 0;
   }
+  /* the same for the multi's budget over every response it holds */
+  if (m != NULL && m->budget >= 0 && (curl_off_t)n > m->budget - m->body_total) {
+    r->over_budget = (curl_off_t)n > m->budget - r->counted ? 2 : 1;
+    return 0;
+  }
   if (!buf_add(&r->body, data, n)) {
     r->oom = 1;
     return 0;
   }
+  if (m != NULL) {
+    m->body_total += (curl_off_t)n;
+    r->counted += (curl_off_t)n;
+  }
   return n;
+}
+
+/* Gives back to r's multi the body bytes r held (r is leaving it). */
+static void uncount(Request *r) {
+  if (r->multi != NULL) r->multi->body_total -= r->counted;
+  r->counted = 0;
 }
 
 /* One call per header line.  A status line starts a new response (after a
@@ -306,6 +326,7 @@ static void request_detach(lua_State *L, Request *r, int idx) {
   if (r->multi == NULL) return;
   if (r->multi->multi != NULL && r->easy != NULL)
     curl_multi_remove_handle(r->multi->multi, r->easy);
+  uncount(r);
   r->multi->count--;
   r->multi = NULL;
   if (lua_getiuservalue(L, idx, 1) == LUA_TUSERDATA) {  /* the multi */
@@ -906,11 +927,12 @@ static void setmopt_check(lua_State *L, CURLMcode rc, const char *name) {
 }
 
 static const char *const multi_keys[] = {
-  "max_connects", "max_host_connections", "max_total_connections", NULL
+  "max_connects", "max_host_connections", "max_total_connections", "body_budget", NULL
 };
 
 /*
-** core.multi{ max_connects=, max_host_connections=, max_total_connections= }
+** core.multi{ max_connects=, max_host_connections=, max_total_connections=,
+**             body_budget= (bytes all responses held by the multi may total) }
 ** [-0, +1, e]
 */
 static int core_multi(lua_State *L) {
@@ -925,6 +947,7 @@ static int core_multi(lua_State *L) {
   m = (Multi *)lua_newuserdatauv(L, sizeof(Multi), 1);
   memset(m, 0, sizeof(Multi));
   m->timer = -1;
+  m->budget = -1;
 #if SCIM_EPOLL
   m->epfd = -1;  /* before anything can raise: 0 is a real fd */
 #endif
@@ -952,6 +975,13 @@ static int core_multi(lua_State *L) {
     MSETOPT(L, m, CURLMOPT_MAX_HOST_CONNECTIONS, v);
   if ((v = opt_count(L, 1, "max_total_connections")) >= 0)
     MSETOPT(L, m, CURLMOPT_MAX_TOTAL_CONNECTIONS, v);
+  if (lua_getfield(L, 1, "body_budget") != LUA_TNIL) {  /* bytes; may pass INT_MAX */
+    int ok;
+    lua_Integer b = lua_tointegerx(L, -1, &ok);
+    if (!ok || b < 0) return luaL_error(L, "bad option 'body_budget' (non-negative integer expected)");
+    m->budget = (curl_off_t)b;
+  }
+  lua_pop(L, 1);
   return 1;
 }
 
@@ -968,6 +998,7 @@ static int multi_close(lua_State *L) {
       Request *r = (Request *)luaL_testudata(L, -1, REQUEST_T);
       if (r != NULL && r->multi == m) {
         if (r->easy != NULL) curl_multi_remove_handle(m->multi, r->easy);
+        uncount(r);
         r->multi = NULL;
         lua_pushnil(L);
         lua_setiuservalue(L, -2, 1);
@@ -1008,7 +1039,8 @@ static int multi_add(lua_State *L) {
   lua_rawsetp(L, -2, (void *)r->easy);  /* anchor before curl knows it */
   lua_pop(L, 1);
   r->body.len = r->head.len = r->trace.len = 0;
-  r->too_large = r->oom = 0;
+  r->too_large = r->oom = r->over_budget = 0;
+  r->counted = 0;
   r->errbuf[0] = '\0';
   rc = curl_multi_add_handle(m->multi, r->easy);
   if (rc != CURLM_OK) {
@@ -1178,6 +1210,7 @@ static int multi_next_done(lua_State *L) {
       lua_pop(L, 1);
       continue;
     }
+    uncount(r);
     r->multi = NULL;
     m->count--;
     lua_pushnil(L);
@@ -1189,7 +1222,17 @@ static int multi_next_done(lua_State *L) {
       return 2;
     }
     luaL_pushfail(L);
-    if (r->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
+    if (r->over_budget == 2) {
+      lua_pushfstring(L, "response body larger than the engine's body budget (%I bytes)",
+                      (lua_Integer)m->budget);
+      lua_pushliteral(L, "BODY_TOO_LARGE");
+    }
+    else if (r->over_budget) {
+      lua_pushfstring(L, "the responses in flight would exceed the engine's body budget"
+                      " (%I bytes)", (lua_Integer)m->budget);
+      lua_pushliteral(L, "BODY_BUDGET");
+    }
+    else if (r->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
       lua_pushfstring(L, "response body larger than max_body (%I bytes)",
                       (lua_Integer)r->max_body);
       lua_pushliteral(L, "BODY_TOO_LARGE");

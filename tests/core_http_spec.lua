@@ -226,6 +226,51 @@ describe("scim.core HTTP binding", function()
       assert.equals(5000, #req:body())
     end)
 
+    it("holds the responses of a multi to its body budget", function()
+      local multi <close> = core.multi{ body_budget = 300000 }
+      s:faults{ oversize_bytes = 150000, chunked = true, count = 3 }
+      local reqs = {}
+      for i = 1, 3 do
+        reqs[i] = core.request{ url = s.url .. "Users", headers = auth() }
+        multi:add(reqs[i])
+      end
+      -- finished transfers keep their bodies (counted) until next_done takes them
+      local deadline = core.monotime() + 10
+      while multi:perform() > 0 and core.monotime() < deadline do multi:poll(0.05) end
+      local held, over = 0, 0
+      for _ = 1, 3 do
+        local req, ok, msg, code = multi:next_done()
+        if ok then
+          held = held + #req:body()
+        else
+          assert.equals("BODY_BUDGET", code)
+          assert.equals("the responses in flight would exceed the engine's body budget"
+            .. " (300000 bytes)", msg)
+          over = over + 1
+        end
+      end
+      assert.is_true(over >= 1)
+      assert.is_true(held <= 300000)
+      -- taken out, they free the budget: the same request now fits
+      for i = 1, 3 do reqs[i]:close() end
+      s:faults{ oversize_bytes = 150000, chunked = true, count = 1 }
+      local again <close> = core.request{ url = s.url .. "Users", headers = auth() }
+      multi:add(again)
+      local _, ok = wait_done(multi)
+      assert.is_true(ok)
+      assert.equals(150000, #again:body())
+      -- one response over the budget alone is too large, not a full budget
+      local small <close> = core.multi{ body_budget = 1000 }
+      s:faults{ oversize_bytes = 5000, chunked = true, count = 1 }
+      local big <close> = core.request{ url = s.url .. "Users", headers = auth() }
+      small:add(big)
+      local _, ok2, msg, code = wait_done(small)
+      assert.is_nil(ok2)
+      assert.equals("BODY_TOO_LARGE", code)
+      assert.equals("response body larger than the engine's body budget (1000 bytes)", msg)
+      assert.has_error(function() core.multi{ body_budget = -1 } end)
+    end)
+
     it("decodes compressed responses it asked for", function()
       local multi <close> = core.multi()
       local req <close> = core.request{ url = s.url .. "Users", headers = auth(), trace = true }

@@ -342,6 +342,27 @@ describe("scim.http", function()
     end)
   end)
 
+  describe("body budget", function()
+    it("retries a transfer the budget had no room for, and fails one over it alone", function()
+      -- 4 x 100 kB at once through a 250 kB budget: some wait for room, all arrive
+      s:faults{ oversize_bytes = 100000, chunked = true, count = 1000 }
+      local e = new{ concurrency = 4, body_budget = 250000, retries = 20 }
+      local sizes = {}
+      http.run({ 1, 2, 3, 4 }, function(i)
+        sizes[i] = #assert(e:request{ url = users() }).body
+      end)
+      assert.same({ 100000, 100000, 100000, 100000 }, sizes)
+      local st = e:stats()
+      assert.equals(st.requests - 4, st.errors.BODY_BUDGET or 0)
+      s:faults{ oversize_bytes = 300000, chunked = true, count = 1 }
+      local res, err, code = e:request{ url = users(), retries = 1 }
+      assert.is_nil(res)
+      assert.equals("BODY_TOO_LARGE", code)
+      assert.matches("larger than the engine's body budget %(250000 bytes%)", err)
+      assert.has_error(function() http.new{ body_budget = 0 } end)
+    end)
+  end)
+
   describe("secrets", function()
     it("never puts the token in an error or a trace line", function()
       local lines = {}
@@ -568,7 +589,7 @@ describe("scim.http", function()
 
     it("gives up THROTTLED when bare refusals outlast the deadline", function()
       s:faults{ status = 503, count = 1000 }
-      local e = new{ deadline = 0.3 }
+      local e = new{ deadline = 1 }  -- backoff of at most 0.05 s: dozens of tries
       local res, err, code, info = e:request{ url = users() }
       assert.is_nil(res)
       assert.equals("THROTTLED", code)

@@ -56,6 +56,7 @@ local RETRY_CODE = {
   OPERATION_TIMEDOUT = true, GOT_NOTHING = true, SEND_ERROR = true, RECV_ERROR = true,
   PARTIAL_FILE = true, SSL_CONNECT_ERROR = true, HTTP2 = true, HTTP2_STREAM = true,
   WEIRD_SERVER_REPLY = true, NO_CONNECTION_AVAILABLE = true,
+  BODY_BUDGET = true,  -- the other responses in flight free the budget as they finish
 }
 http.RETRY_STATUS, http.RETRY_CODE = RETRY_STATUS, RETRY_CODE
 http.THROTTLE_STATUS = THROTTLE_STATUS
@@ -76,7 +77,7 @@ local OPTION_TYPES = {
   max_body = "number", trace = "function", backoff_base = "number", backoff_cap = "number",
   max_retry_after = "number", forbid_reuse = "boolean", max_connects = "number",
   low_speed_time = "number", low_speed_limit = "number", min_window = "number",
-  deadline = "number",
+  deadline = "number", body_budget = "number",
 }
 
 local REQUEST_TYPES = {
@@ -700,7 +701,9 @@ end
 --   throttled, by 429/503 answers, before it fails "THROTTLED"; throttled retries use no
 --   attempt), `max_retry_after` (default none: a longer Retry-After fails the request
 --   "THROTTLED" at once, as one past the deadline does), `forbid_reuse` (a new connection
---   per request), `max_connects`, `min_window` (1).
+--   per request), `max_connects`, `min_window` (1), `body_budget` (bytes all responses in
+--   flight may hold together, default 256 MiB: past it a transfer fails "BODY_BUDGET" and
+--   is retried; one response over it alone fails "BODY_TOO_LARGE").
 -- @treturn scim.http.engine
 -- @raise on a bad option
 -- @usage local engine = http.new{ concurrency = 16, headers = { Authorization = "Bearer " .. t } }
@@ -721,6 +724,7 @@ function http.new(opts)
   positive(opts, "backoff_cap", what, false, true)
   positive(opts, "max_retry_after", what, false, true)
   positive(opts, "deadline", what)
+  positive(opts, "body_budget", what, true)
   positive(opts, "max_connects", what, true)
   positive(opts, "min_window", what, true)
   local concurrency = opts.concurrency or 8
@@ -729,6 +733,7 @@ function http.new(opts)
   local self = setmetatable({
     multi = core.multi{
       max_connects = opts.max_connects or max(concurrency, 8),
+      body_budget = opts.body_budget or 256 * 1024 * 1024,
     },
     headers = headers,
     secrets = secrets,
@@ -833,8 +838,9 @@ end
 -- @treturn[2] nil
 -- @treturn[2] string message "METHOD url: reason", never holding a secret
 -- @treturn[2] string code: the CURLE name (e.g. "COULDNT_CONNECT"), "PROXY" (a proxy
---   refused the tunnel; not retried), "BODY_TOO_LARGE", "THROTTLED" (429/503 past the
---   deadline, or a Retry-After ending past it), "STOPPED" (`engine:stop()`),
+--   refused the tunnel; not retried), "BODY_TOO_LARGE", "BODY_BUDGET" (the responses in
+--   flight held the engine's `body_budget`, still so after the retries), "THROTTLED"
+--   (429/503 past the deadline, or a Retry-After ending past it), "STOPPED" (`engine:stop()`),
 --   "HTTP_REFUSED", "UNSUPPORTED_PROTOCOL", "URL_MALFORMAT" or "CLOSED"
 -- @treturn[2] ?table for "THROTTLED": `{ status=, retry_after= (seconds), retry_at= (epoch
 --   seconds) }`, the times nil when the server named none

@@ -176,25 +176,32 @@ local function throttle()
     arrival_rate("GET"))
 end
 
--- Agent CPU per request (this process: os.clock) for GETs of one user.
+-- Agent CPU per request (this process: os.clock) for GETs of one user, with
+-- no added latency and with 20 ms (where the whole window is in flight).
 local function cpu()
   s:reset()
-  s:configure{ latency_ms = 0 }
   local user = s:seed(1)[1]
   local url = s.url .. "Users/" .. user.id
-  local NC = math.max(2000, GETS // 2)
-  for _, conns in ipairs{ 8, 64 } do
-    local c0 = os.clock()
-    local dt = gets(url, conns, NC)
-    local us = (os.clock() - c0) / NC * 1e6
-    note("cpu: GET, window %d: %.1f us of agent CPU per request, %.0f req/s", conns, us, NC / dt)
+  for _, latency in ipairs{ 0, LATENCY_MS } do
+    s:configure{ latency_ms = latency }
+    local NC = latency == 0 and math.max(2000, GETS // 2) or math.max(1000, N)
+    for _, conns in ipairs{ 8, 64 } do
+      local c0 = os.clock()
+      local dt = gets(url, conns, NC)
+      local us = (os.clock() - c0) / NC * 1e6
+      note("cpu: GET, %d ms latency, window %d: %.1f us of agent CPU per request, %.0f req/s",
+        latency, conns, us, NC / dt)
+    end
   end
+  s:configure{ latency_ms = 0 }
 end
 
 local ok, err = pcall(function()
   if part("throttle") then throttle() end
   if part("cpu") then cpu() end
   if not part("create") then return end
+  s:reset()
+  s:configure{ latency_ms = LATENCY_MS }
   io.stdout:write(string.format("creates: %d users, %d ms added latency ...\n", N, LATENCY_MS))
   io.stdout:flush()
   local seq, seq_ms = creates("seq", 1, true)
