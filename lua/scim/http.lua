@@ -661,10 +661,8 @@ local function step(sched)
   if progressed then return true end
   if na == 1 then
     active[1]:poll(wait)
-  elseif na > 1 then
-    core.wait(active, wait)
-  elseif wait > 0 then
-    core.wait(active, wait)  -- only timers pending: a wait on no socket is a sleep
+  elseif na > 1 or wait > 0 then
+    core.wait(active, wait)  -- with no socket (only timers pending) it is a sleep
   end
   return true
 end
