@@ -1173,12 +1173,14 @@ static int core_wait(lua_State *L) {
   /* a userdata box: freed by the GC even if a later call raises */
   fds = (struct pollfd *)lua_newuserdatauv(L, (size_t)(total > 0 ? total : 1)
                                            * sizeof(struct pollfd), 0);
-  for (i = 1; i <= len; i++) {
+  for (i = 1; i <= len; i++) {  /* checked again: the allocation may have run a finalizer */
     Multi *o;
     lua_rawgeti(L, 1, i);
-    o = (Multi *)lua_touserdata(L, -1);
-    if (o->npfd > 0) memcpy(fds + n, o->pfd, (size_t)o->npfd * sizeof(struct pollfd));
-    n += o->npfd;
+    o = (Multi *)luaL_testudata(L, -1, MULTI_T);
+    if (o != NULL && o->multi != NULL && o->npfd > 0 && o->npfd <= total - n) {
+      memcpy(fds + n, o->pfd, (size_t)o->npfd * sizeof(struct pollfd));
+      n += o->npfd;
+    }
     lua_pop(L, 1);
   }
   lua_pushinteger(L, wait_fds(L, fds, n, ms));

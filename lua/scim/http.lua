@@ -397,13 +397,16 @@ end
 
 -- A bare 429 (no Retry-After): the provider is over its limit and does not
 -- say for how long. Once per round of requests (those sent after the last
--- decrease), halve the window and set the rate to a fraction of what passes.
+-- decrease), halve the window and set the rate to a fraction of the rate it
+-- had (at first: of the rate of passed answers).
 local function slow_down(self, job, now)
   if job.epoch ~= self.epoch then return end
   self.epoch = self.epoch + 1
   self.cwnd = max(self.min_window, self.cwnd / 2)
+  -- from the rate we were held to, unless far more than what passed (then
+  -- something else held us back, and what passed is the better measure)
   local base = passed_rate(self, now)
-  if self.arate and self.arate < base then base = self.arate end
+  if self.arate and self.arate < 1.5 * base then base = self.arate end
   local r = self.arate
   -- where refusals began, once the rate grew since the last decrease (the
   -- first refusals of a burst say nothing about the provider's rate)
@@ -413,9 +416,9 @@ local function slow_down(self, job, now)
 end
 
 -- A passed answer: the window grows (about +1 request in flight per window)
--- and so does the adaptive rate: by 25% per second while below 95% of the
--- rate where refusals began (or that is not known yet), then by max(1, 5%)
--- req/s per second, probing for more. Answers come at about the rate, so a
+-- and so does the adaptive rate: by 50% per second until the rate where
+-- refusals begin is known, by 25% per second below 95% of it, then by
+-- max(1, 5%) req/s per second, probing for more. Answers come at about the rate, so a
 -- per-answer step of (growth per second) / rate does that.
 local function speed_up(self, now)
   local n = self.npassed + 1
@@ -428,7 +431,7 @@ local function speed_up(self, now)
   local r = self.arate
   if r then
     local rmax = self.rmax
-    local grow = (not rmax or r < 0.95 * rmax) and 0.25 * r or max(1, 0.05 * r)
+    local grow = not rmax and 0.5 * r or r < 0.95 * rmax and 0.25 * r or max(1, 0.05 * r)
     self.arate = r + grow / r
   end
 end
@@ -526,13 +529,15 @@ local function start(self, now)
       break
     end
     do
-      local r, tau = self.rate, self.tau
+      local r, tau, lag = self.rate, self.tau, RATE_LAG
       local ar = self.arate
-      if ar and (not r or ar < r) then r, tau = ar, 0 end
+      -- the adaptive rate keeps every gap: it probes for the provider's limit,
+      -- and a gap made short to catch up could be refused
+      if ar and (not r or ar < r) then r, tau, lag = ar, 0, 0 end
       if r then
         local tat = self.tat
         if now < tat - tau then due = tat - tau break end
-        self.tat = max(tat, now - RATE_LAG) + 1 / r
+        self.tat = max(tat, now - lag) + 1 / r
       end
     end
     do
@@ -661,10 +666,8 @@ local function step(sched)
   if progressed then return true end
   if na == 1 then
     active[1]:poll(wait)
-  elseif na > 1 then
-    core.wait(active, wait)
-  elseif wait > 0 then
-    core.wait(active, wait)  -- only timers pending: a wait on no socket is a sleep
+  elseif na > 1 or wait > 0 then
+    core.wait(active, wait)  -- with no socket (only timers pending) it is a sleep
   end
   return true
 end
