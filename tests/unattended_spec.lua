@@ -244,3 +244,28 @@ describe("hardening", function()
     os.remove(file)
   end)
 end)
+
+describe("a server asking to wait longer than the run may", function()
+  it("stops starting rows and reports them skipped with the time to come back", function()
+    local s = server.start{}
+    s:faults{ status = 429, retry_after = 999999, count = 1, match = "POST /Users" }
+    local file = people_file(30)
+    local report = os.tmpname()
+    local code, _, err = agent.main({ "create", file, "--report", report, "--concurrency", "2" },
+      agent.vars(s))
+    assert.equal(1, code, err)
+    assert.truthy(err:find("asked to wait", 1, true), err)
+    local skipped = 0
+    for _, r in ipairs(agent.read_csv(report)) do
+      if r.action == "skipped" then
+        skipped = skipped + 1
+        assert.truthy(r.error:find("come back in 999999 s (at ", 1, true), r.error)
+      end
+    end
+    assert.truthy(skipped >= 20, "skipped: " .. skipped)
+    assert.truthy(s:stats().by_method.POST <= 4, "POSTs: " .. s:stats().by_method.POST)
+    s:stop()
+    os.remove(file)
+    os.remove(report)
+  end)
+end)

@@ -51,10 +51,28 @@ function Run:outcome(e, action, f)
   end
 end
 
+-- Why the rows not done were not done.
+function Run:why()
+  local err = self.stop_error
+  if self.stopped == "AUTH" then return "the server refused the token" end
+  if self.stopped == "THROTTLED" then
+    -- The engine's message says when to come back.
+    return "the server asked to wait: " .. tostring(err)
+  end
+  return self.stopped or "not done"
+end
+
 function Run:fail(e, err, extra)
   local code = type(err) == "table" and err.code
   if code and STOP_CODES[code] and not self.stopped then
     self.stopped, self.stop_error = STOP_CODES[code], err
+    -- Rows already waiting for a slot of the engine must not be sent either: they fail
+    -- STOPPED, unsent, and are reported skipped.
+    local engine = self.plan.client.engine
+    if type(engine) == "table" and engine.stop then pcall(engine.stop, engine, self:why()) end
+  end
+  if self.stopped and (code == "STOPPED" or code == "THROTTLED") then
+    return self:outcome(e, "skipped", { error = self:why() })
   end
   if extra then
     local status = type(err) == "table" and err.status or nil
@@ -423,9 +441,7 @@ function apply.run(p, opts)
     self:phase("update", updates)
     self:phase("remove", removals)
   end
-  local why = self.stopped == "AUTH" and "the server refused the token"
-    or self.stopped == "THROTTLED" and ("the server asked to wait: " .. tostring(self.stop_error))
-    or self.stopped or "not done"
+  local why = self:why()
   -- Every row not done, in file order (work lists hold each row once: a create that met a
   -- 409 or waits for its link is also in `updates`, and is reported once).
   local left = {}

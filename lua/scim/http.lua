@@ -10,10 +10,11 @@
 -- loopback).
 --
 -- Throttling (429 and 503) is not failure: it uses no attempt of the
--- request's budget while the request's `deadline` lasts. A 429's Retry-After
--- pauses the whole engine (the provider says this client is over its limit);
--- a 503's delays only its own request, which holds no in-flight slot while
--- it sleeps. A Retry-After that ends past the request's deadline fails it at
+-- request's budget while the request's `deadline` lasts. When most recent
+-- answers are 429s, a 429's Retry-After pauses the whole engine (the provider
+-- says this client is over its limit); a 429 among passing answers, and a
+-- 503, delay only their own request, which holds no in-flight slot while it
+-- sleeps. A Retry-After that ends past the request's deadline fails it at
 -- once with code "THROTTLED" and the time to come back.
 --
 -- Requests are written straight-line. Inside a coroutine run by `http.run`,
@@ -395,6 +396,25 @@ local function passed_rate(self, now)
   return count / max(span, 0.1)
 end
 
+-- How many recent answers `over_limit` weighs.
+local RECENT = 8
+
+-- Records whether an answer was a 429 and says whether the provider is refusing most of
+-- what it gets (at least half of the last answers): then its Retry-After means "this client
+-- is over its limit" and holds the whole engine. A 429 among mostly passing answers (a
+-- provider refusing a share of requests whatever the rate) delays only its own request:
+-- pausing everything for each of them would cut throughput to a window per pause.
+local function over_limit(self, refused)
+  local ring = self.recent
+  local n = self.nrecent + 1
+  self.nrecent = n
+  local slot = (n - 1) % RECENT + 1
+  if ring[slot] then self.nrefused = self.nrefused - 1 end
+  ring[slot] = refused
+  if refused then self.nrefused = self.nrefused + 1 end
+  return self.nrefused * 2 >= min(n, RECENT)
+end
+
 -- A bare 429 (no Retry-After): the provider is over its limit and does not
 -- say for how long. Once per round of requests (those sent after the last
 -- decrease), halve the window and set the rate to a fraction of the rate it
@@ -463,11 +483,13 @@ local function complete(self, req, ok, msg, code)
     local status = req:status()
     stats.by_status[status] = (stats.by_status[status] or 0) + 1
     if not RETRY_STATUS[status] then
+      over_limit(self, false)
       speed_up(self, now)
       return finish(self, job, response(job, req))
     end
     local headers = req:headers()
     local wait = retry_after(headers)
+    local over = status == 429 and over_limit(self, true)
     if self.stopped then
       return fail(self, job, "not retried: engine stopped (" .. self.stopped .. ")", "STOPPED")
     end
@@ -475,7 +497,7 @@ local function complete(self, req, ok, msg, code)
       local due
       if wait then
         due = now + wait
-        if status == 429 and due > self.hold_until then
+        if over and due > self.hold_until then
           self.hold_until = due  -- the whole engine waits, then goes on as it was
           expire_held(self)
         end
@@ -771,6 +793,7 @@ function http.new(opts)
     passed = {}, npassed = 0,
     first_start = nil,
     hold_until = -huge,
+    recent = {}, nrecent = 0, nrefused = 0,  -- the last answers: 429 or not (over_limit)
     retry_at = nil,
     stopped = nil,
     -- work
