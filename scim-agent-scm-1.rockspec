@@ -49,6 +49,7 @@ build = {
     ["scim.input"] = "lua/scim/input.lua",
     ["scim.directory"] = "lua/scim/directory.lua",
     ["scim.runner"] = "lua/scim/runner.lua",
+    ["scim.guard"] = "lua/scim/guard.lua",
     ["scim.plan"] = "lua/scim/plan.lua",
     ["scim.apply"] = "lua/scim/apply.lua",
     ["scim.groups"] = "lua/scim/groups.lua",

@@ -75,3 +75,56 @@ describe("luarocks make", function()
     assert.matches("^scim%-agent %d+%.%d+%.%d+", out)
   end)
 end)
+
+describe("the shape of the Lua modules", function()
+  -- module name -> the scim modules it requires (comments and doc examples left out)
+  local function graph()
+    local g = {}
+    local p = assert(io.popen("find lua -name '*.lua'"))
+    for path in p:lines() do
+      local mod = path:gsub("^lua/", ""):gsub("%.lua$", ""):gsub("/init$", ""):gsub("/", ".")
+      g[mod] = { path = path, deps = {}, lines = 0, head = {} }
+      for line in io.lines(path) do
+        local n = g[mod].lines + 1
+        g[mod].lines = n
+        if n <= 40 then g[mod].head[#g[mod].head + 1] = line end
+        local code = line:gsub("%-%-.*$", "")
+        for dep in code:gmatch('require%s*%(?%s*["\']([%w%._]+)["\']') do
+          if dep:find("^scim") and dep ~= mod then g[mod].deps[#g[mod].deps + 1] = dep end
+        end
+      end
+    end
+    p:close()
+    return g
+  end
+
+  it("have no require cycle", function()
+    local g, state, cycles = graph(), {}, {}
+    local function visit(m, stack)
+      if state[m] == "open" then
+        cycles[#cycles + 1] = table.concat(stack, " -> ") .. " -> " .. m
+        return
+      end
+      if state[m] or not g[m] then return end
+      state[m] = "open"
+      stack[#stack + 1] = m
+      for _, d in ipairs(g[m].deps) do visit(d, stack) end
+      stack[#stack] = nil
+      state[m] = "done"
+    end
+    for m in pairs(g) do visit(m, {}) end
+    assert.same({}, cycles)
+  end)
+
+  it("stay under ~600 lines unless they say at the top why not", function()
+    local long = {}
+    for m, info in pairs(graph()) do
+      if info.lines > 650 and not table.concat(info.head, "\n"):find("Why this module is long:",
+        1, true) then
+        long[#long + 1] = string.format("%s (%d lines)", info.path, info.lines)
+      end
+    end
+    table.sort(long)
+    assert.same({}, long)
+  end)
+end)

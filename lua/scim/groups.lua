@@ -19,12 +19,14 @@
 -- with `delete_missing_groups` (guarded like user removals).
 -- @module scim.groups
 local err_mod = require "scim.error"
+local guard = require "scim.guard"
+local apply = require "scim.groups.apply"
 local idstr = require("scim.directory").idstr
 
 local groups = {}
 
 --- How a nested group is written as a member: `group:<displayName>`.
-groups.GROUP_PREFIX = "group:"
+groups.GROUP_PREFIX = apply.GROUP_PREFIX
 
 --- The columns of a groups file (compared without case).
 groups.COLUMNS = { "group", "member", "group external id" }
@@ -33,8 +35,6 @@ groups.COLUMNS = { "group", "member", "group external id" }
 local MAX_PROBLEMS = 200
 
 -- The PATCH limits assumed until the client or the provider says otherwise.
-local DEFAULT_LIMIT = 100
-groups.DEFAULT_LIMIT = DEFAULT_LIMIT
 
 
 local Plan = { __name = "scim.groups.plan" }
@@ -242,7 +242,7 @@ local function check_options(o)
   end
   if o.rows == nil then error("scim.plan: 'rows' is required", 3) end
   if o.max_removals ~= nil then
-    local ok, why = require("scim.plan").parse_limit(o.max_removals)
+    local ok, why = guard.parse(o.max_removals)
     if not ok then error("scim.plan: " .. why, 3) end
   end
   for _, k in ipairs{ "removals", "upsert", "where", "limit" } do
@@ -411,17 +411,15 @@ function Plan:decide(opts, warn)
     if not inp.by_name[g.name:lower()] then absent[#absent + 1] = g end
   end
   if opts.delete_missing_groups and #absent > 0 then
-    local plan = require "scim.plan"
-    local limit = opts.max_removals and assert(plan.parse_limit(opts.max_removals))
-      or plan.DEFAULT_MAX_REMOVALS
-    local allowed = plan.allowed_removals(limit, #srv.list)
+    local limit = opts.max_removals and assert(guard.parse(opts.max_removals)) or guard.DEFAULT
+    local allowed = guard.allowed(limit, #srv.list)
     if #absent > allowed then
       local names = {}
       for i, g in ipairs(absent) do names[i] = g.name end
       return err_mod.fail(string.format("refusing to delete %d of %d groups absent from %s: "
         .. "more than max_removals %s allows (%d); check the file, or raise the limit; "
         .. "nothing was sent", #absent, #srv.list, name,
-        limit.count and tostring(limit.count) or (limit.percent .. "%"), allowed), "GUARD",
+        guard.describe(limit), allowed), "GUARD",
         { removals = names, allowed = allowed, count = #absent })
     end
     for _, g in ipairs(absent) do
@@ -442,11 +440,7 @@ function Plan:decide(opts, warn)
 end
 
 -- The public view of a change.
-function groups.view(c)
-  return { action = c.action, group = c.group, key = c.key, id = c.id, line = c.line,
-    adds = c.adds, removes = c.removes, external_id = c.external_id,
-    old_external_id = c.old_external_id, error = c.error }
-end
+groups.view = apply.view
 
 --- The planned changes: the file's groups in file order, then the groups to delete. Each is
 -- `{ action = "create"|"update"|"unchanged"|"delete"|"failed", group =, key = (the group's
@@ -483,7 +477,7 @@ end
 
 --- Applies the plan (see scim.groups.apply).
 function Plan:apply(opts)
-  return require("scim.groups.apply").run(self, opts)
+  return apply.run(self, opts)
 end
 
 return groups

@@ -20,6 +20,11 @@
 -- Requests are written straight-line. Inside a coroutine run by `http.run`,
 -- `engine:request` yields until its response arrives while other coroutines
 -- run; anywhere else it drives the engine itself until the response is in.
+--
+-- Why this module is long: the engine's policy (window, rate, retries, throttling, the
+-- body budget) and the scheduler that drives engines and coroutines share the job records,
+-- timers and wake-ups of every request; split, those internals would become an interface.
+-- Secrets and URL checks, which stand alone, are small sections at the top.
 -- @module scim.http
 local core = require "scim.core"
 

@@ -27,6 +27,8 @@ end
 --- Makes a plan (see scim.plan): `scim.plan{ client=, rows=, job=, ... }`.
 -- @treturn scim.plan | nil, err, code
 function scim.plan(opts)
+  -- Groups are planned by their own module, on the same pattern.
+  if type(opts) == "table" and opts.job == "groups" then return require("scim.groups").new(opts) end
   return require("scim.plan").new(opts)
 end
 

@@ -13,6 +13,7 @@
 local err_mod = require "scim.error"
 local input = require "scim.input"
 local directory = require "scim.directory"
+local guard = require "scim.guard"
 
 local idstr = directory.idstr
 local plan = {}
@@ -23,32 +24,9 @@ Plan.__index = Plan
 local JOBS = { create = true, update = true, delete = true, sync = true }
 local REMOVALS = { deactivate = true, delete = true }
 
---- The guard's default: at most this share of the directory removed by one sync.
-plan.DEFAULT_MAX_REMOVALS = { percent = 10 }
-
---- Parses a removal limit: a count (`25`, `"25"`) or a share of the directory (`"10%"`).
--- @treturn table `{ count = n }` or `{ percent = p }` | nil, message
-function plan.parse_limit(v)
-  if type(v) == "table" and (v.count or v.percent) then return v end
-  local s = tostring(v)
-  local p = s:match("^%s*(%d+%.?%d*)%s*%%%s*$")
-  if p and tonumber(p) <= 100 then return { percent = tonumber(p) } end
-  local n = math.tointeger(tonumber(s:match("^%s*(%d+)%s*$")))
-  if n then return { count = n } end
-  return nil, "expected a number of accounts or a percentage such as 10%, got '" .. s .. "'"
-end
-
---- How many accounts a run may remove.
-function plan.allowed_removals(limit, total)
-  limit = limit or plan.DEFAULT_MAX_REMOVALS
-  if limit.count then return limit.count end
-  return math.floor(total * limit.percent / 100)
-end
-
-local function describe_limit(limit)
-  limit = limit or plan.DEFAULT_MAX_REMOVALS
-  return limit.count and tostring(limit.count) or (limit.percent .. "%")
-end
+-- The removal guard (scim.guard), also here for scripts: `plan.parse_limit("10%")`.
+plan.parse_limit, plan.allowed_removals = guard.parse, guard.allowed
+plan.DEFAULT_MAX_REMOVALS = guard.DEFAULT
 
 -- Checks the options; raises on a programming error (wrong type, unknown job).
 local function check_options(o)
@@ -60,6 +38,9 @@ local function check_options(o)
     error("scim.plan: " .. select(2, plan.parse_limit(o.max_removals)), 3)
   end
   if o.rows == nil then error("scim.plan: 'rows' is required", 3) end
+  if o.job == "groups" then
+    error("scim.plan: groups are planned by scim.groups.new (or the facade, scim.plan{})", 3)
+  end
   if not JOBS[o.job] then
     error("scim.plan: 'job' must be create, update, delete or sync, got " .. tostring(o.job), 3)
   end
@@ -91,8 +72,6 @@ end
 --   error code (the preflight failed: UNAUTHORIZED, FORBIDDEN, COULDNT_CONNECT, ...),
 --   "INTERRUPTED"
 function plan.new(opts)
-  -- Groups are planned by their own module, on the same pattern.
-  if type(opts) == "table" and opts.job == "groups" then return require("scim.groups").new(opts) end
   check_options(opts)
   local client = opts.client
   local m = opts.mapping
@@ -193,7 +172,7 @@ function plan.new(opts)
       return err_mod.fail(string.format(
         "refusing to %s %d of %d accounts absent from %s: more than max_removals %s allows "
         .. "(%d); check the file, or raise the limit; nothing was sent", verb, self.n_absent,
-        self.total, inp.source, describe_limit(self.max_removals), allowed), "GUARD",
+        self.total, inp.source, guard.describe(self.max_removals), allowed), "GUARD",
         { removals = self.absent_keys, allowed = allowed, count = self.n_absent })
     end
     self.absent_keys = nil

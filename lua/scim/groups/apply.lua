@@ -5,11 +5,22 @@ local runner = require "scim.runner"
 local filter = require "scim.filter"
 local idstr = require("scim.directory").idstr
 local STOP_CODES = require("scim.apply").STOP_CODES
-local groups = require "scim.groups"
-
-local DEFAULT_LIMIT, view = groups.DEFAULT_LIMIT, groups.view
-
 local M = {}
+
+--- How a nested group is written as a member: `group:<displayName>`.
+M.GROUP_PREFIX = "group:"
+
+-- Operations or member values per PATCH when neither the caller nor the client says.
+local DEFAULT_LIMIT = 100
+M.DEFAULT_LIMIT = DEFAULT_LIMIT
+
+--- The public view of a group change.
+function M.view(c)
+  return { action = c.action, group = c.group, key = c.key, id = c.id, line = c.line,
+    adds = c.adds, removes = c.removes, external_id = c.external_id,
+    old_external_id = c.old_external_id, error = c.error }
+end
+local view = M.view
 
 -- {======================================================== apply
 
@@ -130,7 +141,7 @@ function Run:later_values(c)
   for _, nm in ipairs(c.later) do
     local id = self.new_ids[nm:lower()]
     if id then values[#values + 1] = { value = id, type = "Group" }
-    else unknown[#unknown + 1] = groups.GROUP_PREFIX .. nm end
+    else unknown[#unknown + 1] = M.GROUP_PREFIX .. nm end
   end
   return values, unknown
 end

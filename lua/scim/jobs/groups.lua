@@ -2,7 +2,6 @@
 -- report and exit code. The file is checked, and the server's groups and users listed,
 -- before any write; a dry run prints per group `+ member` and `- member`.
 -- @module scim.jobs.groups
-local scim_plan = require "scim.plan"
 local groups = require "scim.groups"
 
 local job = {}
@@ -24,7 +23,7 @@ end
 -- @treturn integer exit code
 function job.run(ctx)
   local opts, rep = ctx.opts, ctx.report
-  local p, err, code = scim_plan.new{
+  local p, err, code = groups.new{
     job = "groups", connect = function() return ctx:connect() end,
     rows = opts.file, mapping = ctx.mapping,
     delete_missing_groups = opts.delete_missing_groups, max_removals = opts.max_removals,
