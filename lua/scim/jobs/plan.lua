@@ -60,7 +60,7 @@ function job.run(ctx)
       rep:outcome{ line = change.line, key = change.key, id = change.id,
         action = DRY[change.action] or change.action, status = change.status,
         error = change.error and tostring(change.error) or change.note, changes = change.diff,
-        row = p:row(change) }
+        row = rep.writer and p:row(change) }
     end
     return ctx:finish()
   end
@@ -77,7 +77,7 @@ function job.run(ctx)
       rep:error("cancelled: nothing was " .. (opts.deactivate and "deactivated" or "deleted"))
       for change in p:changes() do
         rep:outcome{ line = change.line, key = change.key, action = "skipped",
-          error = "cancelled", row = p:row(change) }
+          error = "cancelled", row = rep.writer and p:row(change) }
       end
       ctx:finish()
       return EXIT.FAILED
@@ -96,7 +96,8 @@ function job.run(ctx)
       local e = r.error
       rep:outcome{ line = r.line, key = r.key, action = r.action, status = r.status or
         (type(e) == "table" and e.status or nil), id = r.id,
-        error = e ~= nil and tostring(e) or nil, changes = r.diff, row = p:row(r.change) }
+        error = e ~= nil and tostring(e) or nil, changes = r.diff,
+        row = rep.writer and p:row(r.change) }
     end,
   }
   ctx.stopped = result.stopped
