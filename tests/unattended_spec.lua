@@ -191,13 +191,18 @@ describe("hardening", function()
       if #s:users() >= 4 then break end
       os.execute("sleep 0.05")
     end
+    -- (timing: how many landed before the revocation depends on the machine's speed; what
+    -- is asserted is what happens after it)
+    local before = s:stats{ requests = false }.by_method.POST or 0
     s:configure{ token = "revoked-" .. s.token }
     local code = agent.wait(job, 60)
     local _, err = agent.collect(job)
     s:configure{ token = s.token, latency_ms = 0 }
     assert.equal(3, code, err)
-    local posts = s:stats().by_method.POST
-    assert.truthy(posts <= 12, "POSTs: " .. tostring(posts))
+    local after = s:stats{ requests = false }.by_method.POST - before
+    -- the requests in flight (2) are refused, a few more may have been on their way; the
+    -- rows waiting for a slot are never sent
+    assert.truthy(after <= 8, "POSTs after the revocation: " .. tostring(after))
     local skipped = 0
     for _, r in ipairs(agent.read_csv(report)) do
       if r.action == "skipped" then skipped = skipped + 1 end

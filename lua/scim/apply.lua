@@ -14,6 +14,7 @@
 -- finishes the work, without duplicating any of it.
 -- @module scim.apply
 local runner = require "scim.runner"
+local is_interrupt = require("scim.error").is_interrupt
 local idstr = require("scim.directory").idstr
 
 local apply = {}
@@ -425,21 +426,30 @@ function apply.run(p, opts)
     levels[l] = levels[l] or {}
     table.insert(levels[l], e)
   end
-  if bulk then
-    self:bulk_creates(creates)
-    -- A 409 inside a Bulk answer is looked up and compared one at a time (rare: a race).
-    self:phase("resolve", self.taken)
-  else
-    for l = 1, #levels do self:phase("create", levels[l] or {}) end
-  end
-  for _, e in ipairs(self.conflicts) do updates[#updates + 1] = e end
-  for _, e in ipairs(self.links) do updates[#updates + 1] = e end
-  if bulk then
-    self:bulk_updates(updates)
-    self:bulk_removals(removals)
-  else
-    self:phase("update", updates)
-    self:phase("remove", removals)
+  -- Ctrl-C (or a caught SIGTERM) can also land between phases, in the main thread: it
+  -- stops the run the same way, so every row still gets its outcome.
+  local ok, err = pcall(function()
+    if bulk then
+      self:bulk_creates(creates)
+      -- A 409 inside a Bulk answer is looked up and compared one at a time (rare: a race).
+      self:phase("resolve", self.taken)
+    else
+      for l = 1, #levels do self:phase("create", levels[l] or {}) end
+    end
+    for _, e in ipairs(self.conflicts) do updates[#updates + 1] = e end
+    for _, e in ipairs(self.links) do updates[#updates + 1] = e end
+    if bulk then
+      self:bulk_updates(updates)
+      self:bulk_removals(removals)
+    else
+      self:phase("update", updates)
+      self:phase("remove", removals)
+    end
+  end)
+  if not ok then
+    if not is_interrupt(err) then error(err, 0) end
+    if not self.stopped and self.on_interrupt then self.on_interrupt() end
+    self.stopped = "interrupted"
   end
   local why = self:why()
   -- Every row not done, in file order (work lists hold each row once: a create that met a
