@@ -12,6 +12,10 @@
 ** that need it (doubled quotes, lenient text after a closing quote) are
 ** unescaped in place once the record is complete, so a record split across
 ** feeds is never re-scanned.
+**
+** Why this file is long: the three scanners, the record walk and the encoding
+** conversion all work on one input buffer and its positions (line, column, bytes
+** consumed); split, those internals would become an interface between files.
 */
 #include "csv.h"
 

@@ -9,6 +9,11 @@
 **   1 the source (string or file handle), 2 the header names as keys,
 **   3 the row metatable (case-insensitive __index), 4 reader.header,
 **   5 the source name used in messages, 6 opts.encoding (or nil).
+**
+** Why this file is long: it binds the whole of csv.h for Lua - the reader (rows as
+** arrays or keyed tables, header, errors with positions), the writer's file
+** creation (private temp files) and the encoding converter - and they share the
+** error pushing and option reading at its top.
 */
 #include <errno.h>
 #include <fcntl.h>

@@ -15,6 +15,10 @@
 **   scim.request  a CURL* plus its header list, errbuf and response buffers;
 **                 its user value 1 is the multi it is added to (or nil).
 ** No curl callback calls Lua: they only append to C buffers.
+**
+** Why this file is long: multis, requests and the socket watcher share the state
+** curl's callbacks write into (sockets, timers, the body budget, the anchor
+** table); the policy that would otherwise grow here lives in scim.http.
 */
 #include <errno.h>
 #include <limits.h>

@@ -406,11 +406,10 @@ function apply.run(p, opts)
   local creates, updates, removals = {}, {}, {}
   for i = 1, p.n do
     local a = p.act[i]
+    local e = p:change(i)
     if SETTLED[a] then
-      local e = p:change(i)
       self:outcome(e, a, { status = e.status, id = e.id, error = e.error or e.note })
     else
-      local e = p:change(i)
       e.current = p.current[i]
       if a == "create" or a == "upload" then creates[#creates + 1] = e
       elseif a == "update" then updates[#updates + 1] = e

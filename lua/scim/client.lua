@@ -237,17 +237,26 @@ local function query_string(params)
   return "?" .. table_concat(parts, "&")
 end
 
-local function attribute_list(v, what)
+local function attribute_list(v, what, level)
   if v == nil then return nil end
   if type(v) == "string" then v = { v } end
   if type(v) ~= "table" then
-    error(what .. " must be a list of attribute paths", 3)
+    error(what .. " must be a list of attribute paths", level or 3)
   end
   for i, a in ipairs(v) do
     local ok, why = filter.check_path(a)
-    if not ok then error(what .. "[" .. i .. "]: " .. why, 3) end
+    if not ok then error(what .. "[" .. i .. "]: " .. why, level or 3) end
   end
   return table_concat(v, ",")
+end
+
+-- The query of a single-resource read: `attributes` and `excludedAttributes` from `opts`
+-- (a bad list raises at the caller of the public method).
+local function projection(opts)
+  return query_string{
+    { "attributes", attribute_list(opts.attributes, "attributes", 4) },
+    { "excludedAttributes", attribute_list(opts.excluded_attributes, "excluded_attributes", 4) },
+  }
 end
 
 -- }====================================================================
@@ -711,11 +720,7 @@ function Client:get(id, opts)
   opts = opts or {}
   local url, bad = user_url(self, id, "GET")
   if not url then return fail(bad) end
-  url = url .. query_string{
-    { "attributes", attribute_list(opts.attributes, "attributes") },
-    { "excludedAttributes", attribute_list(opts.excluded_attributes, "excluded_attributes") },
-  }
-  return settle(self, id, call(self, "GET", url))
+  return settle(self, id, call(self, "GET", url .. projection(opts)))
 end
 
 --- Replace a user (PUT /Users/{id}).
@@ -1131,7 +1136,8 @@ local internals = {
   decode_body = decode_body, member_url = member_url, with_schemas = with_schemas,
   split_operations = split_operations, patch_schema = patch_schema, PATCHOP = PATCHOP,
   list_options = list_options, pager = pager, raising = raising, collect = collect,
-  query_string = query_string, attribute_list = attribute_list, escape = escape,
+  query_string = query_string, attribute_list = attribute_list, projection = projection,
+  escape = escape,
 }
 function internals.unsupported(self, method, url, what)
   return fail(local_error(self, method, url, what, "UNSUPPORTED"))

@@ -283,16 +283,6 @@ function input.values(inp, i)
   return v
 end
 
---- An entry's row, keyed by the input's column names (for the mapping and the report).
--- @tparam table columns the input's columns
--- @tparam table values an entry's `values`
--- @treturn table
-function input.row(columns, values)
-  local row = {}
-  for i, c in ipairs(columns) do row[c] = values[i] end
-  return row
-end
-
 --- Parses a row selection `COLUMN=VALUE` or `COLUMN!=VALUE`.
 -- @tparam string text
 -- @treturn table `{ column=, op=, value= }`

@@ -180,11 +180,6 @@ function plan.new(opts)
   return self
 end
 
--- The values of row i, keyed by the input's column names.
-function Plan:keyed(i)
-  return self.input.bound:row(input.values(self.input, i))
-end
-
 -- The resource row i describes for a job of the mapping (it passed validation).
 function Plan:resource(i, job)
   local inp = self.input
@@ -193,7 +188,8 @@ end
 
 --- A change's input row, keyed by the input's column names (nil for an absent account).
 function Plan:row(change)
-  return change.index and self:keyed(change.index) or nil
+  local i = change.index
+  return i and self.input.bound:row(input.values(self.input, i)) or nil
 end
 
 -- The record kept of an existing account: the whole resource where a PUT may need it

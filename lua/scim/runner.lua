@@ -10,17 +10,11 @@
 -- (A second Ctrl-C ends the process, as lua.c makes it.)
 -- @module scim.runner
 local http = require "scim.http"
+local sys = require("scim.core").sys
 local is_interrupt = require("scim.error").is_interrupt
 
 local runner = {}
 
--- The process-safety functions of scim.core when the build has them (signals caught as
--- Ctrl-C is).
-local function signalled()
-  local ok, core = pcall(require, "scim.core")
-  local sys = ok and type(core) == "table" and core.sys
-  return sys and sys.signalled and sys.signalled() or nil
-end
 
 --- Runs `fn(item, i)` for every item.
 -- @tparam table items an array
@@ -63,7 +57,7 @@ function runner.run(items, fn, opts)
   end)
   local function drive()
     while coroutine.status(sched) == "suspended" do
-      local sig = not stopped and signalled()
+      local sig = not stopped and sys.signalled()
       if sig then error("interrupted! (" .. tostring(sig) .. ")", 0) end
       local ok, err = coroutine.resume(sched, stopped ~= false)
       if not ok then error(err, 0) end

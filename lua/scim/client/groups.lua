@@ -17,7 +17,7 @@ local M = {}
 -- `install`.
 local Client = {}
 local argerror, check_open, check_id, call, fail, local_error, member_url, with_schemas,
-  split_operations, patch_schema, list_options, pager, query_string, attribute_list, send,
+  split_operations, patch_schema, list_options, pager, projection, send,
   unsupported, raising, collect
 
 -- {====================================================================
@@ -89,10 +89,7 @@ function Client:get_group(id, opts)
   opts = opts or {}
   local url, bad = group_url(self, id, "GET")
   if not url then return fail(bad) end
-  return group_call(self, "GET", url .. query_string{
-    { "attributes", attribute_list(opts.attributes, "attributes") },
-    { "excludedAttributes", attribute_list(opts.excluded_attributes, "excluded_attributes") },
-  })
+  return group_call(self, "GET", url .. projection(opts))
 end
 
 -- The attributes a `members = true` listing asks for: the caller's, or the group's usual
@@ -377,8 +374,7 @@ function M.install(class, internals)
   patch_schema = I.patch_schema
   list_options = I.list_options
   pager = I.pager
-  query_string = I.query_string
-  attribute_list = I.attribute_list
+  projection = I.projection
   send = I.send
   unsupported = I.unsupported
   raising, collect = I.raising, I.collect

@@ -121,6 +121,23 @@ function Ctx:lock()
   end
 end
 
+--- The options of a plan's apply that show its progress: phases and steps on the progress
+-- line, warnings, and the Ctrl-C message; `on_result` is the job's.
+-- @tparam function on_result
+-- @treturn table options for `plan:apply`
+function Ctx:apply_options(on_result)
+  local rep, opts = self.report, self.opts
+  return {
+    concurrency = opts.concurrency or 8, bulk = opts.bulk, on_result = on_result,
+    on_warning = function(msg) rep:warn(msg) end,
+    on_phase = function(phase, n) rep:phase(phase, n) end,
+    on_step = function() rep:step() end,
+    on_interrupt = function()
+      rep:error("interrupted: finishing the requests in flight (Ctrl-C again to quit at once)")
+    end,
+  }
+end
+
 --- Prints why a plan could not be made and ends the run with its exit code: every problem
 -- of an invalid file, or what the guard would have removed (`noun`, `verb`: "account",
 -- "remove" or "group", "delete").

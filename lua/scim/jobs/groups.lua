@@ -50,21 +50,13 @@ function job.run(ctx)
     return ctx:finish()
   end
 
-  local result = p:apply{
-    concurrency = opts.concurrency or 8,
-    on_phase = function(phase, n) rep:phase(phase, n) end,
-    on_step = function() rep:step() end,
-    on_interrupt = function()
-      rep:error("interrupted: finishing the requests in flight (Ctrl-C again to quit at once)")
-    end,
-    on_result = function(r)
-      local e = r.error
-      local done = r.action ~= "failed" and r.action ~= "skipped"
-      rep:outcome{ line = r.line, key = r.group, action = r.action, status = r.status, id = r.id,
-        error = e ~= nil and tostring(e) or nil,
-        changes = done and groups.diff(r.change) or nil, row = report_row(r.change) }
-    end,
-  }
+  local result = p:apply(ctx:apply_options(function(r)
+    local e = r.error
+    local done = r.action ~= "failed" and r.action ~= "skipped"
+    rep:outcome{ line = r.line, key = r.group, action = r.action, status = r.status, id = r.id,
+      error = e ~= nil and tostring(e) or nil,
+      changes = done and groups.diff(r.change) or nil, row = report_row(r.change) }
+  end))
   ctx.stopped = result.stopped
   return ctx:finish()
 end

@@ -84,22 +84,13 @@ function job.run(ctx)
     end
   end
 
-  local result = p:apply{
-    concurrency = opts.concurrency or 8, bulk = opts.bulk,
-    on_warning = function(msg) rep:warn(msg) end,
-    on_phase = function(phase, n) rep:phase(phase, n) end,
-    on_step = function() rep:step() end,
-    on_interrupt = function()
-      rep:error("interrupted: finishing the requests in flight (Ctrl-C again to quit at once)")
-    end,
-    on_result = function(r)
-      local e = r.error
-      rep:outcome{ line = r.line, key = r.key, action = r.action, status = r.status or
-        (type(e) == "table" and e.status or nil), id = r.id,
-        error = e ~= nil and tostring(e) or nil, changes = r.diff,
-        row = rep.writer and p:row(r.change) }
-    end,
-  }
+  local result = p:apply(ctx:apply_options(function(r)
+    local e = r.error
+    rep:outcome{ line = r.line, key = r.key, action = r.action, status = r.status or
+      (type(e) == "table" and e.status or nil), id = r.id,
+      error = e ~= nil and tostring(e) or nil, changes = r.diff,
+      row = rep.writer and p:row(r.change) }
+  end))
   ctx.stopped = result.stopped
   return ctx:finish()
 end
