@@ -1030,6 +1030,22 @@ io.write(cjson.encode(out))
       assert.equals(32, e:stats().max_inflight)
     end)
 
+    it("lets an item sleeping on a Retry-After hold no place: the next items run", function()
+      s:faults{ status = 429, retry_after = 1, count = 1, match = "GET /ServiceProviderConfig" }
+      local e = new()
+      local finished = {}
+      local summary = http.run({ 1, 2, 3, 4, 5, 6 }, function(i)
+        -- item 3 is answered 429 (after two passed answers: no engine-wide hold)
+        local url = i == 3 and s.url .. "ServiceProviderConfig" or users()
+        assert.equals(200, assert(e:request{ url = url }).status)
+        finished[#finished + 1] = i
+      end, { concurrency = 1 })
+      assert.equals(6, summary.done)
+      -- items 4 to 6 ran while item 3 waited, one at a time
+      assert.same({ 1, 2, 4, 5, 6, 3 }, finished)
+      assert.equals(1, e:stats().max_inflight)
+    end)
+
     it("fails only the item whose fn raises, and closes its variables", function()
       local closed = 0
       local summary = http.run({ "a", "b", "c" }, function(item, index)

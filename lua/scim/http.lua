@@ -290,7 +290,26 @@ local function wake(co)
   end
 end
 
+-- A job waiting out a retry delay: its coroutine holds no place of its run's
+-- concurrency (see Scheduler:run) until the job is queued again or done.
+local function nap(job)
+  local sched = job.waiter and not job.notify and managed[job.waiter]  -- `each` waits on many
+  if sched and not job.napping then
+    job.napping = sched
+    sched.napping = sched.napping + 1
+  end
+end
+
+local function unnap(job)
+  local sched = job.napping
+  if sched then
+    job.napping = nil
+    sched.napping = sched.napping - 1
+  end
+end
+
 local function finish(self, job, res, err, code)
+  unnap(job)
   job.done, job.res, job.err, job.code = true, res, err, code
   if job.req then
     job.req:close()
@@ -329,6 +348,7 @@ local function retry(self, job, due, why, throttled)
     counters.throttled = counters.throttled + 1
   end
   job.due = due
+  nap(job)
   self.delayed[#self.delayed + 1] = job
   if due < self.next_delayed then self.next_delayed = due end
   if self.trace then
@@ -597,6 +617,7 @@ local function release(self, now)
     local job = delayed[i]
     if not job.done then  -- a job cancelled while waiting is forgotten
       if job.due <= now then
+        unnap(job)
         push_front(self, job)
       else
         keep[#keep + 1] = job
@@ -652,6 +673,7 @@ local function new_scheduler(concurrency)
   return setmetatable({
     concurrency = concurrency,
     ready = {}, rhead = 1, rtail = 0,                   -- coroutines to resume
+    napping = 0,                                        -- of its coroutines: waiting out a delay
     engines = setmetatable({}, { __mode = "k" }),       -- engine -> true while it has work
     stopped = nil,
   }, Scheduler)
@@ -679,6 +701,7 @@ local function step(sched)
   local now = monotime()
   local wait = MAX_WAIT
   local active, na, progressed = {}, 0, false
+  local napping = sched.napping
   for i = 1, n do
     local e = engines[i]
     local before = e.finished
@@ -690,7 +713,8 @@ local function step(sched)
       active[na] = e.multi
     end
   end
-  if progressed then return true end
+  -- A request that began to sleep frees its item's place: the run may start another.
+  if progressed or sched.napping > napping then return true end
   if na == 1 then
     active[1]:poll(wait)
   elseif na > 1 or wait > 0 then
@@ -1058,8 +1082,9 @@ local RUN_OPTIONS = { concurrency = "number", on_error = "function" }
 --- Creates a scheduler: it runs items on coroutines and drives the engines
 -- their requests use. `http.run` makes one per call; make one yourself to
 -- keep a handle for `stop`.
--- @tparam[opt] table opts `concurrency` (items at once, default 16), `on_error`
---   (called as `on_error(err, item, index, scheduler)` when `fn` raises)
+-- @tparam[opt] table opts `concurrency` (items at once, default 16; an item whose request
+--   waits out a Retry-After or a backoff does not count, up to 16x `concurrency` in all),
+--   `on_error` (called as `on_error(err, item, index, scheduler)` when `fn` raises)
 -- @treturn scim.http.scheduler
 -- @raise on a bad option
 function http.scheduler(opts)
@@ -1124,7 +1149,10 @@ function Scheduler:run(items, fn)
   end
 
   while true do
-    while not exhausted and not self.stopped and nactive < concurrency do
+    -- An item whose request waits out a Retry-After or a backoff holds no place: a
+    -- provider throttling a share of requests must not stall the run (up to 16x more).
+    while not exhausted and not self.stopped
+        and nactive < concurrency + min(self.napping, 15 * concurrency) do
       local ok, item = pcall(source)
       if not ok then
         exhausted, source_error = true, item
