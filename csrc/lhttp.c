@@ -104,6 +104,14 @@ typedef struct Multi {
 #if SCIM_EPOLL
   int epfd;       /* -1 once closed */
   struct pollfd one;  /* pfd points here */
+  /* want[fd]: curl watches fd.  A socket curl stops watching stays in the
+  ** epoll set, so the next transfer on a kept connection costs one
+  ** epoll_ctl, not three; perform drops it at its first event, the kernel
+  ** when it is closed. */
+  unsigned char *want;
+  int nwant;
+  struct epoll_event ev[64];  /* what multi:poll saw, for the next perform */
+  int nev;
 #endif
 } Multi;
 
@@ -896,18 +904,39 @@ static int request_tostring(lua_State *L) {
 */
 
 #if SCIM_EPOLL
+/* Makes want[] cover fd; 0 when out of memory. */
+static int want_cover(Multi *m, int fd) {
+  int n = m->nwant ? m->nwant : 64;
+  unsigned char *p;
+  while (n <= fd) {
+    if (n > INT_MAX / 2) return 0;
+    n *= 2;
+  }
+  p = (unsigned char *)realloc(m->want, (size_t)n);
+  if (p == NULL) return 0;
+  memset(p + m->nwant, 0, (size_t)(n - m->nwant));
+  m->want = p;
+  m->nwant = n;
+  return 1;
+}
+
 /* Watches socket s for `what` (CURL_POLL_*), or stops watching it. */
 static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp) {
   Multi *m = (Multi *)userp;
   struct epoll_event ev;
   (void)e;
   (void)socketp;
-  memset(&ev, 0, sizeof(ev));
-  ev.data.fd = s;
-  if (what == CURL_POLL_REMOVE) {  /* it may be closed already: then it is gone */
-    epoll_ctl(m->epfd, EPOLL_CTL_DEL, s, &ev);
+  if (what == CURL_POLL_REMOVE) {  /* left in the set (see Multi.want) */
+    if (s < m->nwant) m->want[s] = 0;
     return 0;
   }
+  if (s >= m->nwant && !want_cover(m, s)) {
+    m->failed = 1;
+    return -1;
+  }
+  m->want[s] = 1;
+  memset(&ev, 0, sizeof(ev));
+  ev.data.fd = s;
   ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u);
   if (epoll_ctl(m->epfd, EPOLL_CTL_MOD, s, &ev) == 0) return 0;
   if (errno == ENOENT && epoll_ctl(m->epfd, EPOLL_CTL_ADD, s, &ev) == 0) return 0;
@@ -1075,6 +1104,9 @@ static int multi_close(lua_State *L) {
 #if SCIM_EPOLL
   if (m->epfd >= 0) close(m->epfd);
   m->epfd = -1;
+  free(m->want);
+  m->want = NULL;
+  m->nwant = m->nev = 0;
 #else
   free(m->pfd);
 #endif
@@ -1129,10 +1161,20 @@ static int multi_perform(lua_State *L) {
   CURLMcode rc = CURLM_OK;
   int i, n;
 #if SCIM_EPOLL
-  struct epoll_event ev[64];
-  n = epoll_wait(m->epfd, ev, 64, 0);
+  struct epoll_event *ev = m->ev;
+  if (m->nev > 0) {  /* the wait just before saw these */
+    n = m->nev;
+    m->nev = 0;
+  } else {
+    n = epoll_wait(m->epfd, ev, 64, 0);
+  }
   for (i = 0; i < n && rc == CURLM_OK; i++) {
     int flags = 0;
+    int fd = ev[i].data.fd;
+    if (fd >= m->nwant || !m->want[fd]) {  /* a kept socket curl does not watch */
+      epoll_ctl(m->epfd, EPOLL_CTL_DEL, fd, &ev[i]);
+      continue;
+    }
     if (ev[i].events & EPOLLIN) flags |= CURL_CSELECT_IN;
     if (ev[i].events & EPOLLOUT) flags |= CURL_CSELECT_OUT;
     if (ev[i].events & (EPOLLERR | EPOLLHUP)) flags |= CURL_CSELECT_ERR;
@@ -1203,7 +1245,16 @@ static int multi_poll(lua_State *L) {
   Multi *m = checkmulti(L, 1);
   int ms = wait_ms(L, 2);
   timer_ms(m, now_s(), &ms);
+#if SCIM_EPOLL
+  {  /* the events are kept for the next perform: one wait, not two */
+    int n = epoll_wait(m->epfd, m->ev, 64, ms);
+    if (n < 0 && errno != EINTR) return luaL_error(L, "epoll_wait: %s", strerror(errno));
+    m->nev = n < 0 ? 0 : n;
+    lua_pushinteger(L, m->nev);
+  }
+#else
   lua_pushinteger(L, wait_fds(L, m->pfd, m->npfd, ms));
+#endif
   return 1;
 }
 
