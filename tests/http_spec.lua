@@ -161,6 +161,24 @@ describe("scim.http", function()
       assert.equals(0, s:stats().total)
     end)
 
+    it("checks every URL, also once another on the same server passed", function()
+      local e = new()
+      assert.equals(200, assert(e:request{ url = users() }).status)
+      local host = s.url:match("^http://([^/]+)/")
+      for url, want in pairs{
+        ["http://" .. host .. ".example.com/Users"] = "URL_MALFORMAT",  -- a port then more
+        ["http://" .. host .. ".example.com/Users"] = "URL_MALFORMAT",  -- a port then more
+        ["http://" .. host .. "\\@example.com/Users"] = "HTTP_REFUSED",
+        [s.url .. "Us ers"] = "URL_MALFORMAT",
+        [s.url .. "Users\n"] = "URL_MALFORMAT",
+      } do
+        local res, _, code = e:request{ url = url }
+        assert.is_nil(res, url)
+        assert.equals(want, code, url)
+      end
+      assert.equals(1, e:stats().requests)
+    end)
+
     it("allows loopback in every spelling, and others only with allow_http", function()
       assert.is_true(http.is_loopback("127.0.0.1"))
       assert.is_true(http.is_loopback("127.3.2.1"))

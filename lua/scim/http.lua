@@ -48,6 +48,8 @@ local MAX_WAIT = 1.0
 
 -- The token a waiting coroutine yields to its scheduler.
 local WAIT = setmetatable({}, { __name = "scim.http.wait" })
+-- The token a run's coroutine yields when its item is done: it waits for the next one.
+local IDLE = setmetatable({}, { __name = "scim.http.idle" })
 -- coroutine -> the scheduler running it (weak: a finished coroutine is
 -- forgotten). Only a lookup: each scheduler steps its own engines.
 local managed = setmetatable({}, { __mode = "k" })
@@ -829,6 +831,7 @@ function http.new(opts)
     queue = {}, qhead = 1, qtail = 0,
     delayed = {}, next_delayed = huge,
     jobs = {},       -- C request -> job, for transfers in flight
+    origins = {}, norigins = 0,  -- "scheme://authority/" -> loopback, for URLs that passed
     inflight = 0,
     pending = 0,     -- jobs not yet finished
     finished = 0,    -- jobs finished, ever (a driver checks it before waiting)
@@ -843,11 +846,28 @@ function http.new(opts)
 end
 
 -- Builds a job for spec, or returns nil, message, code (nothing sent).
+-- Whether url goes to loopback, once it passed check_url; nil, message, code if it fails.
+-- curl's parser is costly for every request to the same server, so an origin that passed
+-- is remembered: a URL starting with the very same "scheme://authority/" has the same host
+-- whatever its path (the authority ends at the first '/'). Anything unusual is parsed.
+local function url_loopback(self, url)
+  local origin
+  if not sfind(url, "[%s%c]") then origin = smatch(url, "^(https?://[^/?#\\]+/)") end
+  if origin and self.origins[origin] ~= nil then return self.origins[origin] end
+  local u, err, code = check_url(url, self.allow_http)
+  if not u then return nil, err, code end
+  if origin and self.norigins < 64 then
+    self.origins[origin] = u.loopback
+    self.norigins = self.norigins + 1
+  end
+  return u.loopback
+end
+
 local function submit(self, spec)
   local method = spec.method or (spec.body and "POST" or "GET")
   local url = spec.url
-  local u, err, code = check_url(url, self.allow_http)
-  if not u then
+  local loopback, err, code = url_loopback(self, url)
+  if loopback == nil then
     return nil, failure(self, method, url, err), code
   end
   if self.stopped then
@@ -866,7 +886,7 @@ local function submit(self, spec)
     low_speed_time = self.low_speed_time, low_speed_limit = self.low_speed_limit,
     ca_file = self.ca_file, insecure = self.insecure, proxy = self.proxy,
     -- loopback never goes through an environment proxy
-    noproxy = (u.loopback and not self.proxy) and "*" or nil,
+    noproxy = (loopback and not self.proxy) and "*" or nil,
     max_body = self.max_body, user_agent = self.user_agent,
     trace = self.trace ~= nil, forbid_reuse = self.forbid_reuse,
   }
@@ -1110,6 +1130,15 @@ function Scheduler:run(items, fn)
   local source = items_source(items)
   local concurrency, on_error = self.concurrency, self.on_error
   local active, nactive = {}, 0  -- coroutine -> { index, item } (strong: they are running)
+  -- Coroutines are reused, item after item: a new one per item cost its creation and the
+  -- growth of its stack each time. One whose fn raised is dead and not reused.
+  local idle, nidle = {}, 0
+  local function worker(item, i, sched)
+    while true do
+      fn(item, i, sched)
+      item, i, sched = coyield(IDLE)
+    end
+  end
   local summary = { done = 0, failed = 0, started = 0, errors = {} }
   local index, exhausted, source_error = 0, false, nil
   self.running = true
@@ -1125,7 +1154,13 @@ function Scheduler:run(items, fn)
   end
 
   local function settle(co, ok, res)
-    if costatus(co) == "dead" then
+    if ok and res == IDLE then
+      active[co] = nil
+      nactive = nactive - 1
+      summary.done = summary.done + 1
+      nidle = nidle + 1
+      idle[nidle] = co
+    elseif costatus(co) == "dead" then
       local info = active[co]
       active[co] = nil
       nactive = nactive - 1
@@ -1160,7 +1195,13 @@ function Scheduler:run(items, fn)
         exhausted = true
       else
         index = index + 1
-        local co = cocreate(fn)
+        local co
+        if nidle > 0 then
+          co, idle[nidle] = idle[nidle], nil
+          nidle = nidle - 1
+        else
+          co = cocreate(worker)
+        end
         managed[co] = self
         active[co] = { index, item }
         nactive = nactive + 1
@@ -1180,6 +1221,10 @@ function Scheduler:run(items, fn)
       self.running = false
       error("scim.http.run: coroutines waiting with no request in flight", 2)
     end
+  end
+  for k = 1, nidle do
+    managed[idle[k]] = nil
+    coclose(idle[k])
   end
   self.running = false
   summary.started = index
