@@ -325,10 +325,16 @@ function path.get_own(resource, r)
   return v
 end
 
---- Writes a value at a resolved path, creating the extension object, complex value or
--- multi-valued entry it needs.
+--- Writes a value at a resolved path of a resource being built (spelled with our canonical
+-- names, as `to_resource` builds it: keys are used as they are), creating the extension
+-- object, complex value or multi-valued entry it needs.
 function path.set(resource, r, value)
-  local c = path.container(resource, r, true)
+  local c = resource
+  local schema = r.schema
+  if schema then
+    c = resource[schema]
+    if c == nil then c = {}; resource[schema] = c end
+  end
   if r.filter then
     local arr = c[r.attr]
     if arr == nil then arr = {}; c[r.attr] = arr end
