@@ -31,6 +31,7 @@
 
 #if defined(__linux__)
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #define SCIM_EPOLL 1
 #else
 #define SCIM_EPOLL 0
@@ -104,12 +105,13 @@ typedef struct Multi {
 #if SCIM_EPOLL
   int epfd;       /* -1 once closed */
   struct pollfd one;  /* pfd points here */
-  /* want[fd]: curl watches fd.  A socket curl stops watching stays in the
-  ** epoll set, so the next transfer on a kept connection costs one
-  ** epoll_ctl, not three; perform drops it at its first event, the kernel
-  ** when it is closed. */
-  unsigned char *want;
-  int nwant;
+  /* fds[fd]: SOCK_* bits.  A socket curl stops watching stays in the epoll
+  ** set with its events, so the next transfer on a kept connection costs no
+  ** epoll_ctl at all; perform drops it at its first event, the kernel when
+  ** it is closed.  Every socket curl opens goes through on_open, which
+  ** clears the bits a closed socket of the same number left. */
+  unsigned char *fds;
+  int nfds;
   struct epoll_event ev[64];  /* what multi:poll saw, for the next perform */
   int nev;
 #endif
@@ -904,19 +906,24 @@ static int request_tostring(lua_State *L) {
 */
 
 #if SCIM_EPOLL
-/* Makes want[] cover fd; 0 when out of memory. */
-static int want_cover(Multi *m, int fd) {
-  int n = m->nwant ? m->nwant : 64;
+#define SOCK_IN 1u       /* in the epoll set for EPOLLIN */
+#define SOCK_OUT 2u      /* ... for EPOLLOUT */
+#define SOCK_SET 4u      /* in the epoll set */
+#define SOCK_WANTED 8u   /* curl watches it */
+
+/* Makes fds[] cover fd; 0 when out of memory. */
+static int fds_cover(Multi *m, int fd) {
+  int n = m->nfds ? m->nfds : 64;
   unsigned char *p;
   while (n <= fd) {
     if (n > INT_MAX / 2) return 0;
     n *= 2;
   }
-  p = (unsigned char *)realloc(m->want, (size_t)n);
+  p = (unsigned char *)realloc(m->fds, (size_t)n);
   if (p == NULL) return 0;
-  memset(p + m->nwant, 0, (size_t)(n - m->nwant));
-  m->want = p;
-  m->nwant = n;
+  memset(p + m->nfds, 0, (size_t)(n - m->nfds));
+  m->fds = p;
+  m->nfds = n;
   return 1;
 }
 
@@ -924,24 +931,50 @@ static int want_cover(Multi *m, int fd) {
 static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp) {
   Multi *m = (Multi *)userp;
   struct epoll_event ev;
+  unsigned bits, events;
   (void)e;
   (void)socketp;
-  if (what == CURL_POLL_REMOVE) {  /* left in the set (see Multi.want) */
-    if (s < m->nwant) m->want[s] = 0;
+  if (s < 0) return 0;
+  if (what == CURL_POLL_REMOVE) {  /* left in the set (see Multi.fds) */
+    if (s < m->nfds) m->fds[s] &= (unsigned char)~SOCK_WANTED;
     return 0;
   }
-  if (s >= m->nwant && !want_cover(m, s)) {
+  if (s >= m->nfds && !fds_cover(m, s)) {
     m->failed = 1;
     return -1;
   }
-  m->want[s] = 1;
+  bits = ((what & CURL_POLL_IN) ? SOCK_IN : 0u) | ((what & CURL_POLL_OUT) ? SOCK_OUT : 0u);
+  if ((m->fds[s] & (SOCK_SET | SOCK_IN | SOCK_OUT)) == (SOCK_SET | bits)) {
+    m->fds[s] |= SOCK_WANTED;  /* a kept connection, watched as before */
+    return 0;
+  }
+  events = ((bits & SOCK_IN) ? EPOLLIN : 0u) | ((bits & SOCK_OUT) ? EPOLLOUT : 0u);
   memset(&ev, 0, sizeof(ev));
   ev.data.fd = s;
-  ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u);
-  if (epoll_ctl(m->epfd, EPOLL_CTL_MOD, s, &ev) == 0) return 0;
-  if (errno == ENOENT && epoll_ctl(m->epfd, EPOLL_CTL_ADD, s, &ev) == 0) return 0;
-  m->failed = 1;  /* reported by the next perform */
-  return -1;
+  ev.events = events;
+  if (epoll_ctl(m->epfd, (m->fds[s] & SOCK_SET) ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s, &ev) != 0
+      && !(errno == ENOENT && epoll_ctl(m->epfd, EPOLL_CTL_ADD, s, &ev) == 0)
+      && !(errno == EEXIST && epoll_ctl(m->epfd, EPOLL_CTL_MOD, s, &ev) == 0)) {
+    m->fds[s] = 0;
+    m->failed = 1;  /* reported by the next perform */
+    return -1;
+  }
+  m->fds[s] = (unsigned char)(SOCK_SET | SOCK_WANTED | bits);
+  return 0;
+}
+
+/* Opens every socket curl uses: a new socket may reuse a closed one's number. */
+static curl_socket_t on_open(void *clientp, curlsocktype purpose, struct curl_sockaddr *a) {
+  Multi *m = (Multi *)clientp;
+  int type = a->socktype;
+  curl_socket_t s;
+  (void)purpose;
+#ifdef SOCK_CLOEXEC
+  type |= SOCK_CLOEXEC;  /* a token command run later must not inherit it */
+#endif
+  s = socket(a->family, type, a->protocol);
+  if (s >= 0 && s < m->nfds) m->fds[s] = 0;
+  return s;
 }
 #else
 /* The same with a table of pollfds for poll(). */
@@ -1104,9 +1137,9 @@ static int multi_close(lua_State *L) {
 #if SCIM_EPOLL
   if (m->epfd >= 0) close(m->epfd);
   m->epfd = -1;
-  free(m->want);
-  m->want = NULL;
-  m->nwant = m->nev = 0;
+  free(m->fds);
+  m->fds = NULL;
+  m->nfds = m->nev = 0;
 #else
   free(m->pfd);
 #endif
@@ -1126,6 +1159,10 @@ static int multi_add(lua_State *L) {
   Request *r = checkrequest(L, 2);
   CURLMcode rc;
   luaL_argcheck(L, r->multi == NULL, 2, "request already added to a multi");
+#if SCIM_EPOLL
+  SETOPT(L, r, CURLOPT_OPENSOCKETFUNCTION, on_open);  /* see Multi.fds */
+  SETOPT(L, r, CURLOPT_OPENSOCKETDATA, (void *)m);
+#endif
   lua_getiuservalue(L, 1, 1);
   lua_pushvalue(L, 2);
   lua_rawsetp(L, -2, (void *)r->easy);  /* anchor before curl knows it */
@@ -1171,8 +1208,9 @@ static int multi_perform(lua_State *L) {
   for (i = 0; i < n && rc == CURLM_OK; i++) {
     int flags = 0;
     int fd = ev[i].data.fd;
-    if (fd >= m->nwant || !m->want[fd]) {  /* a kept socket curl does not watch */
+    if (fd >= m->nfds || !(m->fds[fd] & SOCK_WANTED)) {  /* kept, and not watched */
       epoll_ctl(m->epfd, EPOLL_CTL_DEL, fd, &ev[i]);
+      if (fd < m->nfds) m->fds[fd] = 0;
       continue;
     }
     if (ev[i].events & EPOLLIN) flags |= CURL_CSELECT_IN;

@@ -93,6 +93,20 @@ describe("scim.http", function()
       assert.equals(0, cjson.decode(res.body).totalResults)
     end)
 
+    it("watches every new socket when each request has a connection of its own", function()
+      -- Sockets stay in the engine's epoll set between transfers: a new socket that got a
+      -- closed one's number must be watched anew, or its request would wait for its timeout.
+      local e = new{ forbid_reuse = true, timeout = 5, retries = 1 }
+      local t0 = core.monotime()
+      for _ = 1, 20 do assert.equals(200, assert(e:request{ url = users() }).status) end
+      local summary = http.run({ 1, 2, 3, 4, 5, 6, 7, 8 }, function()
+        assert.equals(200, assert(e:request{ url = users() }).status)
+      end, { concurrency = 3 })
+      assert.equals(8, summary.done)
+      assert.is_true(core.monotime() - t0 < 4, "a request waited for its timeout")
+      assert.equals(28, s:stats().total)
+    end)
+
     it("POSTs a body and returns any status as a response", function()
       local e = new()
       local res = assert(e:request{ method = "POST", url = users(), headers = SCIM,
