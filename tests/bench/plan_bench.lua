@@ -97,7 +97,7 @@ do
   local per, code, total, managed = {}, nil, 0, 0
   for run = 1, 5 do
     if run > 1 then s:reset() end
-    local cpu
+    local _, cpu
     code, _, cpu = agent(s, "create " .. q(file) .. " --concurrency 64")
     total = s:stats{ requests = false }.total
     per[run] = cpu * 1e6 / math.max(1, total)
