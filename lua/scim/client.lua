@@ -1136,8 +1136,7 @@ local internals = {
   decode_body = decode_body, member_url = member_url, with_schemas = with_schemas,
   split_operations = split_operations, patch_schema = patch_schema, PATCHOP = PATCHOP,
   list_options = list_options, pager = pager, raising = raising, collect = collect,
-  query_string = query_string, attribute_list = attribute_list, projection = projection,
-  escape = escape,
+  projection = projection, escape = escape,
 }
 function internals.unsupported(self, method, url, what)
   return fail(local_error(self, method, url, what, "UNSUPPORTED"))

@@ -845,7 +845,6 @@ function http.new(opts)
   return self
 end
 
--- Builds a job for spec, or returns nil, message, code (nothing sent).
 -- Whether url goes to loopback, once it passed check_url; nil, message, code if it fails.
 -- curl's parser is costly for every request to the same server, so an origin that passed
 -- is remembered: a URL starting with the very same "scheme://authority/" has the same host
@@ -863,6 +862,7 @@ local function url_loopback(self, url)
   return u.loopback
 end
 
+-- Builds a job for spec, or returns nil, message, code (nothing sent).
 local function submit(self, spec)
   local method = spec.method or (spec.body and "POST" or "GET")
   local url = spec.url

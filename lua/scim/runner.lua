@@ -15,7 +15,6 @@ local is_interrupt = require("scim.error").is_interrupt
 
 local runner = {}
 
-
 --- Runs `fn(item, i)` for every item.
 -- @tparam table items an array
 -- @tparam function fn an error raised in it fails that item: `opts.on_error(item, err)`
